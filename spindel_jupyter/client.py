@@ -1,0 +1,565 @@
+"""The peer connection: one WebSocket to the hub, owned by a background thread.
+
+The connection runs its own asyncio loop on a daemon thread, so it keeps
+working whatever the caller's thread is doing (a kernel busy in a cell, a
+script blocked on a call). Calls from other threads hop onto that loop; replies
+come back through futures. After the hub goes away the connection fails every
+pending call at once and reconnects with backoff, announcing the same name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import itertools
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
+
+from . import errors, wire
+from .errors import HubError, NameTaken, NotConnected, PeerLost, RemoteTimeout, SpindelError
+from .protocol import CANCEL, ERROR, EVENT, HELLO, MSG, REP, REQ, WELCOME, check_name, error_dict, name_from
+
+log = logging.getLogger(__name__)
+
+ENV_URL = "SPINDEL_HUB_URL"
+ENV_TOKEN = "SPINDEL_TOKEN"
+ENV_PEER = "SPINDEL_PEER"
+
+#: Identifies this process to the hub: a reconnect of the same process takes
+#: over its old name even before the hub noticed the old connection drop.
+SESSION = secrets.token_hex(8)
+
+#: Close code the hub uses when a newer connection of the same peer replaced this one.
+_REPLACED = 4000
+_BACKOFF_FIRST = 0.05
+_BACKOFF_MAX = 2.0
+
+Handler = Callable[[str, Any], Any]
+Listener = Callable[[Any], None]
+
+
+class Peer:
+    """A connection to a Spindel hub under one peer name.
+
+    Use :func:`connect` to make the process-wide peer that the rest of the API
+    uses; create ``Peer`` objects directly only to hold several connections.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        token: str = "",
+        kind: str = "kernel",
+        connect_timeout: float = 10.0,
+        session: str = SESSION,
+    ) -> None:
+        self.url = url
+        self.name = check_name(name)
+        self.token = token
+        self.kind = kind
+        self.session = session
+        self.connect_timeout = connect_timeout
+        self.contexts: list[str] = []
+        #: Largest frame the hub accepts (learned from its welcome).
+        self.max_frame_bytes = 64 * 1024 * 1024
+        self._ids = itertools.count(1)
+        self._handlers: dict[str, Handler] = {}
+        self._listeners: dict[str, list[Listener]] = {}
+        self._on_connect: list[Callable[[], None]] = []
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._pending: dict[int, concurrent.futures.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._peers: list[dict[str, Any]] = []
+        self._ws: WebSocketClientConnection | None = None
+        self._closing = False
+        self._connected = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"spindel-{name}", daemon=True)
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "disconnected"
+        return f"<Peer {self.name!r} {state} to {self.url}>"
+
+    # -- lifecycle --------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> Peer:
+        """Connect and say hello; raise :class:`NameTaken` or :class:`NotConnected` on failure."""
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._ready = ready
+        self._thread.start()
+        first = asyncio.run_coroutine_threadsafe(self._run(), self._loop)
+        try:
+            ready.result(self.connect_timeout + 5)
+        except concurrent.futures.TimeoutError:
+            self.close()
+            raise NotConnected(
+                f"no answer from the hub at {self.url} within {self.connect_timeout} s"
+            ) from None
+        except BaseException:
+            self.close()
+            first.cancel()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Disconnect for good; pending calls fail with :class:`NotConnected`."""
+        if self._closing:
+            return
+        self._closing = True
+        if not self._thread.is_alive():
+            return
+
+        async def shutdown() -> None:
+            ws, self._ws = self._ws, None
+            self._connected.clear()
+            self._fail_pending(NotConnected(f"peer {self.name!r} was closed"))
+            if ws is not None:
+                ws.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        try:
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(2)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(2)
+
+    # -- calls --------------------------------------------------------------------
+
+    def request(self, to: str | None, op: str, body: Any = None, timeout: float | None = None) -> Any:
+        """Send request ``op`` to peer ``to`` (the hub if None) and wait for its result."""
+        rid, future = self.submit(to, op, body)
+        try:
+            header, payload = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            self.cancel(to, rid)
+            raise RemoteTimeout(f"{_target(to)} did not answer {op!r} within {timeout} s") from None
+        except KeyboardInterrupt:
+            self.cancel(to, rid)
+            raise
+        return _result(header, payload, to)
+
+    async def arequest(self, to: str | None, op: str, body: Any = None, timeout: float | None = None) -> Any:
+        """Awaitable :meth:`request`, for any event loop but the connection's own."""
+        rid, future = self.submit(to, op, body)
+        try:
+            header, payload = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            self.cancel(to, rid)
+            raise RemoteTimeout(f"{_target(to)} did not answer {op!r} within {timeout} s") from None
+        except asyncio.CancelledError:
+            self.cancel(to, rid)
+            raise
+        return _result(header, payload, to)
+
+    def submit(
+        self, to: str | None, op: str, body: Any = None
+    ) -> tuple[int, concurrent.futures.Future[tuple[dict[str, Any], bytes]]]:
+        """Send a request; return its id and a future of the raw reply (header, body)."""
+        rid = next(self._ids)
+        header: dict[str, Any] = {"t": REQ, "id": rid, "op": op}
+        if to is not None:
+            header["to"] = to
+        frame = self._frame(header, body)
+        future: concurrent.futures.Future[tuple[dict[str, Any], bytes]] = concurrent.futures.Future()
+        self._loop.call_soon_threadsafe(self._send_request, rid, frame, future)
+        return rid, future
+
+    def cancel(self, to: str | None, request_id: int) -> None:
+        """Give up on a request: forget it here and tell the target (which may interrupt it)."""
+
+        def forget() -> None:
+            self._pending.pop(request_id, None)
+            if to is not None:
+                self._write(wire.pack_frame({"t": CANCEL, "id": request_id, "to": to}))
+
+        self._call_soon(forget)
+
+    def send(self, to: str, op: str, body: Any = None) -> None:
+        """One-way message ``op`` to peer ``to``; dropped if either side is disconnected."""
+        frame = self._frame({"t": MSG, "op": op, "to": to}, body)
+        self._call_soon(self._write, frame)
+
+    def handle(self, op: str, handler: Handler | None) -> None:
+        """Serve requests and messages ``op`` from other peers (None stops serving it).
+
+        ``handler(sender, body)`` runs on the connection thread and returns the
+        reply's body, or an awaitable of it; an exception becomes a remote error.
+        """
+        if handler is None:
+            self._handlers.pop(op, None)
+        else:
+            self._handlers[op] = handler
+
+    def listen(self, event: str, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(body)`` on hub event ``event``; returns a function that stops it."""
+        self._listeners.setdefault(event, []).append(listener)
+        return lambda: self._listeners.get(event, []).remove(listener)
+
+    def on_connect(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the connection thread after every (re)connection."""
+        self._on_connect.append(callback)
+
+    # -- hub requests ---------------------------------------------------------------
+
+    def peers(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The peers connected to the hub: name, kind, contexts, since."""
+        return list(self.request(None, "peers", timeout=timeout))
+
+    def set_contexts(self, contexts: list[str], timeout: float = 10.0) -> None:
+        """Tell the hub which contexts this peer serves (shown in peer lists)."""
+        self.contexts = list(contexts)
+        if self.connected:
+            self.request(None, "update", {"contexts": self.contexts}, timeout=timeout)
+
+    # -- the connection thread ------------------------------------------------------
+
+    def _frame(self, header: dict[str, Any], body: Any) -> bytes:
+        frame = wire.pack_frame(header, None if body is None else wire.encode(body, where="the request"))
+        if len(frame) > self.max_frame_bytes:
+            raise SpindelError(
+                f"message of {len(frame)} bytes is over the hub's limit of {self.max_frame_bytes} bytes; "
+                "send less at once, or raise c.SpindelHub.max_frame_bytes on the server"
+            )
+        return frame
+
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closed: the peer was closed
+            pass
+
+    async def _run(self) -> None:
+        delay = _BACKOFF_FIRST
+        first = True
+        while not self._closing:
+            try:
+                ws = await self._open()
+            except (NameTaken, NotConnected) as exc:
+                if first:
+                    self._ready.set_exception(exc)
+                    return
+                log.info("spindel: reconnecting to %s failed: %s", self.url, exc)
+            except Exception as exc:
+                if first:
+                    self._ready.set_exception(
+                        NotConnected(f"cannot reach the hub at {self.url}: {type(exc).__name__}: {exc}")
+                    )
+                    return
+                log.debug("spindel: reconnecting to %s failed: %s", self.url, exc)
+            else:
+                self._ws = ws
+                self._connected.set()
+                delay = _BACKOFF_FIRST
+                if first:
+                    self._ready.set_result(None)
+                else:
+                    log.info("spindel: reconnected to %s as %r", self.url, self.name)
+                for callback in self._on_connect:
+                    self._guard(callback)
+                if self.contexts:
+                    self._write(
+                        self._frame(
+                            {"t": REQ, "id": next(self._ids), "op": "update"}, {"contexts": self.contexts}
+                        )
+                    )
+                code = await self._read_loop(ws)
+                self._ws = None
+                self._connected.clear()
+                self._fail_pending(
+                    PeerLost("hub", f"lost the connection to the hub at {self.url}; reconnecting")
+                )
+                if code == _REPLACED:
+                    log.info("spindel: peer %r was replaced by a newer connection", self.name)
+                    return
+            first = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+    async def _open(self) -> WebSocketClientConnection:
+        headers = {"Authorization": f"token {self.token}"} if self.token else {}
+        request = HTTPRequest(self.url, headers=headers, connect_timeout=self.connect_timeout)
+        try:
+            ws = await websocket_connect(request, max_message_size=2**31, ping_interval=10, ping_timeout=10)
+        except HTTPClientError as exc:
+            if exc.code == 403:
+                raise NotConnected(
+                    f"the hub at {self.url} refused the token (403): check SPINDEL_TOKEN or --token"
+                ) from None
+            if exc.code == 404:
+                raise NotConnected(
+                    f"no Spindel hub at {self.url} (404): is the spindel_jupyter server extension enabled?"
+                ) from None
+            raise NotConnected(f"cannot reach the hub at {self.url}: {exc}") from None
+        hello = {
+            "t": HELLO,
+            "name": self.name,
+            "kind": self.kind,
+            "session": self.session,
+            "contexts": self.contexts,
+        }
+        await ws.write_message(wire.pack_frame(hello), binary=True)
+        reply = await asyncio.wait_for(ws.read_message(), self.connect_timeout)
+        if reply is None:
+            raise NotConnected(f"the hub at {self.url} closed the connection during hello")
+        header, _ = wire.unpack_frame(_as_bytes(reply))
+        if header.get("t") == WELCOME:
+            self.max_frame_bytes = int(header.get("max_frame_bytes", self.max_frame_bytes))
+            return ws
+        ws.close()
+        raise errors.from_wire(header)
+
+    async def _read_loop(self, ws: WebSocketClientConnection) -> int | None:
+        while True:
+            message = await ws.read_message()
+            if message is None:
+                return ws.close_code
+            try:
+                self._dispatch(_as_bytes(message))
+            except Exception:
+                log.exception("spindel: failed to handle a frame from the hub")
+
+    def _dispatch(self, data: bytes) -> None:
+        header, body = wire.unpack_frame(data)
+        kind = header.get("t")
+        if kind == REP:
+            future = self._pending.pop(header.get("re", -1), None)
+            if future is not None and not future.done():
+                future.set_result((header, body.tobytes()))
+        elif kind in (REQ, MSG):
+            self._incoming(header, body)
+        elif kind == CANCEL:
+            self._incoming({**header, "op": "cancel"}, memoryview(wire.encode(header["id"])))
+        elif kind == EVENT:
+            event = str(header.get("event"))
+            payload = wire.decode(body) if body else None
+            if event == "peers" and isinstance(payload, list):
+                self._peers = payload
+            for listener in list(self._listeners.get(event, [])):
+                self._guard(listener, payload)
+        elif kind == ERROR:
+            log.info("spindel: the hub reported: %s", header.get("message"))
+
+    def _incoming(self, header: dict[str, Any], body: memoryview) -> None:
+        sender = str(header.get("from"))
+        op = str(header.get("op"))
+        rid = header.get("id") if header["t"] == REQ else None
+        handler = self._handlers.get(op)
+        if handler is None:
+            if rid is not None:
+                what = "remote calls; run %spin_serve there" if op == "call" else f"{op!r}"
+                message = f"peer {self.name!r} does not serve {what}"
+                self._reply(sender, rid, error=error_dict(errors.UNKNOWN_OP, message, peer=self.name))
+            return
+        try:
+            result = handler(sender, wire.decode(body) if body else None)
+        except Exception as exc:
+            if rid is not None:
+                self._reply(sender, rid, error=remote_error(exc, self.name))
+            return
+        if rid is None:
+            return
+        if isinstance(result, Awaitable):
+            task = asyncio.ensure_future(self._finish(sender, rid, result))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self._reply(sender, rid, result)
+
+    async def _finish(self, sender: str, rid: int, awaitable: Awaitable[Any]) -> None:
+        try:
+            result = await awaitable
+        except Exception as exc:
+            self._reply(sender, rid, error=remote_error(exc, self.name))
+        else:
+            self._reply(sender, rid, result)
+
+    def _reply(self, to: str, rid: int, result: Any = None, error: dict[str, Any] | None = None) -> None:
+        header: dict[str, Any] = {"t": REP, "re": rid, "to": to}
+        if error is not None:
+            header["error"] = error
+            self._write(wire.pack_frame(header))
+            return
+        try:
+            frame = self._frame(header, result)
+        except SpindelError as exc:
+            header["error"] = remote_error(exc, self.name)
+            frame = wire.pack_frame(header)
+        self._write(frame)
+
+    def _send_request(
+        self, rid: int, frame: bytes, future: concurrent.futures.Future[tuple[dict[str, Any], bytes]]
+    ) -> None:
+        if self._ws is None:
+            future.set_exception(NotConnected(f"not connected to the hub at {self.url} (reconnecting)"))
+            return
+        self._pending[rid] = future
+        self._write(frame)
+
+    def _write(self, frame: bytes) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            ws.write_message(frame, binary=True).add_done_callback(_retrieve)
+        except WebSocketClosedError:
+            pass
+
+    def _fail_pending(self, exc: SpindelError) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(exc)
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("spindel: callback %r failed", fn)
+
+
+def remote_error(exc: BaseException, peer: str) -> dict[str, Any]:
+    """The wire form of an exception raised while serving a request."""
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return error_dict(
+        errors.REMOTE_ERROR,
+        f"{type(exc).__name__}: {exc}",
+        peer=peer,
+        ename=type(exc).__name__,
+        evalue=str(exc),
+        traceback=[line.rstrip("\n") for line in lines],
+    )
+
+
+def _result(header: dict[str, Any], payload: bytes, to: str | None) -> Any:
+    error = header.get("error")
+    if error is not None:
+        raise errors.from_wire(error, peer=to or "hub")
+    return wire.decode(payload) if payload else None
+
+
+def _target(to: str | None) -> str:
+    return f"peer {to!r}" if to else "the hub"
+
+
+def _as_bytes(message: str | bytes) -> bytes:
+    return message.encode() if isinstance(message, str) else message
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+# -- the process-wide peer ---------------------------------------------------------
+
+_current: Peer | None = None
+_current_lock = threading.Lock()
+
+
+def default_name() -> str:
+    """The peer name to use when none is given: ``SPINDEL_PEER``, the notebook, or the kernel."""
+    explicit = os.environ.get(ENV_PEER)
+    if explicit:
+        return check_name(explicit)
+    notebook = os.environ.get("JPY_SESSION_NAME")
+    if notebook:
+        return name_from(Path(notebook).stem)
+    try:
+        from ipykernel.connect import get_connection_file
+
+        stem = Path(get_connection_file()).stem  # kernel-<id>
+        return name_from(f"kernel-{stem.removeprefix('kernel-')[:8]}")
+    except Exception:
+        return name_from(f"{socket.gethostname().split('.')[0]}-{os.getpid()}")
+
+
+def connect(
+    url: str | None = None,
+    name: str | None = None,
+    token: str | None = None,
+    kind: str | None = None,
+) -> Peer:
+    """Connect this process to a hub and make it the peer the rest of the API uses.
+
+    ``url`` and ``token`` default to ``SPINDEL_HUB_URL`` and ``SPINDEL_TOKEN`` (a Jupyter
+    server with this extension sets both for the kernels it starts). ``name``
+    defaults to :func:`default_name`; a derived name that is taken gets a suffix,
+    an explicit one is refused with :class:`NameTaken`. An earlier connection of
+    this process is closed once the new one is up.
+    """
+    global _current
+    url = url or os.environ.get(ENV_URL)
+    if not url:
+        raise NotConnected(
+            "no hub URL: pass url=ws://HOST:PORT/spindel/ws, or set SPINDEL_HUB_URL "
+            "(a Jupyter server with spindel_jupyter sets it for the kernels it starts)"
+        )
+    token = os.environ.get(ENV_TOKEN, "") if token is None else token
+    kind = kind or ("kernel" if "ipykernel" in sys.modules else "script")
+    explicit = name is not None or bool(os.environ.get(ENV_PEER))
+    base = check_name(name) if name is not None else default_name()
+    with _current_lock:
+        previous = _current
+        contexts = previous.contexts if previous is not None else []
+        candidates = [base] if explicit else [base, *(f"{base}-{i}" for i in range(2, 10))]
+        for candidate in candidates:
+            # Reusing this process's own name is fine: the hub hands it to the new connection.
+            peer = Peer(url, candidate, token, kind=kind)
+            peer.contexts = list(contexts)
+            try:
+                peer.start()
+                break
+            except NameTaken:
+                if candidate == candidates[-1]:
+                    raise
+        if previous is not None:
+            for op, handler in previous._handlers.items():
+                peer.handle(op, handler)
+            previous.close()
+        _current = peer
+        return peer
+
+
+def current_peer() -> Peer:
+    """The peer made by :func:`connect` (or ``%load_ext``); raise if there is none."""
+    peer = _current
+    if peer is None:
+        raise NotConnected(
+            "not connected to a hub: run %spin_connect in a notebook, "
+            "or spindel_jupyter.connect() in a script"
+        )
+    return peer
+
+
+def disconnect() -> None:
+    """Close the process-wide peer, if any."""
+    global _current
+    with _current_lock:
+        peer, _current = _current, None
+    if peer is not None:
+        peer.close()
+
+
+atexit.register(disconnect)
+
+__all__ = ["HubError", "Peer", "connect", "current_peer", "default_name", "disconnect"]

@@ -1,0 +1,133 @@
+"""The exceptions users see, and the mapping from wire error codes to them.
+
+Every error that crosses the wire carries a ``code``; :func:`from_wire` turns it
+back into the matching exception so a caller catches ``PeerNotFound`` whether the
+hub or the remote kernel raised it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SpindelError(Exception):
+    """Base class of every error this package raises."""
+
+
+class EncodeError(SpindelError, TypeError):
+    """A value has no wire encoding; names its type and where it sits."""
+
+    def __init__(self, where: str, type_name: str, detail: str = "") -> None:
+        self.where = where
+        self.type_name = type_name
+        hint = detail or (
+            "send plain data instead (None, bool, int, float, str, bytes, list, dict, "
+            "tuple, set, complex, datetime/date/time/timedelta, Decimal, numpy arrays), "
+            "for example df.to_dict() or obj.__dict__"
+        )
+        super().__init__(f"cannot send {where}: a value of type {type_name} has no wire encoding; {hint}")
+
+
+class DecodeError(SpindelError, ValueError):
+    """Bytes that are not a valid encoding (truncated, corrupt, or of an unknown type)."""
+
+
+class HubError(SpindelError):
+    """The hub refused a frame or a request; the message says why and what to do."""
+
+    def __init__(self, message: str, code: str = "hub_error") -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class NameTaken(HubError):
+    """The peer name asked for is already connected to the hub."""
+
+
+class NotConnected(SpindelError):
+    """No connection to a hub: connect first, or the hub cannot be reached."""
+
+
+class PeerNotFound(SpindelError):
+    """The target peer is not connected to the hub."""
+
+    def __init__(self, peer: str, connected: list[str] | None = None) -> None:
+        self.peer = peer
+        self.connected = list(connected or [])
+        listing = ", ".join(self.connected) if self.connected else "none"
+        super().__init__(f"no peer named {peer!r} is connected to the hub (connected: {listing})")
+
+
+class PeerLost(SpindelError):
+    """The peer (or the hub) went away while a call to it was pending."""
+
+    def __init__(self, peer: str, detail: str = "") -> None:
+        self.peer = peer
+        super().__init__(detail or f"peer {peer!r} disconnected before it answered")
+
+
+class RemoteTimeout(SpindelError, TimeoutError):
+    """A remote call did not answer within its timeout."""
+
+
+class RemoteError(SpindelError):
+    """An exception raised on a remote peer, with its remote traceback."""
+
+    def __init__(self, peer: str, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
+        self.peer = peer
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = list(traceback or [])
+        super().__init__(f"[{peer}] {ename}: {evalue}")
+
+    def render_traceback(self) -> list[str]:
+        """IPython shows this instead of the local traceback: the remote one, once."""
+        header = f"RemoteError from peer {self.peer!r}:"
+        return [header, *(self.traceback or [f"{self.ename}: {self.evalue}"])]
+
+
+class UnboundNames(SpindelError):
+    """Names a remote body reads that are neither arguments nor defined remotely."""
+
+
+class MergeConflict(SpindelError):
+    """A merge found conflicting edits and changed nothing."""
+
+
+class NotWritable(SpindelError):
+    """Another peer holds the workspace's writer lease."""
+
+
+# Wire error codes, in one place. The hub and the peers both speak these.
+BAD_FRAME = "bad_frame"
+FRAME_TOO_LARGE = "frame_too_large"
+HELLO_FIRST = "hello_first"
+BAD_NAME = "bad_name"
+NAME_TAKEN = "name_taken"
+PEER_NOT_FOUND = "peer_not_found"
+PEER_LOST = "peer_lost"
+REMOTE_ERROR = "remote_error"
+UNKNOWN_OP = "unknown_op"
+TIMEOUT = "timeout"
+
+
+def from_wire(error: dict[str, Any], peer: str = "") -> SpindelError:
+    """The exception for an error dict received in a reply or an error frame."""
+    code = str(error.get("code", "hub_error"))
+    message = str(error.get("message", "unknown error"))
+    if code == PEER_NOT_FOUND:
+        return PeerNotFound(str(error.get("peer", peer)), list(error.get("peers") or []))
+    if code == PEER_LOST:
+        return PeerLost(str(error.get("peer", peer)), message)
+    if code == REMOTE_ERROR:
+        return RemoteError(
+            str(error.get("peer", peer)),
+            str(error.get("ename", "Exception")),
+            str(error.get("evalue", message)),
+            [str(line) for line in error.get("traceback") or []],
+        )
+    if code == TIMEOUT:
+        return RemoteTimeout(message)
+    if code == NAME_TAKEN:
+        return NameTaken(message, code)
+    return HubError(message, code)

@@ -1,0 +1,1 @@
+"""The hub: a jupyter-server extension that relays frames between peers."""

@@ -1,0 +1,91 @@
+"""The jupyter-server extension: configuration, handlers, and the kernels' environment."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.utils import url_path_join
+from traitlets import Float, Int, Unicode, default
+
+from .handlers import PeersHandler, PeerSocketHandler
+from .relay import Relay
+
+#: The environment a Jupyter server with the hub gives the kernels it starts.
+ENV_URL = "SPINDEL_HUB_URL"
+ENV_TOKEN = "SPINDEL_TOKEN"
+
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "localhost"}
+
+
+class SpindelHub(ExtensionApp):
+    """The relay hub of peers and the registry of their shared state."""
+
+    name = "spindel_jupyter"
+    description = "Relay hub for spindel_jupyter peers"
+    load_other_extensions = True
+
+    store_dir = Unicode(
+        help="Directory where the hub keeps topic states and workspace content (durable across restarts)."
+    ).tag(config=True)
+
+    max_frame_bytes = Int(
+        64 * 1024 * 1024,
+        help="Largest frame a peer may send, in bytes; larger frames get an error frame.",
+    ).tag(config=True)
+
+    ping_interval = Float(10.0, help="Seconds between heartbeats on peer connections (0 disables them).").tag(
+        config=True
+    )
+
+    ping_timeout = Float(
+        30.0, help="Seconds without a heartbeat reply after which a peer connection is closed."
+    ).tag(config=True)
+
+    lease_seconds = Float(300.0, help="How long a workspace writer lease lasts without being renewed.").tag(
+        config=True
+    )
+
+    @default("store_dir")
+    def _default_store_dir(self) -> str:
+        return os.path.join(jupyter_data_dir(), "spindel")
+
+    def initialize_settings(self) -> None:
+        self.relay = Relay(self.max_frame_bytes)
+        self.settings["spindel_hub"] = self
+        self.export_environment()
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(
+            [
+                (r"/spindel/ws", PeerSocketHandler),
+                (r"/spindel/api/peers", PeersHandler),
+            ]
+        )
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        # The port is final only once the server runs (it may have moved off a busy one).
+        await super()._start_jupyter_server_extension(serverapp)
+        self.export_environment()
+
+    def peer_url(self) -> str:
+        """The WebSocket URL at which peers on this machine reach the hub."""
+        app = self.serverapp
+        assert app is not None
+        host = "127.0.0.1" if app.ip in _WILDCARD_HOSTS else app.ip
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "wss" if app.certfile else "ws"
+        return f"{scheme}://{host}:{app.port}{url_path_join(app.base_url, 'spindel/ws')}"
+
+    def export_environment(self) -> None:
+        """Put the hub's URL and token where kernels this server starts will find them."""
+        app = self.serverapp
+        assert app is not None
+        if app.sock:
+            self.log.warning("spindel: kernels cannot auto-connect to a server on a UNIX socket")
+            return
+        os.environ[ENV_URL] = self.peer_url()
+        os.environ[ENV_TOKEN] = app.identity_provider.token or ""

@@ -1,0 +1,276 @@
+"""The relay: who is connected, and where each frame goes.
+
+Plain Python with no web framework in it: the WebSocket handler feeds it bytes
+and gives it a :class:`Link` to write to. Keeping the routing here, behind this
+small surface, is what lets a backplane (Redis, NATS) federate hubs later
+without touching peers or the wire format.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .. import errors, wire
+from ..protocol import (
+    CANCEL,
+    ERROR,
+    EVENT,
+    HELLO,
+    HUB,
+    REP,
+    REQ,
+    WELCOME,
+    FrameError,
+    check_inbound,
+    check_name,
+    error_dict,
+)
+
+log = logging.getLogger(__name__)
+
+#: Requests one peer may have waiting on others before new ones are refused.
+MAX_PENDING_PER_PEER = 10_000
+
+
+class Link(Protocol):
+    """What the relay needs of one peer connection."""
+
+    def send(self, frame: bytes) -> None:
+        """Queue ``frame`` for the peer; never raises if the peer is gone."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection."""
+
+
+@dataclass(eq=False)
+class Member:
+    """A connected peer, as the relay knows it."""
+
+    link: Link
+    name: str = ""
+    kind: str = ""
+    session: str = ""
+    contexts: list[str] = field(default_factory=list)
+    since: str = ""
+    #: Requests sent to this peer not yet answered: (caller name, request id).
+    awaiting: set[tuple[str, int]] = field(default_factory=set)
+    #: Number of requests this peer has outstanding with others.
+    outstanding: int = 0
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "contexts": list(self.contexts), "since": self.since}
+
+
+HubOp = Callable[[Member, Any], Any]
+
+
+class Relay:
+    """Registry of connected peers and router of their frames."""
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.members: dict[str, Member] = {}
+        self._hub_ops: dict[str, HubOp] = {"peers": self._op_peers, "update": self._op_update}
+
+    # -- connection lifecycle -------------------------------------------------
+
+    def connect(self, link: Link) -> Member:
+        """A new connection; it becomes a named peer once it says hello."""
+        return Member(link)
+
+    def disconnect(self, member: Member) -> None:
+        """The connection closed: drop the peer and tell everyone waiting on it."""
+        if not member.name or self.members.get(member.name) is not member:
+            return
+        del self.members[member.name]
+        self._fail_awaiting(member, "disconnected")
+        log.info("peer %r left", member.name)
+        self._broadcast_peers()
+
+    def peers(self) -> list[dict[str, Any]]:
+        """What ``/spindel/api/peers`` and the ``peers`` op report."""
+        return [m.info() for m in sorted(self.members.values(), key=lambda m: m.name)]
+
+    # -- inbound frames -------------------------------------------------------
+
+    def receive(self, member: Member, data: bytes) -> None:
+        """Handle one frame from ``member``; a bad frame gets an error, never an exception."""
+        request_id = None
+        try:
+            if len(data) > self.max_frame_bytes:
+                raise FrameError(
+                    f"frame of {len(data)} bytes is over the hub's limit of {self.max_frame_bytes} "
+                    "bytes (c.SpindelHub.max_frame_bytes); send smaller values",
+                    errors.FRAME_TOO_LARGE,
+                )
+            try:
+                header, body = wire.unpack_frame(data)
+            except errors.DecodeError as exc:
+                raise FrameError(f"frame is not valid msgpack: {exc}") from None
+            if header.get("t") == REQ and isinstance(header.get("id"), int):
+                request_id = header["id"]
+            kind = check_inbound(header)
+            if kind == HELLO:
+                self._hello(member, header)
+            elif not member.name:
+                raise FrameError("say hello first: the first frame names the peer", errors.HELLO_FIRST)
+            elif kind == REQ:
+                self._request(member, header, body)
+            elif kind == REP:
+                self._reply(member, header, body)
+            elif kind == CANCEL:
+                self._cancel(member, header)
+            else:
+                self._forward(member, header, body)
+        except FrameError as exc:
+            self._refuse(member, exc.code, str(exc), request_id)
+
+    def _refuse(self, member: Member, code: str, message: str, request_id: int | None) -> None:
+        log.debug("refused frame from %r: %s", member.name or "(no hello yet)", message)
+        if request_id is not None:
+            member.link.send(_reply_error(request_id, HUB, error_dict(code, message)))
+        else:
+            member.link.send(wire.pack_frame({"t": ERROR, "from": HUB, **error_dict(code, message)}))
+
+    def _hello(self, member: Member, header: dict[str, Any]) -> None:
+        if member.name:
+            raise FrameError(f"already connected as {member.name!r}")
+        try:
+            name = check_name(header["name"])
+        except ValueError as exc:
+            raise FrameError(str(exc), errors.BAD_NAME) from None
+        current = self.members.get(name)
+        if current is not None:
+            if current.session != header["session"]:
+                raise FrameError(
+                    f"name {name!r} is already connected; use %spin_connect --as OTHER",
+                    errors.NAME_TAKEN,
+                )
+            # The same peer reconnecting before the hub saw its old connection drop.
+            current.link.close(4000, "replaced by a new connection of the same peer")
+            self.disconnect(current)
+        member.name = name
+        member.kind = header["kind"]
+        member.session = header["session"]
+        member.contexts = _str_list(header.get("contexts"))
+        member.since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.members[name] = member
+        log.info("peer %r (%s) connected", name, member.kind)
+        member.link.send(
+            wire.pack_frame({"t": WELCOME, "name": name, "max_frame_bytes": self.max_frame_bytes})
+        )
+        self._broadcast_peers()
+
+    def _request(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
+        target_name = header.get("to")
+        if target_name is None:
+            self._hub_request(member, header, body)
+            return
+        target = self.members.get(target_name)
+        if target is None:
+            member.link.send(
+                _reply_error(
+                    header["id"],
+                    target_name,
+                    error_dict(
+                        errors.PEER_NOT_FOUND,
+                        f"no peer named {target_name!r}",
+                        peer=target_name,
+                        peers=sorted(self.members),
+                    ),
+                )
+            )
+            return
+        if member.outstanding >= MAX_PENDING_PER_PEER:
+            raise FrameError(f"over {MAX_PENDING_PER_PEER} requests waiting for replies; wait for some")
+        target.awaiting.add((member.name, header["id"]))
+        member.outstanding += 1
+        self._forward(member, header, body, target)
+
+    def _reply(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
+        key = (header["to"], header["re"])
+        if key not in member.awaiting:
+            log.debug("dropped reply from %r to %r: no such pending request", member.name, key)
+            return
+        member.awaiting.discard(key)
+        caller = self.members.get(header["to"])
+        if caller is None:
+            return
+        caller.outstanding -= 1
+        self._forward(member, header, body, caller)
+
+    def _cancel(self, member: Member, header: dict[str, Any]) -> None:
+        target = self.members.get(header["to"])
+        key = (member.name, header["id"])
+        if target is None or key not in target.awaiting:
+            return
+        target.awaiting.discard(key)
+        member.outstanding -= 1
+        self._forward(member, header, memoryview(b""), target)
+
+    def _forward(
+        self, member: Member, header: dict[str, Any], body: memoryview, target: Member | None = None
+    ) -> None:
+        target = target or self.members.get(header["to"])
+        if target is None:
+            return  # one-way message to a peer that left: nothing waits for it
+        header["from"] = member.name  # stamped: a peer cannot speak as another
+        target.link.send(wire.pack_frame(header, body))
+
+    def _hub_request(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
+        op = self._hub_ops.get(header["op"])
+        if op is None:
+            known = ", ".join(sorted(self._hub_ops))
+            raise FrameError(f"the hub has no op {header['op']!r} (known: {known})", errors.UNKNOWN_OP)
+        try:
+            argument = wire.decode(body) if body else None
+        except errors.DecodeError as exc:
+            raise FrameError(f"request body is not valid: {exc}") from None
+        result = op(member, argument)
+        member.link.send(wire.pack_frame({"t": REP, "re": header["id"], "from": HUB}, wire.encode(result)))
+
+    # -- hub ops ----------------------------------------------------------------
+
+    def _op_peers(self, member: Member, argument: Any) -> Any:
+        return self.peers()
+
+    def _op_update(self, member: Member, argument: Any) -> Any:
+        if not isinstance(argument, dict):
+            raise FrameError("update takes a map, e.g. {'contexts': [...]}")
+        if "contexts" in argument:
+            member.contexts = _str_list(argument["contexts"])
+        self._broadcast_peers()
+        return member.info()
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _fail_awaiting(self, member: Member, why: str) -> None:
+        for caller_name, request_id in sorted(member.awaiting):
+            caller = self.members.get(caller_name)
+            if caller is None:
+                continue
+            caller.outstanding -= 1
+            message = f"peer {member.name!r} {why} before it answered"
+            caller.link.send(
+                _reply_error(request_id, member.name, error_dict(errors.PEER_LOST, message, peer=member.name))
+            )
+        member.awaiting.clear()
+
+    def _broadcast_peers(self) -> None:
+        frame = wire.pack_frame({"t": EVENT, "event": "peers", "from": HUB}, wire.encode(self.peers()))
+        for other in self.members.values():
+            other.link.send(frame)
+
+
+def _reply_error(request_id: int, sender: str, error: dict[str, Any]) -> bytes:
+    return wire.pack_frame({"t": REP, "re": request_id, "from": sender, "error": error})
+
+
+def _str_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return []
+    return list(value)

@@ -1,0 +1,111 @@
+"""The frames peers and the hub exchange, and the rules both sides check.
+
+A frame is a header map (see :mod:`spindel_jupyter.wire`) whose ``t`` field names
+its type, optionally followed by an encoded body. Peers send:
+
+``hello``  ``{name, kind, session}`` - first frame; the hub answers ``welcome`` or an ``error``.
+``req``    ``{id, op, to?}``         - a request to peer ``to`` (or to the hub when absent).
+``rep``    ``{re, to, error?}``      - the reply to request ``re`` of peer ``to``.
+``msg``    ``{op, to}``              - one-way, e.g. output streamed during a call.
+``cancel`` ``{id, to}``              - the caller gave up on request ``id`` (timeout, interrupt).
+
+The hub sends ``welcome``, relays ``req``/``rep``/``msg`` with ``from`` stamped to
+the real sender, answers a request it cannot route with a ``rep`` carrying an
+``error``, reports a bad frame with ``error`` ``{code, message, re?}``, and
+broadcasts ``event`` frames (``{event: "peers"}`` with the peer list as body).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from . import errors
+
+HELLO = "hello"
+WELCOME = "welcome"
+REQ = "req"
+REP = "rep"
+MSG = "msg"
+CANCEL = "cancel"
+ERROR = "error"
+EVENT = "event"
+
+#: Sender stamped on frames the hub itself originates.
+HUB = "@hub"
+
+#: What a peer is: a kernel, a browser UI, or a plain Python process.
+KINDS = ("kernel", "ui", "script")
+
+_NAME = re.compile(r"^\w[\w.\-]{0,63}$")
+_MAX_OP = 64
+
+# Required header fields of each frame type a peer may send, and their types.
+_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    HELLO: {"name": str, "kind": str, "session": str},
+    REQ: {"id": int, "op": str},
+    REP: {"re": int, "to": str},
+    MSG: {"op": str, "to": str},
+    CANCEL: {"id": int, "to": str},
+}
+_OPTIONAL: dict[str, dict[str, type | tuple[type, ...]]] = {
+    REQ: {"to": str},
+    REP: {"error": dict},
+}
+
+
+class FrameError(Exception):
+    """A frame the hub refuses; ``code`` is one of the wire codes in :mod:`errors`."""
+
+    def __init__(self, message: str, code: str = errors.BAD_FRAME) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid peer name, else raise ``ValueError`` saying why."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"invalid peer name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter, digit or '_' (no '/' or spaces)"
+        )
+    return name
+
+
+def name_from(text: str) -> str:
+    """A valid peer name derived from free text such as a notebook's file name."""
+    cleaned = re.sub(r"[^\w.\-]+", "-", text).strip("-.")
+    cleaned = cleaned[:64] or "peer"
+    return cleaned if _NAME.match(cleaned) else f"_{cleaned[:63]}"
+
+
+def check_inbound(header: dict[str, Any]) -> str:
+    """Validate a header sent by a peer and return its type; raise :class:`FrameError`."""
+    kind = header.get("t")
+    if kind not in _FIELDS:
+        known = ", ".join(sorted(_FIELDS))
+        raise FrameError(f"unknown frame type {kind!r}: a peer sends one of {known}")
+    for field, expected in _FIELDS[kind].items():
+        value = header.get(field)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise FrameError(f"{kind} frame needs field {field!r} of type {_type_names(expected)}")
+    for field, expected in _OPTIONAL.get(kind, {}).items():
+        if field in header and not isinstance(header[field], expected):
+            raise FrameError(f"{kind} frame field {field!r} must be of type {_type_names(expected)}")
+    op = header.get("op")
+    if isinstance(op, str) and not 0 < len(op) <= _MAX_OP:
+        raise FrameError(f"op must be 1-{_MAX_OP} characters")
+    if kind == HELLO and header["kind"] not in KINDS:
+        raise FrameError(f"hello kind must be one of {', '.join(KINDS)}")
+    return str(kind)
+
+
+def error_dict(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The error map carried by ``rep`` and ``error`` frames."""
+    return {"code": code, "message": message, **extra}
+
+
+def _type_names(expected: type | tuple[type, ...]) -> str:
+    if isinstance(expected, tuple):
+        return " or ".join(t.__name__ for t in expected)
+    return expected.__name__
