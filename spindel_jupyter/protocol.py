@@ -37,7 +37,7 @@ HUB = "@hub"
 #: What a peer is: a kernel, a browser UI, or a plain Python process.
 KINDS = ("kernel", "ui", "script")
 
-_NAME = re.compile(r"^\w[\w.\-]{0,63}$")
+_NAME = re.compile(r"\w[\w.\-]{0,63}")
 _MAX_OP = 64
 
 # Required header fields of each frame type a peer may send, and their types.
@@ -64,7 +64,7 @@ class FrameError(Exception):
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid peer name, else raise ``ValueError`` saying why."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
             f"invalid peer name {name!r}: use 1-64 letters, digits, '_', '.' or '-', "
             "starting with a letter, digit or '_' (no '/' or spaces)"
@@ -76,7 +76,7 @@ def name_from(text: str) -> str:
     """A valid peer name derived from free text such as a notebook's file name."""
     cleaned = re.sub(r"[^\w.\-]+", "-", text).strip("-.")
     cleaned = cleaned[:64] or "peer"
-    return cleaned if _NAME.match(cleaned) else f"_{cleaned[:63]}"
+    return cleaned if _NAME.fullmatch(cleaned) else f"_{cleaned[:63]}"
 
 
 def check_inbound(header: dict[str, Any]) -> str:

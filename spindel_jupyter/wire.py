@@ -123,10 +123,11 @@ class _Encoder:
     def _ndarray(self, arr: Any) -> msgpack.ExtType:
         if arr.dtype.hasobject:
             raise TypeError("numpy arrays of Python objects have no raw buffer; convert with .tolist()")
-        arr = np.ascontiguousarray(arr)
-        data = memoryview(arr).cast("B") if arr.nbytes else memoryview(b"")
+        shape = list(arr.shape)
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        data = memoryview(flat.view(np.uint8)) if arr.nbytes else memoryview(b"")
         descr = np.lib.format.dtype_to_descr(arr.dtype)
-        header = self.pack([descr, list(arr.shape), self.offset, arr.nbytes])
+        header = self.pack([descr, shape, self.offset, arr.nbytes])
         self.buffers.append(data)
         self.offset += arr.nbytes
         return msgpack.ExtType(Ext.NDARRAY, header)
@@ -156,7 +157,7 @@ def encode(value: Any, where: str = "value") -> bytes:
 
 def _locate(value: Any, where: str, exc: BaseException) -> EncodeError:
     """Find the first part of ``value`` that does not encode, for a precise error."""
-    if isinstance(exc, RecursionError):
+    if isinstance(exc, RecursionError) or "recursion limit" in str(exc):
         return EncodeError(where, type(value).__name__, "it is nested too deeply (or contains itself)")
     stack: list[tuple[Any, str]] = [(value, where)]
     seen: set[int] = set()

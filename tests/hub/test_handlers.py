@@ -1,0 +1,158 @@
+"""The hub's endpoints inside a real (in-process) Jupyter server: auth, peers, frames."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from spindel_jupyter import errors, wire
+
+
+@pytest.fixture
+def urls(jp_serverapp: Any, http_server_client: Any, jp_http_port: int, jp_base_url: str) -> dict[str, str]:
+    return {
+        "ws": f"ws://127.0.0.1:{jp_http_port}{jp_base_url}spindel/ws",
+        "peers": f"http://127.0.0.1:{jp_http_port}{jp_base_url}spindel/api/peers",
+        "token": jp_serverapp.identity_provider.token,
+    }
+
+
+async def open_peer(url: str, name: str, headers: dict[str, str] | None = None) -> WebSocketClientConnection:
+    ws = await websocket_connect(HTTPRequest(url, headers=headers or {}))
+    await ws.write_message(
+        wire.pack_frame({"t": "hello", "name": name, "kind": "kernel", "session": name}), binary=True
+    )
+    return ws
+
+
+async def next_frame(ws: WebSocketClientConnection, kind: str) -> tuple[dict[str, Any], Any]:
+    while True:
+        message = await ws.read_message()
+        assert message is not None, "connection closed"
+        assert isinstance(message, bytes)
+        header, body = wire.unpack_frame(message)
+        if header["t"] == kind:
+            return header, wire.decode(body) if body else None
+
+
+async def login_cookie(urls: dict[str, str]) -> str:
+    response = await AsyncHTTPClient().fetch(
+        urls["peers"], headers={"Authorization": f"token {urls['token']}"}
+    )
+    cookies = [c.split(";", 1)[0] for c in response.headers.get_list("Set-Cookie")]
+    assert cookies, "a token-authenticated request sets the login cookie"
+    return "; ".join(cookies)
+
+
+async def test_websocket_refuses_requests_without_a_valid_token(urls: dict[str, str]) -> None:
+    for headers, url in [
+        ({}, urls["ws"]),
+        ({"Authorization": "token wrong"}, urls["ws"]),
+        ({}, urls["ws"] + "?token=wrong"),
+    ]:
+        with pytest.raises(HTTPClientError) as info:
+            await websocket_connect(HTTPRequest(url, headers=headers))
+        assert info.value.code == 403
+
+
+async def test_rest_refuses_requests_without_a_valid_token(urls: dict[str, str]) -> None:
+    client = AsyncHTTPClient()
+    for headers in ({}, {"Authorization": "token wrong"}):
+        with pytest.raises(HTTPClientError) as info:
+            await client.fetch(urls["peers"], headers=headers)
+        assert info.value.code == 403
+
+
+async def test_websocket_accepts_header_query_and_cookie(urls: dict[str, str]) -> None:
+    cookie = await login_cookie(urls)
+    ways = [
+        ("header", urls["ws"], {"Authorization": f"token {urls['token']}"}),
+        ("query", urls["ws"] + f"?token={urls['token']}", {}),
+        ("cookie", urls["ws"], {"Cookie": cookie}),
+    ]
+    for name, url, headers in ways:
+        ws = await open_peer(url, name, headers)
+        header, _ = await next_frame(ws, "welcome")
+        assert header["name"] == name
+        ws.close()
+
+
+async def test_rest_accepts_header_query_and_cookie(urls: dict[str, str]) -> None:
+    cookie = await login_cookie(urls)
+    client = AsyncHTTPClient()
+    for url, headers in [
+        (urls["peers"], {"Authorization": f"token {urls['token']}"}),
+        (urls["peers"] + f"?token={urls['token']}", {}),
+        (urls["peers"], {"Cookie": cookie}),
+    ]:
+        response = await client.fetch(url, headers=headers)
+        assert json.loads(response.body) == []
+
+
+async def test_peers_endpoint_lists_connected_peers(urls: dict[str, str]) -> None:
+    auth = {"Authorization": f"token {urls['token']}"}
+    alice = await open_peer(urls["ws"], "alice", auth)
+    await next_frame(alice, "welcome")
+    bob = await open_peer(urls["ws"], "bob", auth)
+    await next_frame(bob, "welcome")
+    response = await AsyncHTTPClient().fetch(urls["peers"], headers=auth)
+    peers = json.loads(response.body)
+    assert [(p["name"], p["kind"], p["contexts"]) for p in peers] == [
+        ("alice", "kernel", []),
+        ("bob", "kernel", []),
+    ]
+    assert all(p["since"] for p in peers)
+    bob.close()
+    await next_frame(alice, "event")  # bob's departure is broadcast
+    response = await AsyncHTTPClient().fetch(urls["peers"], headers=auth)
+    assert [p["name"] for p in json.loads(response.body)] == ["alice"]
+
+
+async def test_bad_frames_get_error_frames_while_others_keep_working(
+    urls: dict[str, str], jp_serverapp: Any
+) -> None:
+    auth = {"Authorization": f"token {urls['token']}"}
+    hub = jp_serverapp.web_app.settings["spindel_hub"]
+    hub.relay.max_frame_bytes = 4096
+    mallory = await open_peer(urls["ws"], "mallory", auth)
+    await next_frame(mallory, "welcome")
+    alice = await open_peer(urls["ws"], "alice", auth)
+    await next_frame(alice, "welcome")
+    bob = await open_peer(urls["ws"], "bob", auth)
+    await next_frame(bob, "welcome")
+
+    hostile = [
+        (b"\x00\xffnot msgpack at all", errors.BAD_FRAME),
+        (wire.pack_frame({"t": 1, "x": [1, 2]}), errors.BAD_FRAME),
+        (wire.encode([1, 2, 3]), errors.BAD_FRAME),
+        (wire.pack_frame({"t": "msg", "op": "x", "to": "bob"}, b"x" * 5000), errors.FRAME_TOO_LARGE),
+    ]
+    for data, code in hostile:
+        await mallory.write_message(data, binary=True)
+        header, _ = await next_frame(mallory, "error")
+        assert header["code"] == code
+        # meanwhile alice and bob still talk through the hub
+        await alice.write_message(
+            wire.pack_frame({"t": "req", "id": 1, "op": "ping", "to": "bob"}), binary=True
+        )
+        request, _ = await next_frame(bob, "req")
+        assert request["from"] == "alice"
+        await bob.write_message(
+            wire.pack_frame({"t": "rep", "re": 1, "to": "alice"}, wire.encode("pong")), binary=True
+        )
+        reply, body = await next_frame(alice, "rep")
+        assert (reply["from"], body) == ("bob", "pong")
+    # and mallory's own connection is still up
+    await mallory.write_message(wire.pack_frame({"t": "req", "id": 2, "op": "peers"}), binary=True)
+    _, peers = await next_frame(mallory, "rep")
+    assert [p["name"] for p in peers] == ["alice", "bob", "mallory"]
+
+
+async def test_server_exports_the_hub_to_kernels(urls: dict[str, str]) -> None:
+    assert os.environ["SPINDEL_HUB_URL"] == urls["ws"]
+    assert os.environ["SPINDEL_TOKEN"] == urls["token"]

@@ -1,0 +1,204 @@
+"""The relay's routing rules, driven frame by frame (the transport is a recording link)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from spindel_jupyter import errors, wire
+from spindel_jupyter.hub.relay import Member, Relay
+
+
+class RecordingLink:
+    """Stands in for a WebSocket: keeps what the relay sends, decoded."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[dict[str, Any], Any]] = []
+        self.closed: tuple[int, str] | None = None
+
+    def send(self, frame: bytes) -> None:
+        header, body = wire.unpack_frame(frame)
+        self.frames.append((header, wire.decode(body) if body else None))
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def last(self, kind: str | None = None) -> dict[str, Any]:
+        headers = [h for h, _ in self.frames if kind is None or h["t"] == kind]
+        assert headers, f"no {kind or ''} frame received (got {self.frames})"
+        return headers[-1]
+
+    def of(self, kind: str) -> list[tuple[dict[str, Any], Any]]:
+        return [(h, b) for h, b in self.frames if h["t"] == kind]
+
+
+def join(relay: Relay, name: str, session: str | None = None) -> tuple[Member, RecordingLink]:
+    link = RecordingLink()
+    member = relay.connect(link)
+    hello = {"t": "hello", "name": name, "kind": "kernel", "session": session or name}
+    relay.receive(member, wire.pack_frame(hello))
+    return member, link
+
+
+def send(relay: Relay, member: Member, header: dict[str, Any], body: Any = None) -> None:
+    relay.receive(member, wire.pack_frame(header, None if body is None else wire.encode(body)))
+
+
+@pytest.fixture
+def relay() -> Relay:
+    return Relay(max_frame_bytes=1024)
+
+
+def test_hello_is_welcomed_and_everyone_sees_the_peer_list(relay: Relay) -> None:
+    _, alice = join(relay, "alice")
+    assert alice.last("welcome")["name"] == "alice"
+    _, _bob = join(relay, "bob")
+    header, peers = alice.of("event")[-1]
+    assert header["event"] == "peers"
+    assert [p["name"] for p in peers] == ["alice", "bob"]
+    assert [p["name"] for p in relay.peers()] == ["alice", "bob"]
+
+
+def test_duplicate_name_is_refused_with_the_fix(relay: Relay) -> None:
+    join(relay, "alice")
+    _, other = join(relay, "alice", session="another-process")
+    error = other.last("error")
+    assert error["code"] == errors.NAME_TAKEN
+    assert "name 'alice' is already connected; use %spin_connect --as OTHER" in error["message"]
+    assert [p["name"] for p in relay.peers()] == ["alice"]
+
+
+def test_same_session_takes_over_its_name(relay: Relay) -> None:
+    _first, first_link = join(relay, "alice", session="s1")
+    second, second_link = join(relay, "alice", session="s1")
+    assert first_link.closed is not None and first_link.closed[0] == 4000
+    assert relay.members["alice"] is second
+    assert second_link.last("welcome")["name"] == "alice"
+
+
+def test_request_is_routed_with_the_sender_stamped(relay: Relay) -> None:
+    alice, _ = join(relay, "alice")
+    _, bob = join(relay, "bob")
+    send(relay, alice, {"t": "req", "id": 1, "op": "call", "to": "bob", "from": "mallory"}, [1, 2])
+    header, body = bob.of("req")[-1]
+    assert header["from"] == "alice"
+    assert body == [1, 2]
+
+
+def test_forged_sender_on_replies_and_messages_is_overwritten(relay: Relay) -> None:
+    alice, alice_link = join(relay, "alice")
+    bob, _ = join(relay, "bob")
+    send(relay, alice, {"t": "req", "id": 9, "op": "call", "to": "bob"})
+    send(relay, bob, {"t": "msg", "op": "stream", "to": "alice", "from": "carol"}, "hi")
+    send(relay, bob, {"t": "rep", "re": 9, "to": "alice", "from": "carol"}, 42)
+    assert alice_link.of("msg")[-1][0]["from"] == "bob"
+    header, body = alice_link.of("rep")[-1]
+    assert (header["from"], body) == ("bob", 42)
+
+
+def test_unknown_target_is_answered_at_once_listing_peers(relay: Relay) -> None:
+    alice, link = join(relay, "alice")
+    join(relay, "bob")
+    send(relay, alice, {"t": "req", "id": 5, "op": "call", "to": "carol"})
+    reply = link.last("rep")
+    assert reply["re"] == 5
+    assert reply["error"]["code"] == errors.PEER_NOT_FOUND
+    assert reply["error"]["peers"] == ["alice", "bob"]
+
+
+def test_callers_waiting_on_a_peer_that_leaves_are_told(relay: Relay) -> None:
+    alice, alice_link = join(relay, "alice")
+    carol, carol_link = join(relay, "carol")
+    bob, _ = join(relay, "bob")
+    send(relay, alice, {"t": "req", "id": 1, "op": "call", "to": "bob"})
+    send(relay, carol, {"t": "req", "id": 2, "op": "call", "to": "bob"})
+    send(relay, carol, {"t": "req", "id": 3, "op": "call", "to": "alice"})
+    relay.disconnect(bob)
+    assert alice_link.last("rep")["error"]["code"] == errors.PEER_LOST
+    lost = [h for h, _ in carol_link.of("rep")]
+    assert [(h["re"], h["error"]["code"]) for h in lost] == [(2, errors.PEER_LOST)]
+    assert "bob" in lost[0]["error"]["message"]
+
+
+def test_an_answered_request_is_not_failed_later(relay: Relay) -> None:
+    alice, alice_link = join(relay, "alice")
+    bob, _ = join(relay, "bob")
+    send(relay, alice, {"t": "req", "id": 1, "op": "call", "to": "bob"})
+    send(relay, bob, {"t": "rep", "re": 1, "to": "alice"}, "done")
+    relay.disconnect(bob)
+    assert [h.get("error") for h, _ in alice_link.of("rep")] == [None]
+
+
+def test_reply_to_a_request_never_made_is_dropped(relay: Relay) -> None:
+    _, alice_link = join(relay, "alice")
+    bob, _ = join(relay, "bob")
+    send(relay, bob, {"t": "rep", "re": 77, "to": "alice"}, "unsolicited")
+    assert alice_link.of("rep") == []
+
+
+def test_cancel_forgets_the_request_and_reaches_the_target(relay: Relay) -> None:
+    alice, alice_link = join(relay, "alice")
+    bob, bob_link = join(relay, "bob")
+    send(relay, alice, {"t": "req", "id": 4, "op": "call", "to": "bob"})
+    send(relay, alice, {"t": "cancel", "id": 4, "to": "bob"})
+    assert bob_link.last("cancel")["from"] == "alice"
+    relay.disconnect(bob)
+    assert alice_link.of("rep") == []  # nothing left waiting, so nothing to fail
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\x00garbage",
+        msgpack.packb([1, 2, 3]),
+        msgpack.packb({"t": "teleport"}),
+        msgpack.packb({"t": "req", "op": "x"}),
+        b"",
+    ],
+)
+def test_bad_frames_get_an_error_frame_and_the_connection_lives(relay: Relay, data: bytes) -> None:
+    alice, alice_link = join(relay, "alice")
+    bob, _bob_link = join(relay, "bob")
+    relay.receive(alice, data)
+    assert alice_link.last("error")["code"] == errors.BAD_FRAME
+    send(relay, bob, {"t": "req", "id": 1, "op": "call", "to": "alice"})
+    assert alice_link.last("req")["from"] == "bob"
+    assert "alice" in relay.members
+
+
+def test_malformed_request_with_an_id_is_answered_as_a_reply(relay: Relay) -> None:
+    alice, link = join(relay, "alice")
+    relay.receive(alice, msgpack.packb({"t": "req", "id": 3, "op": "x", "to": 12}))
+    reply = link.last("rep")
+    assert (reply["re"], reply["error"]["code"]) == (3, errors.BAD_FRAME)
+
+
+def test_oversized_frame_gets_an_error(relay: Relay) -> None:
+    alice, link = join(relay, "alice")
+    join(relay, "bob")
+    send(relay, alice, {"t": "msg", "op": "x", "to": "bob"}, b"x" * 2000)
+    error = link.last("error")
+    assert error["code"] == errors.FRAME_TOO_LARGE
+    assert "max_frame_bytes" in error["message"]
+
+
+def test_frames_before_hello_are_refused(relay: Relay) -> None:
+    link = RecordingLink()
+    member = relay.connect(link)
+    send(relay, member, {"t": "req", "id": 1, "op": "peers"})
+    assert link.last("rep")["error"]["code"] == errors.HELLO_FIRST
+    relay.receive(member, wire.pack_frame({"t": "hello", "name": "bad name", "kind": "ui", "session": "s"}))
+    assert link.last("error")["code"] == errors.BAD_NAME
+    assert relay.peers() == []
+
+
+def test_hub_ops_peers_and_update(relay: Relay) -> None:
+    alice, link = join(relay, "alice")
+    send(relay, alice, {"t": "req", "id": 1, "op": "update"}, {"contexts": ["default", "ctx-a"]})
+    send(relay, alice, {"t": "req", "id": 2, "op": "peers"})
+    _, peers = link.of("rep")[-1]
+    assert peers[0]["contexts"] == ["default", "ctx-a"]
+    send(relay, alice, {"t": "req", "id": 3, "op": "launch"})
+    assert link.last("rep")["error"]["code"] == errors.UNKNOWN_OP

@@ -1,0 +1,230 @@
+"""Real parts for end-to-end tests: a Jupyter server subprocess and kernels driven by jupyter_client."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+
+BASE_URL = "/a%40b/"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class HubServer:
+    """A ``jupyter server`` subprocess with the extension, on its own dirs, port and token."""
+
+    def __init__(self, root: Path, port: int | None = None, token: str | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.token = token or secrets.token_hex(16)
+        self.notebooks = root / "notebooks"
+        self.runtime = root / "runtime"
+        self.notebooks.mkdir(parents=True, exist_ok=True)
+        self.runtime.mkdir(exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "server.log"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{BASE_URL}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{BASE_URL}spindel/ws"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for key in ("SPINDEL_HUB_URL", "SPINDEL_TOKEN", "SPINDEL_PEER", "JPY_SESSION_NAME"):
+            env.pop(key, None)
+        env["JUPYTER_RUNTIME_DIR"] = str(self.runtime)
+        env["JUPYTER_DATA_DIR"] = str(self.root / "data")
+        return env
+
+    def start(self) -> HubServer:
+        cmd = [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--allow-root",
+            f"--port={self.port}",
+            "--port-retries=0",
+            "--ip=127.0.0.1",
+            f"--ServerApp.base_url={BASE_URL}",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={self.notebooks}",
+            f"--SpindelHub.store_dir={self.root / 'store'}",
+            "--ServerApp.log_level=DEBUG",
+        ]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._ready, timeout=30, what=f"jupyter server on port {self.port} (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"jupyter server exited: {self.log_path.read_text()[-3000:]}")
+        try:
+            self.get("api/status")
+            return True
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.http_url + path, data=data, method=method)
+        req.add_header("Authorization", f"token {self.token}")
+        for key, value in (headers or {}).items():
+            req.add_header(key, value)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            text = resp.read().decode()
+        return json.loads(text) if text else None
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def peer_names(self) -> list[str]:
+        return [p["name"] for p in self.get("spindel/api/peers")]
+
+    def start_notebook_kernel(self, notebook: str) -> Kernel:
+        """Open ``notebook`` as the lab would (a session), and drive its kernel."""
+        path = self.notebooks / notebook
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        session = self.request(
+            "POST",
+            "api/sessions",
+            {"path": notebook, "type": "notebook", "name": notebook, "kernel": {"name": "python3"}},
+        )
+        kernel_id = session["kernel"]["id"]
+        connection_file = self.runtime / f"kernel-{kernel_id}.json"
+        wait_until(connection_file.exists, timeout=30, what="the kernel's connection file")
+        client = BlockingKernelClient()
+        client.load_connection_file(str(connection_file))
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        return Kernel(client=client, kernel_id=kernel_id, server=self)
+
+
+@dataclass
+class Output:
+    """What one execution produced."""
+
+    stdout: str = ""
+    stderr: str = ""
+    data: list[dict[str, Any]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+
+    def text(self) -> str:
+        return "\n".join(d.get("text/plain", "") for d in self.data)
+
+    def html(self) -> str:
+        return "\n".join(d.get("text/html", "") for d in self.data)
+
+
+@dataclass
+class Kernel:
+    """A real kernel, driven over its ZMQ channels."""
+
+    client: BlockingKernelClient
+    kernel_id: str = ""
+    server: HubServer | None = None
+    manager: KernelManager | None = None
+
+    def run(self, code: str, timeout: float = 60) -> Output:
+        out = Output()
+
+        def collect(msg: dict[str, Any]) -> None:
+            kind = msg["header"]["msg_type"]
+            content = msg["content"]
+            if kind == "stream":
+                if content["name"] == "stdout":
+                    out.stdout += content["text"]
+                else:
+                    out.stderr += content["text"]
+            elif kind in ("execute_result", "display_data"):
+                out.data.append(content["data"])
+            elif kind == "error":
+                out.error = content
+
+        self.client.execute_interactive(code, timeout=timeout, output_hook=collect, allow_stdin=False)
+        return out
+
+    def ok(self, code: str, timeout: float = 60) -> Output:
+        """Run ``code`` and fail the test if it raised."""
+        out = self.run(code, timeout)
+        if out.error:
+            raise AssertionError(f"kernel raised {out.error['ename']}: {out.error['evalue']}\n{out.stderr}")
+        return out
+
+    def pid(self) -> int:
+        return int(self.ok("import os; print(os.getpid())").stdout.strip())
+
+    def shutdown(self) -> None:
+        self.client.stop_channels()
+        if self.manager is not None:
+            self.manager.shutdown_kernel(now=True)
+        elif self.server is not None and self.server.proc is not None:
+            try:
+                self.server.request("DELETE", f"api/kernels/{self.kernel_id}")
+            except Exception:
+                pass
+
+
+def start_kernel(env: dict[str, str]) -> Kernel:
+    """A kernel started outside any server (it survives the hub's restarts)."""
+    manager = KernelManager(kernel_name="python3")
+    full_env = {**os.environ, **env}
+    manager.start_kernel(env=full_env)
+    client = manager.blocking_client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    return Kernel(client=client, manager=manager)
