@@ -125,7 +125,7 @@ class _Encoder:
             raise TypeError("numpy arrays of Python objects have no raw buffer; convert with .tolist()")
         shape = list(arr.shape)
         flat = np.ascontiguousarray(arr).reshape(-1)
-        data = memoryview(flat.view(np.uint8)) if arr.nbytes else memoryview(b"")
+        data = flat.view(np.uint8).data if arr.nbytes else memoryview(b"")
         descr = np.lib.format.dtype_to_descr(arr.dtype)
         header = self.pack([descr, shape, self.offset, arr.nbytes])
         self.buffers.append(data)

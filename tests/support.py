@@ -195,7 +195,9 @@ class Kernel:
             elif kind == "error":
                 out.error = content
 
-        self.client.execute_interactive(code, timeout=timeout, output_hook=collect, allow_stdin=False)
+        reply = self.client.execute_interactive(code, timeout=timeout, output_hook=collect, allow_stdin=False)
+        if reply["content"]["status"] == "error" and out.error is None:
+            out.error = reply["content"]  # e.g. a UsageError, shown on stderr without an error message
         return out
 
     def ok(self, code: str, timeout: float = 60) -> Output:
