@@ -12,12 +12,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
+
+from spindel_jupyter.demo import Execution, execute
 
 BASE_URL = "/a%40b/"
 
@@ -155,22 +157,6 @@ class HubServer:
 
 
 @dataclass
-class Output:
-    """What one execution produced."""
-
-    stdout: str = ""
-    stderr: str = ""
-    data: list[dict[str, Any]] = field(default_factory=list)
-    error: dict[str, Any] | None = None
-
-    def text(self) -> str:
-        return "\n".join(d.get("text/plain", "") for d in self.data)
-
-    def html(self) -> str:
-        return "\n".join(d.get("text/html", "") for d in self.data)
-
-
-@dataclass
 class Kernel:
     """A real kernel, driven over its ZMQ channels."""
 
@@ -179,28 +165,10 @@ class Kernel:
     server: HubServer | None = None
     manager: KernelManager | None = None
 
-    def run(self, code: str, timeout: float = 60) -> Output:
-        out = Output()
+    def run(self, code: str, timeout: float = 60) -> Execution:
+        return execute(self.client, code, timeout)
 
-        def collect(msg: dict[str, Any]) -> None:
-            kind = msg["header"]["msg_type"]
-            content = msg["content"]
-            if kind == "stream":
-                if content["name"] == "stdout":
-                    out.stdout += content["text"]
-                else:
-                    out.stderr += content["text"]
-            elif kind in ("execute_result", "display_data"):
-                out.data.append(content["data"])
-            elif kind == "error":
-                out.error = content
-
-        reply = self.client.execute_interactive(code, timeout=timeout, output_hook=collect, allow_stdin=False)
-        if reply["content"]["status"] == "error" and out.error is None:
-            out.error = reply["content"]  # e.g. a UsageError, shown on stderr without an error message
-        return out
-
-    def ok(self, code: str, timeout: float = 60) -> Output:
+    def ok(self, code: str, timeout: float = 60) -> Execution:
         """Run ``code`` and fail the test if it raised."""
         out = self.run(code, timeout)
         if out.error:
