@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .bridges import from_queue, to_queue
 from .client import Peer, connect, current_peer, disconnect
+from .contexts import fork_context, list_contexts, register_context, unregister_context
 from .errors import (
+    EncodeError,
     MergeConflict,
+    NotServed,
     NotWritable,
     PeerLost,
     PeerNotFound,
@@ -19,24 +23,42 @@ from .errors import (
     RemoteTimeout,
     SpindelError,
     UnboundNames,
+    UnsendableResult,
 )
+from .remote import RemoteFunction, call, remote, run, serve, serving, unserve
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EncodeError",
     "MergeConflict",
+    "NotServed",
     "NotWritable",
     "Peer",
     "PeerLost",
     "PeerNotFound",
     "RemoteError",
+    "RemoteFunction",
     "RemoteTimeout",
     "SpindelError",
     "UnboundNames",
+    "UnsendableResult",
     "__version__",
+    "call",
     "connect",
     "current_peer",
     "disconnect",
+    "fork_context",
+    "from_queue",
+    "list_contexts",
+    "register_context",
+    "remote",
+    "run",
+    "serve",
+    "serving",
+    "to_queue",
+    "unregister_context",
+    "unserve",
 ]
 
 

@@ -21,7 +21,9 @@ import sys
 import threading
 import traceback
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
@@ -46,7 +48,19 @@ _REPLACED = 4000
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 2.0
 
-Handler = Callable[[str, Any], Any]
+
+@dataclass(frozen=True)
+class Incoming:
+    """A request or one-way message from another peer, as a handler sees it."""
+
+    sender: str
+    op: str
+    body: Any
+    #: The request id (None for one-way messages): replies and streamed output refer to it.
+    id: int | None
+
+
+Handler = Callable[[Incoming], Any]
 Listener = Callable[[Any], None]
 
 
@@ -156,7 +170,7 @@ class Peer:
         except KeyboardInterrupt:
             self.cancel(to, rid)
             raise
-        return _result(header, payload, to)
+        return reply_value(header, payload, to)
 
     async def arequest(self, to: str | None, op: str, body: Any = None, timeout: float | None = None) -> Any:
         """Awaitable :meth:`request`, for any event loop but the connection's own."""
@@ -169,13 +183,17 @@ class Peer:
         except asyncio.CancelledError:
             self.cancel(to, rid)
             raise
-        return _result(header, payload, to)
+        return reply_value(header, payload, to)
+
+    def next_id(self) -> int:
+        """A fresh request id, for callers that must know it before the request leaves."""
+        return next(self._ids)
 
     def submit(
-        self, to: str | None, op: str, body: Any = None
+        self, to: str | None, op: str, body: Any = None, rid: int | None = None
     ) -> tuple[int, concurrent.futures.Future[tuple[dict[str, Any], bytes]]]:
         """Send a request; return its id and a future of the raw reply (header, body)."""
-        rid = next(self._ids)
+        rid = self.next_id() if rid is None else rid
         header: dict[str, Any] = {"t": REQ, "id": rid, "op": op}
         if to is not None:
             header["to"] = to
@@ -202,8 +220,10 @@ class Peer:
     def handle(self, op: str, handler: Handler | None) -> None:
         """Serve requests and messages ``op`` from other peers (None stops serving it).
 
-        ``handler(sender, body)`` runs on the connection thread and returns the
-        reply's body, or an awaitable of it; an exception becomes a remote error.
+        ``handler(incoming)`` runs on the connection thread and returns the
+        reply's body (or a :class:`wire.Encoded` one), or an awaitable of it. A
+        :class:`SpindelError` reaches the caller as itself; any other exception
+        as a :class:`RemoteError` with its traceback.
         """
         if handler is None:
             self._handlers.pop(op, None)
@@ -234,7 +254,11 @@ class Peer:
     # -- the connection thread ------------------------------------------------------
 
     def _frame(self, header: dict[str, Any], body: Any) -> bytes:
-        frame = wire.pack_frame(header, None if body is None else wire.encode(body, where="the request"))
+        if isinstance(body, wire.Encoded):
+            payload: bytes | None = body.data
+        else:
+            payload = None if body is None else wire.encode(body, where="the request")
+        frame = wire.pack_frame(header, payload)
         if len(frame) > self.max_frame_bytes:
             raise SpindelError(
                 f"message of {len(frame)} bytes is over the hub's limit of {self.max_frame_bytes} bytes; "
@@ -371,7 +395,7 @@ class Peer:
                 self._reply(sender, rid, error=error_dict(errors.UNKNOWN_OP, message, peer=self.name))
             return
         try:
-            result = handler(sender, wire.decode(body) if body else None)
+            result = handler(Incoming(sender, op, wire.decode(body) if body else None, rid))
         except Exception as exc:
             if rid is not None:
                 self._reply(sender, rid, error=remote_error(exc, self.name))
@@ -388,7 +412,7 @@ class Peer:
     async def _finish(self, sender: str, rid: int, awaitable: Awaitable[Any]) -> None:
         try:
             result = await awaitable
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
             self._reply(sender, rid, error=remote_error(exc, self.name))
         else:
             self._reply(sender, rid, result)
@@ -439,7 +463,11 @@ class Peer:
 
 def remote_error(exc: BaseException, peer: str) -> dict[str, Any]:
     """The wire form of an exception raised while serving a request."""
-    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    if isinstance(exc, asyncio.CancelledError):
+        exc = errors.Interrupted("interrupted: the caller stopped waiting")
+    if isinstance(exc, SpindelError):
+        return errors.to_wire(exc)
+    lines = traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__))
     return error_dict(
         errors.REMOTE_ERROR,
         f"{type(exc).__name__}: {exc}",
@@ -450,7 +478,21 @@ def remote_error(exc: BaseException, peer: str) -> dict[str, Any]:
     )
 
 
-def _result(header: dict[str, Any], payload: bytes, to: str | None) -> Any:
+_PACKAGE_DIR = str(Path(__file__).parent)
+
+
+def _user_frames(tb: TracebackType | None) -> TracebackType | None:
+    """The traceback without the leading frames of this package and of asyncio."""
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not (filename.startswith(_PACKAGE_DIR) or "asyncio" in filename):
+            break
+        tb = tb.tb_next
+    return tb
+
+
+def reply_value(header: dict[str, Any], payload: bytes, to: str | None) -> Any:
+    """The decoded body of a reply, or the exception its error stands for."""
     error = header.get("error")
     if error is not None:
         raise errors.from_wire(error, peer=to or "hub")

@@ -13,6 +13,13 @@ from typing import Any
 class SpindelError(Exception):
     """Base class of every error this package raises."""
 
+    #: The wire code this error travels under when a peer raises it while serving.
+    code = "error"
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a traceback through this package's internals.
+        return [f"{type(self).__name__}: {self}"]
+
 
 class EncodeError(SpindelError, TypeError):
     """A value has no wire encoding; names its type and where it sits."""
@@ -48,6 +55,28 @@ class NotConnected(SpindelError):
     """No connection to a hub: connect first, or the hub cannot be reached."""
 
 
+class NotServed(SpindelError):
+    """The peer does not serve this call: not opted in, not this context, or not this caller."""
+
+    code = "not_served"
+
+
+class Interrupted(SpindelError):
+    """Served code was interrupted because its caller stopped waiting."""
+
+    code = "interrupted"
+
+
+class UnsendableResult(SpindelError):
+    """A remote result the codec cannot carry; ``bundle`` holds its rich display."""
+
+    code = "unsendable"
+
+    def __init__(self, message: str, bundle: dict[str, Any] | None = None) -> None:
+        self.bundle = bundle or {}
+        super().__init__(message)
+
+
 class PeerNotFound(SpindelError):
     """The target peer is not connected to the hub."""
 
@@ -69,6 +98,8 @@ class PeerLost(SpindelError):
 class RemoteTimeout(SpindelError, TimeoutError):
     """A remote call did not answer within its timeout."""
 
+    code = "timeout"
+
 
 class RemoteError(SpindelError):
     """An exception raised on a remote peer, with its remote traceback."""
@@ -80,8 +111,8 @@ class RemoteError(SpindelError):
         self.traceback = list(traceback or [])
         super().__init__(f"[{peer}] {ename}: {evalue}")
 
-    def render_traceback(self) -> list[str]:
-        """IPython shows this instead of the local traceback: the remote one, once."""
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows the remote traceback, once, instead of the local one.
         header = f"RemoteError from peer {self.peer!r}:"
         return [header, *(self.traceback or [f"{self.ename}: {self.evalue}"])]
 
@@ -89,13 +120,23 @@ class RemoteError(SpindelError):
 class UnboundNames(SpindelError):
     """Names a remote body reads that are neither arguments nor defined remotely."""
 
+    code = "unbound_names"
+
+    def __init__(self, message: str, names: list[str] | None = None) -> None:
+        self.names = list(names or [])
+        super().__init__(message)
+
 
 class MergeConflict(SpindelError):
     """A merge found conflicting edits and changed nothing."""
 
+    code = "merge_conflict"
+
 
 class NotWritable(SpindelError):
     """Another peer holds the workspace's writer lease."""
+
+    code = "not_writable"
 
 
 # Wire error codes, in one place. The hub and the peers both speak these.
@@ -108,7 +149,11 @@ PEER_NOT_FOUND = "peer_not_found"
 PEER_LOST = "peer_lost"
 REMOTE_ERROR = "remote_error"
 UNKNOWN_OP = "unknown_op"
-TIMEOUT = "timeout"
+
+# Errors that travel as just a code and a message.
+_PLAIN: dict[str, type[SpindelError]] = {
+    cls.code: cls for cls in (NotServed, Interrupted, RemoteTimeout, MergeConflict, NotWritable)
+}
 
 
 def from_wire(error: dict[str, Any], peer: str = "") -> SpindelError:
@@ -126,8 +171,22 @@ def from_wire(error: dict[str, Any], peer: str = "") -> SpindelError:
             str(error.get("evalue", message)),
             [str(line) for line in error.get("traceback") or []],
         )
-    if code == TIMEOUT:
-        return RemoteTimeout(message)
+    if code == UnboundNames.code:
+        return UnboundNames(message, [str(n) for n in error.get("names") or []])
+    if code == UnsendableResult.code:
+        return UnsendableResult(message, error.get("bundle"))
+    if code in _PLAIN:
+        return _PLAIN[code](message)
     if code == NAME_TAKEN:
         return NameTaken(message, code)
     return HubError(message, code)
+
+
+def to_wire(exc: SpindelError) -> dict[str, Any]:
+    """The error dict for a :class:`SpindelError` raised while serving a request."""
+    error: dict[str, Any] = {"code": exc.code, "message": str(exc)}
+    if isinstance(exc, UnboundNames):
+        error["names"] = exc.names
+    if isinstance(exc, UnsendableResult):
+        error["bundle"] = exc.bundle
+    return error

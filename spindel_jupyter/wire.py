@@ -30,7 +30,7 @@ try:  # numpy is optional: arrays are supported when it is importable
 except ImportError:  # pragma: no cover - exercised only without numpy
     np = None  # type: ignore[assignment]
 
-__all__ = ["MAX_HEADER_BYTES", "decode", "encode", "pack_frame", "unpack_frame"]
+__all__ = ["MAX_HEADER_BYTES", "Encoded", "decode", "encode", "pack_frame", "unpack_frame"]
 
 #: A header larger than this is refused before it is parsed.
 MAX_HEADER_BYTES = 64 * 1024
@@ -38,6 +38,15 @@ MAX_HEADER_BYTES = 64 * 1024
 # 0xc1 is the one byte msgpack never uses: it marks a body followed by raw buffers.
 _OUT_OF_BAND = 0xC1
 _OOB_PREFIX = struct.Struct("<BQ")
+
+
+class Encoded:
+    """A value already encoded with :func:`encode`, to be sent as is."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 class Ext(IntEnum):

@@ -43,9 +43,9 @@ def peers(hub: HubServer) -> Any:
 
 def test_request_reply_and_remote_exception(peers: Any) -> None:
     alice, bob = peers("alice1"), peers("bob1")
-    bob.handle("add", lambda sender, body: (sender, body[0] + body[1]))
+    bob.handle("add", lambda req: (req.sender, req.body[0] + req.body[1]))
 
-    def fail(sender: str, body: Any) -> Any:
+    def fail(req: Any) -> Any:
         raise ValueError("boom")
 
     bob.handle("fail", fail)
@@ -58,7 +58,7 @@ def test_request_reply_and_remote_exception(peers: Any) -> None:
 
 def test_numpy_array_round_trip_through_the_hub(peers: Any) -> None:
     alice, bob = peers("alice2"), peers("bob2")
-    bob.handle("double", lambda sender, arr: arr * 2)
+    bob.handle("double", lambda req: req.body * 2)
     arr = np.arange(250_000, dtype=np.float64).reshape(500, 500)
     out = alice.request("bob2", "double", arr, timeout=30)
     assert out.dtype == arr.dtype and out.shape == arr.shape
@@ -84,21 +84,21 @@ def test_op_not_served_is_a_clear_error(peers: Any) -> None:
 def test_timeout_raises_and_tells_the_target(peers: Any) -> None:
     alice, bob = peers("alice5"), peers("bob5")
     cancelled = threading.Event()
-    bob.handle("slow", lambda sender, body: asyncio.sleep(30))
-    bob.handle("cancel", lambda sender, rid: cancelled.set())
+    bob.handle("slow", lambda req: asyncio.sleep(30))
+    bob.handle("cancel", lambda req: cancelled.set())
     with pytest.raises(RemoteTimeout, match=r"within 0\.3 s"):
         alice.request("bob5", "slow", timeout=0.3)
     assert cancelled.wait(5), "the target hears that the caller gave up"
-    bob.handle("quick", lambda sender, body: "ok")
+    bob.handle("quick", lambda req: "ok")
     assert alice.request("bob5", "quick", timeout=10) == "ok"
 
 
 def test_awaitable_requests_run_concurrently(peers: Any) -> None:
     alice, bob, carol = peers("alice6"), peers("bob6"), peers("carol6")
 
-    async def nap(sender: str, body: Any) -> str:
+    async def nap(req: Any) -> str:
         await asyncio.sleep(0.5)
-        return body
+        return req.body
 
     bob.handle("nap", nap)
     carol.handle("nap", nap)
@@ -192,8 +192,8 @@ def test_pending_calls_fail_at_once_when_the_hub_dies_and_peers_reconnect(own_hu
     reconnected = threading.Event()
     alice.on_connect(reconnected.set)
     try:
-        bob.handle("hang", lambda sender, body: asyncio.sleep(60))
-        bob.handle("ping", lambda sender, body: "pong")
+        bob.handle("hang", lambda req: asyncio.sleep(60))
+        bob.handle("ping", lambda req: "pong")
         _, future = alice.submit("bob", "hang")
         time.sleep(0.2)
         started = time.monotonic()
