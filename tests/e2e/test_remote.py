@@ -176,7 +176,8 @@ def test_remote_figure_is_displayed_as_an_image(trio: Any) -> None:
 def test_unsendable_result_shows_its_rich_display_and_refuses_output_var(trio: Any) -> None:
     alice, bob, _ = trio
     bob.ok(
-        "class Report:\n    def _repr_html_(self):\n        return '<table><tr><td>report</td></tr></table>'\n"
+        "class Report:\n"
+        "    def _repr_html_(self):\n        return '<table><tr><td>report</td></tr></table>'\n"
         "    def __repr__(self):\n        return 'Report()'"
     )
     out = alice.ok("%%spin_remote bob\nReport()")
