@@ -21,11 +21,9 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from .errors import Interrupted
+
 Send = Callable[[dict[str, Any]], None]
-
-
-class Interrupted(Exception):
-    """The served code was interrupted because its caller gave up (timeout or interrupt)."""
 
 
 class Executor:
@@ -71,7 +69,7 @@ class Executor:
         previous = signal.signal(signal.SIGINT, self._on_sigint) if on_main else None
         try:
             return await _Stepped(job(), self)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError):
             raise Interrupted("interrupted: the caller stopped waiting") from None
         finally:
             if previous is not None:
