@@ -135,18 +135,11 @@ class _Forward(io.TextIOBase):
 def forward_output(send: Send) -> Iterator[None]:
     """Send stdout, stderr and ``display()`` output to the caller instead of this kernel's cell."""
     shell = _shell()
-    publisher = None
+    previous = None
     if shell is not None:
-        from IPython.core.displaypub import DisplayPublisher
-
-        class _Publisher(DisplayPublisher):
-            def publish(self, data: dict[str, Any], metadata: Any = None, *args: Any, **kwargs: Any) -> None:
-                send({"display": {"data": data, "metadata": metadata or {}}})
-
-            def clear_output(self, wait: bool = False) -> None:
-                send({"clear": wait})
-
-        publisher, shell.display_pub = shell.display_pub, _Publisher(shell=shell)
+        publisher = _forwarding_publisher(shell)
+        publisher.send = send
+        previous, shell.display_pub = shell.display_pub, publisher
     out, err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Forward("stdout", send), _Forward("stderr", send)
     try:
@@ -154,8 +147,30 @@ def forward_output(send: Send) -> Iterator[None]:
         _flush_figures()
     finally:
         sys.stdout, sys.stderr = out, err
-        if publisher is not None:
-            shell.display_pub = publisher
+        if previous is not None:
+            shell.display_pub = previous
+
+
+_publishers: dict[int, Any] = {}
+
+
+def _forwarding_publisher(shell: Any) -> Any:
+    """One display publisher per shell that sends ``display()`` output to its ``send``."""
+    publisher = _publishers.get(id(shell))
+    if publisher is None:
+        from IPython.core.displaypub import DisplayPublisher
+
+        class _Publisher(DisplayPublisher):
+            send: Send = staticmethod(lambda item: None)
+
+            def publish(self, data: dict[str, Any], metadata: Any = None, *args: Any, **kwargs: Any) -> None:
+                self.send({"display": {"data": data, "metadata": metadata or {}}})
+
+            def clear_output(self, wait: bool = False) -> None:
+                self.send({"clear": wait})
+
+        publisher = _publishers[id(shell)] = _Publisher(shell=shell)
+    return publisher
 
 
 def _flush_figures() -> None:
