@@ -471,7 +471,8 @@ def remote(
 def call(peer: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` once on ``peer`` (``PEER`` or ``PEER/CONTEXT``)."""
     name, context = _split(peer)
-    return RemoteFunction(fn, name, context, None)(*args, **kwargs)
+    plain = fn.fn if isinstance(fn, RemoteFunction) else fn
+    return RemoteFunction(plain, name, context, None)(*args, **kwargs)
 
 
 def function_source(fn: Callable[..., Any]) -> str:
