@@ -208,6 +208,8 @@ def test_remote_function_sync_and_awaitable_and_gather(trio: Any) -> None:
         alice.ok("def plus(a, b):\n    return a + b + secret\ncall('bob', plus, 1, b=2)").text().strip()
         == "45"
     )
+    # a remote function, sent somewhere else
+    assert alice.ok("call('carol', scaled, 1)").text().strip() == "1002"
 
 
 def test_remote_function_globals_must_resolve_remotely(trio: Any) -> None:
