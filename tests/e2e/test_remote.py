@@ -310,3 +310,11 @@ def _reply_to(kernel: Kernel, msg_id: str) -> dict[str, Any] | None:
     except Exception:
         return None
     return reply if reply["parent_header"].get("msg_id") == msg_id else None
+
+
+def test_top_level_await_and_a_progress_line_for_long_calls(trio: Any) -> None:
+    alice, _, _ = trio
+    out = alice.ok("%%spin_remote bob\nimport asyncio\nawait asyncio.sleep(3.5)\n'awaited'")
+    assert out.data[-1]["text/plain"] == "'awaited'"
+    shown = out.text() + out.html()
+    assert "running on bob" in shown  # a call past a few seconds says it is still running
