@@ -26,6 +26,9 @@ from .errors import (
     UnsendableResult,
 )
 from .remote import RemoteFunction, call, remote, run, serve, serving, unserve
+from .signals import Signal
+from .sync import export_signal, subscribe_signal, sync_signal, unsync
+from .widgets import bind_widget, unbind_widget
 
 __version__ = "0.1.0"
 
@@ -40,14 +43,17 @@ __all__ = [
     "RemoteError",
     "RemoteFunction",
     "RemoteTimeout",
+    "Signal",
     "SpindelError",
     "UnboundNames",
     "UnsendableResult",
     "__version__",
+    "bind_widget",
     "call",
     "connect",
     "current_peer",
     "disconnect",
+    "export_signal",
     "fork_context",
     "from_queue",
     "list_contexts",
@@ -56,9 +62,13 @@ __all__ = [
     "run",
     "serve",
     "serving",
+    "subscribe_signal",
+    "sync_signal",
     "to_queue",
+    "unbind_widget",
     "unregister_context",
     "unserve",
+    "unsync",
 ]
 
 

@@ -61,6 +61,7 @@ class Incoming:
 
 
 Handler = Callable[[Incoming], Any]
+FrameHandler = Callable[[dict[str, Any], memoryview], None]
 Listener = Callable[[Any], None]
 
 
@@ -93,6 +94,7 @@ class Peer:
         self._handlers: dict[str, Handler] = {}
         self._listeners: dict[str, list[Listener]] = {}
         self._on_connect: list[Callable[[], None]] = []
+        self._frame_handlers: dict[str, FrameHandler] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self._pending: dict[int, concurrent.futures.Future[tuple[dict[str, Any], bytes]]] = {}
         self._peers: list[dict[str, Any]] = []
@@ -234,6 +236,19 @@ class Peer:
         """Call ``listener(body)`` on hub event ``event``; returns a function that stops it."""
         self._listeners.setdefault(event, []).append(listener)
         return lambda: self._listeners.get(event, []).remove(listener)
+
+    def on_frame(self, kind: str, handler: FrameHandler) -> None:
+        """Pass frames of type ``kind`` to ``handler(header, body)``, on the connection thread."""
+        self._frame_handlers[kind] = handler
+
+    def send_frame(self, header: dict[str, Any], body: bytes | None = None) -> None:
+        """Send a frame as is, from any thread; dropped while disconnected."""
+        frame = wire.pack_frame(header, body)
+        if len(frame) > self.max_frame_bytes:
+            raise SpindelError(
+                f"message of {len(frame)} bytes is over the hub's limit of {self.max_frame_bytes} bytes"
+            )
+        self._call_soon(self._write, frame)
 
     def on_connect(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the connection thread after every (re)connection."""
@@ -380,6 +395,8 @@ class Peer:
                 self._peers = payload
             for listener in list(self._listeners.get(event, [])):
                 self._guard(listener, payload)
+        elif kind in self._frame_handlers:
+            self._frame_handlers[kind](header, body)
         elif kind == ERROR:
             log.info("spindel: the hub reported: %s", header.get("message"))
 
@@ -516,6 +533,14 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 _current: Peer | None = None
 _current_lock = threading.Lock()
+_peer_setups: list[Callable[[Peer], None]] = []
+
+
+def on_new_peer(setup: Callable[[Peer], None]) -> None:
+    """Run ``setup(peer)`` on the current peer and on every one :func:`connect` makes, before it connects."""
+    _peer_setups.append(setup)
+    if _current is not None:
+        setup(_current)
 
 
 def default_name() -> str:
@@ -576,6 +601,8 @@ def connect(
             # Reusing this process's own name is fine: the hub hands it to the new connection.
             peer = Peer(url, candidate, token, kind=kind)
             peer.contexts = list(contexts)
+            for setup in _peer_setups:
+                setup(peer)
             try:
                 peer.start()
                 break

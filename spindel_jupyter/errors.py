@@ -149,6 +149,7 @@ PEER_NOT_FOUND = "peer_not_found"
 PEER_LOST = "peer_lost"
 REMOTE_ERROR = "remote_error"
 UNKNOWN_OP = "unknown_op"
+TOPIC_KIND = "topic_kind"
 
 # Errors that travel as just a code and a message.
 _PLAIN: dict[str, type[SpindelError]] = {

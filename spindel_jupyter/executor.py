@@ -1,9 +1,8 @@
 """Where served code runs: on the thread that owns the user namespace, one call at a time.
 
-In a kernel that is the main thread, through the kernel's own event loop, so a
-remote call waits while the kernel runs one of its own cells and never runs
-beside it. In a plain process with no running loop it is a dedicated thread.
-Code running there can be interrupted (a caller's timeout or interrupt button)
+That is the process's home thread (see :mod:`home`): in a kernel the main
+thread, so a remote call waits while the kernel runs one of its own cells and
+never runs beside it. Code running there can be interrupted (a caller's timeout or interrupt button)
 and its output is forwarded to the caller while it runs.
 """
 
@@ -22,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from .errors import Interrupted
+from .home import home
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -30,13 +30,9 @@ class Executor:
     """Runs jobs one at a time on the namespace's thread; can interrupt the running one."""
 
     def __init__(self) -> None:
-        try:
-            self.loop = asyncio.get_running_loop()
-            self.thread = threading.current_thread()
-        except RuntimeError:
-            self.loop = asyncio.new_event_loop()
-            self.thread = threading.Thread(target=self.loop.run_forever, name="spindel-serve", daemon=True)
-            self.thread.start()
+        place = home()
+        self.loop = place.loop
+        self.thread = place.thread
         self._lock: asyncio.Lock | None = None
         self._running: tuple[object, asyncio.Task[Any]] | None = None
         self._state = threading.Lock()

@@ -8,11 +8,18 @@ its type, optionally followed by an encoded body. Peers send:
 ``rep``    ``{re, to, error?}``      - the reply to request ``re`` of peer ``to``.
 ``msg``    ``{op, to}``              - one-way, e.g. output streamed during a call.
 ``cancel`` ``{id, to}``              - the caller gave up on request ``id`` (timeout, interrupt).
+``sub``    ``{id, topic, mode, kind?, stamp?}`` - follow a topic, shipping this peer's state (body) if any.
+``unsub``  ``{topic}``               - stop following it.
+``pub``    ``{topic, kind, seq, stamp?}`` - a local change: a CRDT delta or a stamped value (body).
 
 The hub sends ``welcome``, relays ``req``/``rep``/``msg`` with ``from`` stamped to
 the real sender, answers a request it cannot route with a ``rep`` carrying an
 ``error``, reports a bad frame with ``error`` ``{code, message, re?}``, and
 broadcasts ``event`` frames (``{event: "peers"}`` with the peer list as body).
+For topics it answers ``sub`` with ``snap`` ``{re, topic, kind, stamp?, error?}`` (its
+state before the joiner's, as body, when the joiner lacks something), relays
+``pub`` to the other followers, and sends ``ack`` ``{topic, seq}`` once a change
+is stored durably.
 """
 
 from __future__ import annotations
@@ -28,6 +35,17 @@ REQ = "req"
 REP = "rep"
 MSG = "msg"
 CANCEL = "cancel"
+SUB = "sub"
+UNSUB = "unsub"
+PUB = "pub"
+SNAP = "snap"
+ACK = "ack"
+
+#: How a peer follows a topic: both ways, publish only, or as a read-only mirror.
+MODES = ("sync", "export", "mirror")
+#: The kind of a topic holding plain last-writer-wins values (others are CRDT type names).
+LWW = "lww"
+MAX_TOPIC = 256
 ERROR = "error"
 EVENT = "event"
 
@@ -47,10 +65,15 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     REP: {"re": int, "to": str},
     MSG: {"op": str, "to": str},
     CANCEL: {"id": int, "to": str},
+    SUB: {"id": int, "topic": str, "mode": str},
+    UNSUB: {"topic": str},
+    PUB: {"topic": str, "kind": str, "seq": int},
 }
 _OPTIONAL: dict[str, dict[str, type | tuple[type, ...]]] = {
     REQ: {"to": str},
     REP: {"error": dict},
+    SUB: {"kind": str, "stamp": list, "seq": int},
+    PUB: {"stamp": list},
 }
 
 
@@ -97,6 +120,11 @@ def check_inbound(header: dict[str, Any]) -> str:
         raise FrameError(f"op must be 1-{_MAX_OP} characters")
     if kind == HELLO and header["kind"] not in KINDS:
         raise FrameError(f"hello kind must be one of {', '.join(KINDS)}")
+    if kind == SUB and header["mode"] not in MODES:
+        raise FrameError(f"sub mode must be one of {', '.join(MODES)}")
+    topic = header.get("topic")
+    if isinstance(topic, str) and not 0 < len(topic) <= MAX_TOPIC:
+        raise FrameError(f"topic names are 1-{MAX_TOPIC} characters")
     return str(kind)
 
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
+from tornado.ioloop import IOLoop
 from traitlets import Float, Int, Unicode, default
 
-from .handlers import PeersHandler, PeerSocketHandler
+from .handlers import PeersHandler, PeerSocketHandler, StatsHandler, TopicsHandler
 from .relay import Relay
+from .topics import TopicStore
 
 #: The environment a Jupyter server with the hub gives the kernels it starts.
 ENV_URL = "SPINDEL_HUB_URL"
@@ -53,7 +57,8 @@ class SpindelHub(ExtensionApp):
         return os.path.join(jupyter_data_dir(), "spindel")
 
     def initialize_settings(self) -> None:
-        self.relay = Relay(self.max_frame_bytes)
+        topics = TopicStore(Path(self.store_dir) / "topics", schedule=_call_later)
+        self.relay = Relay(self.max_frame_bytes, topics)
         self.settings["spindel_hub"] = self
         self.export_environment()
 
@@ -62,6 +67,8 @@ class SpindelHub(ExtensionApp):
             [
                 (r"/spindel/ws", PeerSocketHandler),
                 (r"/spindel/api/peers", PeersHandler),
+                (r"/spindel/api/topics", TopicsHandler),
+                (r"/spindel/api/stats", StatsHandler),
             ]
         )
 
@@ -69,6 +76,9 @@ class SpindelHub(ExtensionApp):
         # The port is final only once the server runs (it may have moved off a busy one).
         await super()._start_jupyter_server_extension(serverapp)
         self.export_environment()
+
+    async def stop_extension(self) -> None:
+        self.relay.topics.flush()
 
     def peer_url(self) -> str:
         """The WebSocket URL at which peers on this machine reach the hub."""
@@ -89,3 +99,7 @@ class SpindelHub(ExtensionApp):
             return
         os.environ[ENV_URL] = self.peer_url()
         os.environ[ENV_TOKEN] = app.identity_provider.token or ""
+
+
+def _call_later(delay: float, callback: Callable[[], None]) -> Any:
+    return IOLoop.current().call_later(delay, callback)

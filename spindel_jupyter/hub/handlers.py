@@ -94,3 +94,23 @@ class PeersHandler(APIHandler, _HubHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(self.hub.relay.peers()))
+
+
+class StatsHandler(APIHandler, _HubHandler):
+    """``GET /spindel/api/stats``: counters of the hub."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self.hub.relay.stats()))
+
+
+class TopicsHandler(APIHandler, _HubHandler):
+    """``GET /spindel/api/topics``: every topic with its kind, subscribers and stored size."""
+
+    @web.authenticated
+    @authorized
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(self.hub.relay.topics.list()))

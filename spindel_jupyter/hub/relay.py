@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,14 +22,18 @@ from ..protocol import (
     EVENT,
     HELLO,
     HUB,
+    PUB,
     REP,
     REQ,
+    SUB,
+    UNSUB,
     WELCOME,
     FrameError,
     check_inbound,
     check_name,
     error_dict,
 )
+from .topics import TopicStore
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ class Member:
     awaiting: set[tuple[str, int]] = field(default_factory=set)
     #: Number of requests this peer has outstanding with others.
     outstanding: int = 0
+    #: Topics this peer follows.
+    subscriptions: set[str] = field(default_factory=set)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "contexts": list(self.contexts), "since": self.since}
@@ -71,9 +78,12 @@ HubOp = Callable[[Member, Any], Any]
 class Relay:
     """Registry of connected peers and router of their frames."""
 
-    def __init__(self, max_frame_bytes: int) -> None:
+    def __init__(self, max_frame_bytes: int, topics: TopicStore | None = None) -> None:
         self.max_frame_bytes = max_frame_bytes
+        self.topics = topics or TopicStore()
         self.members: dict[str, Member] = {}
+        #: Frames received, by type, for /spindel/api/stats.
+        self.frames_in: Counter[str] = Counter()
         self._hub_ops: dict[str, HubOp] = {"peers": self._op_peers, "update": self._op_update}
 
     # -- connection lifecycle -------------------------------------------------
@@ -87,9 +97,20 @@ class Relay:
         if not member.name or self.members.get(member.name) is not member:
             return
         del self.members[member.name]
+        self.topics.drop(member)
         self._fail_awaiting(member, "disconnected")
         log.info("peer %r left", member.name)
         self._broadcast_peers()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``/spindel/api/stats``."""
+        return {
+            "peers": len(self.members),
+            "topics": len(self.topics.topics),
+            "frames_in": dict(self.frames_in),
+            "changes_received": self.topics.received,
+            "changes_relayed": self.topics.relayed,
+        }
 
     def peers(self) -> list[dict[str, Any]]:
         """What ``/spindel/api/peers`` and the ``peers`` op report."""
@@ -114,6 +135,7 @@ class Relay:
             if header.get("t") == REQ and isinstance(header.get("id"), int):
                 request_id = header["id"]
             kind = check_inbound(header)
+            self.frames_in[kind] += 1
             if kind == HELLO:
                 self._hello(member, header)
             elif not member.name:
@@ -124,6 +146,12 @@ class Relay:
                 self._reply(member, header, body)
             elif kind == CANCEL:
                 self._cancel(member, header)
+            elif kind == SUB:
+                self.topics.subscribe(member, header, body)
+            elif kind == UNSUB:
+                self.topics.unsubscribe(member, header)
+            elif kind == PUB:
+                self.topics.publish(member, header, body)
             else:
                 self._forward(member, header, body)
         except FrameError as exc:

@@ -1,0 +1,285 @@
+"""The hub's topics: the joined state of every topic, relayed and kept durably.
+
+The hub is the star relay of every topic (Spindel's ``:owner?`` role): it
+applies each change it receives, forwards it to the other followers only if it
+added something, and stores the topic's state - the joined state of a CRDT
+topic, the winning write of a plain one - so a late joiner converges with every
+writer offline and a restart loses nothing acknowledged.
+
+Storage is one file per topic holding its state (compacted, not a log),
+written atomically; changes are written in groups and acknowledged after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import crdt, errors, wire
+from ..clock import Stamp, as_stamp
+from ..protocol import ACK, HUB, LWW, PUB, SNAP, FrameError, error_dict
+
+if TYPE_CHECKING:
+    from .relay import Member
+
+log = logging.getLogger(__name__)
+
+Schedule = Callable[[float, Callable[[], None]], Any]
+
+#: How long changes may wait to be written together (seconds).
+FLUSH_DELAY = 0.01
+
+
+@dataclass(eq=False)
+class Topic:
+    """One topic as the hub holds it."""
+
+    name: str
+    kind: str
+    #: CRDT topics: the joined value. Plain topics: the winning write's encoded value.
+    state: Any = None
+    stamp: Stamp | None = None
+    followers: dict[Member, str] = field(default_factory=dict)
+    size: int = 0
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "subscribers": len(self.followers), "size": self.size}
+
+
+class TopicStore:
+    """Every topic of the hub; fed frames by the relay."""
+
+    def __init__(self, directory: Path | None = None, schedule: Schedule | None = None) -> None:
+        self.directory = directory
+        self.schedule = schedule
+        self.topics: dict[str, Topic] = {}
+        self._dirty: set[Topic] = set()
+        self._acks: dict[tuple[Member, str], int] = {}
+        self._flush_pending = False
+        #: Changes received and frames relayed, for /spindel/api/stats.
+        self.received = 0
+        self.relayed = 0
+        #: Mirrors of topics nobody has written yet: they follow once the topic exists.
+        self._pending_mirrors: dict[str, dict[Member, str]] = {}
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._load()
+
+    # -- frames from peers ---------------------------------------------------------
+
+    def subscribe(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
+        """Follow a topic; integrate the joiner's state and answer with what it lacks."""
+        name, request_id = header["topic"], header["id"]
+        try:
+            topic = self._topic(name, header.get("kind"), create=header["mode"] != "mirror")
+            snapshot: dict[str, Any] = {"t": SNAP, "re": request_id, "topic": name, "from": HUB}
+            if topic is None:
+                member.subscriptions.add(name)
+                self._pending_mirrors.setdefault(name, {})[member] = header["mode"]
+                member.link.send(wire.pack_frame({**snapshot, "kind": None}))
+                return
+            topic.followers[member] = header["mode"]
+            member.subscriptions.add(name)
+            reply = self._join(topic, member, header, body)
+            if body and isinstance(header.get("seq"), int):
+                self._ack_later(member, name, header["seq"], topic)
+            snapshot["kind"] = topic.kind
+            if reply is not None:
+                if topic.stamp is not None:
+                    snapshot["stamp"] = list(topic.stamp)
+                member.link.send(wire.pack_frame(snapshot, reply))
+            else:
+                member.link.send(wire.pack_frame(snapshot))
+        except FrameError as exc:
+            error = error_dict(exc.code, str(exc), topic=name)
+            member.link.send(wire.pack_frame({"t": SNAP, "re": request_id, "topic": name, "error": error}))
+
+    def unsubscribe(self, member: Member, header: dict[str, Any]) -> None:
+        name = header["topic"]
+        member.subscriptions.discard(name)
+        topic = self.topics.get(name)
+        if topic is not None:
+            topic.followers.pop(member, None)
+        self._pending_mirrors.get(name, {}).pop(member, None)
+
+    def drop(self, member: Member) -> None:
+        """The member left: it follows nothing any more."""
+        for name in member.subscriptions:
+            topic = self.topics.get(name)
+            if topic is not None:
+                topic.followers.pop(member, None)
+            self._pending_mirrors.get(name, {}).pop(member, None)
+        member.subscriptions.clear()
+        for key in [k for k in self._acks if k[0] is member]:
+            del self._acks[key]
+
+    def publish(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
+        """A peer's local change: apply it, relay it if it added something, store it."""
+        name = header["topic"]
+        self.received += 1
+        topic = self._topic(name, header["kind"], create=True)
+        assert topic is not None
+        if topic.kind == LWW:
+            stamp = _stamp(header.get("stamp"))
+            if topic.stamp is not None and stamp <= topic.stamp:
+                self._ack_later(member, name, header["seq"], topic)
+                return
+            topic.state, topic.stamp = bytes(body), stamp
+        else:
+            delta = _crdt_value(topic.kind, body)
+            joined = delta if topic.state is None else topic.state.apply_delta(delta)
+            if joined is topic.state:
+                self._ack_later(member, name, header["seq"], topic)
+                return
+            topic.state = joined
+        frame = {"t": PUB, "topic": name, "kind": topic.kind, "from": member.name}
+        if topic.stamp is not None:
+            frame["stamp"] = list(topic.stamp)
+        self._relay(topic, member, wire.pack_frame(frame, body))
+        self._ack_later(member, name, header["seq"], topic, dirty=True)
+
+    def list(self) -> list[dict[str, Any]]:
+        return [t.info() for t in sorted(self.topics.values(), key=lambda t: t.name)]
+
+    # -- state -------------------------------------------------------------------------
+
+    def _topic(self, name: str, kind: str | None, create: bool) -> Topic | None:
+        topic = self.topics.get(name)
+        if topic is not None:
+            if kind is not None and kind != topic.kind:
+                raise FrameError(
+                    f"topic {name!r} holds {_kind_name(topic.kind)}, not {_kind_name(kind)}: "
+                    "use another topic name, or the same kind of value",
+                    errors.TOPIC_KIND,
+                )
+            return topic
+        if not create or kind is None:
+            return None
+        if kind != LWW:
+            try:
+                crdt.type_for(kind)
+            except KeyError as exc:
+                raise FrameError(str(exc).strip("'\""), errors.TOPIC_KIND) from None
+        topic = self.topics[name] = Topic(name, kind)
+        # Mirrors that subscribed before anyone wrote now follow it.
+        for member, mode in self._pending_mirrors.pop(name, {}).items():
+            topic.followers[member] = mode
+        return topic
+
+    def _join(self, topic: Topic, member: Member, header: dict[str, Any], body: memoryview) -> bytes | None:
+        """Integrate a joiner's state; return the hub's pre-join state if the joiner lacks any of it."""
+        if topic.kind == LWW:
+            before, before_stamp = topic.state, topic.stamp
+            if body and header.get("stamp") is not None:
+                stamp = _stamp(header["stamp"])
+                if before_stamp is None or stamp > before_stamp:
+                    topic.state, topic.stamp = bytes(body), stamp
+                    self._relay_state(topic, member)
+                    return None
+            return before if before is not None else None
+        before = topic.state
+        if body:
+            theirs = _crdt_value(topic.kind, body)
+            joined = theirs if before is None else before.merge(theirs)
+            if joined is not before:
+                topic.state = joined
+                self._relay_state(topic, member, body)
+            if before is None or theirs.merge(before) is theirs:
+                return None
+        return wire.encode(before.state()) if before is not None else None
+
+    def _relay_state(self, topic: Topic, sender: Member, body: bytes | memoryview | None = None) -> None:
+        frame: dict[str, Any] = {"t": PUB, "topic": topic.name, "kind": topic.kind, "from": sender.name}
+        if topic.stamp is not None:
+            frame["stamp"] = list(topic.stamp)
+        payload = topic.state if topic.kind == LWW else body
+        self._relay(topic, sender, wire.pack_frame(frame, payload))
+        self._mark_dirty(topic)
+
+    def _relay(self, topic: Topic, sender: Member, frame: bytes) -> None:
+        for member, mode in topic.followers.items():
+            if member is not sender and mode != "export":
+                member.link.send(frame)
+                self.relayed += 1
+
+    # -- durability ----------------------------------------------------------------------
+
+    def _ack_later(self, member: Member, name: str, seq: int, topic: Topic, dirty: bool = False) -> None:
+        key = (member, name)
+        self._acks[key] = max(seq, self._acks.get(key, 0))
+        if dirty:
+            self._mark_dirty(topic)
+        else:
+            self._request_flush()
+
+    def _mark_dirty(self, topic: Topic) -> None:
+        self._dirty.add(topic)
+        self._request_flush()
+
+    def _request_flush(self) -> None:
+        if self.schedule is None:
+            self.flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self.schedule(FLUSH_DELAY, self.flush)
+
+    def flush(self) -> None:
+        """Write every changed topic, then acknowledge the changes it holds."""
+        self._flush_pending = False
+        dirty, self._dirty = self._dirty, set()
+        for topic in dirty:
+            self._write(topic)
+        acks, self._acks = self._acks, {}
+        for (member, name), seq in acks.items():
+            member.link.send(wire.pack_frame({"t": ACK, "topic": name, "seq": seq, "from": HUB}))
+
+    def _write(self, topic: Topic) -> None:
+        record: dict[str, Any] = {"name": topic.name, "kind": topic.kind, "stamp": topic.stamp}
+        record["state"] = topic.state if topic.kind == LWW else topic.state.state()
+        data = wire.encode(record)
+        topic.size = len(data)
+        if self.directory is None:
+            return
+        path = self.directory / f"{hashlib.sha256(topic.name.encode()).hexdigest()[:40]}.topic"
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+
+    def _load(self) -> None:
+        assert self.directory is not None
+        for path in sorted(self.directory.glob("*.topic")):
+            try:
+                record = wire.decode(path.read_bytes())
+                kind = record["kind"]
+                state = record["state"] if kind == LWW else crdt.type_for(kind).from_state(record["state"])
+                stamp = as_stamp(record["stamp"]) if record.get("stamp") is not None else None
+                self.topics[record["name"]] = Topic(
+                    record["name"], kind, state, stamp, size=path.stat().st_size
+                )
+            except Exception as exc:
+                log.error("spindel: ignoring unreadable topic file %s: %s", path.name, exc)
+                path.rename(path.with_suffix(".corrupt"))
+
+
+def _stamp(value: Any) -> Stamp:
+    try:
+        return as_stamp(value)
+    except ValueError as exc:
+        raise FrameError(f"bad stamp: {exc}") from None
+
+
+def _crdt_value(kind: str, body: memoryview) -> Any:
+    try:
+        return crdt.type_for(kind).from_state(wire.decode(body))
+    except (errors.DecodeError, ValueError, KeyError) as exc:
+        raise FrameError(f"bad {kind} state: {exc}") from None
+
+
+def _kind_name(kind: str) -> str:
+    return "plain values (last writer wins)" if kind == LWW else f"{kind} values"

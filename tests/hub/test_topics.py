@@ -1,0 +1,163 @@
+"""The hub's topic store: handshake, relay rules, LWW order, durability and acks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spindel_jupyter import errors, wire
+from spindel_jupyter.crdt import GSet, ORSet, replica
+from spindel_jupyter.hub.relay import Relay
+from spindel_jupyter.hub.topics import TopicStore
+from tests.hub.test_relay import RecordingLink, join
+
+
+def sub(
+    relay: Relay, member: Any, topic: str, mode: str = "sync", kind: str | None = None, **extra: Any
+) -> None:
+    header = {"t": "sub", "id": 1, "topic": topic, "mode": mode, **({"kind": kind} if kind else {})}
+    body = extra.pop("body", None)
+    header.update(extra)
+    relay.receive(member, wire.pack_frame(header, body))
+
+
+def pub(relay: Relay, member: Any, topic: str, kind: str, body: bytes, seq: int = 1, **extra: Any) -> None:
+    relay.receive(
+        member, wire.pack_frame({"t": "pub", "topic": topic, "kind": kind, "seq": seq, **extra}, body)
+    )
+
+
+def delta(value: Any) -> bytes:
+    d = value.delta()
+    return wire.encode(d.state())
+
+
+def pubs(link: RecordingLink) -> list[tuple[dict[str, Any], Any]]:
+    return link.of("pub")
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Relay:
+    return Relay(1 << 20, TopicStore(tmp_path / "topics"))
+
+
+def test_changes_reach_every_follower_but_the_sender(relay: Relay) -> None:
+    (a, a_link), (b, b_link), (c, c_link) = join(relay, "a"), join(relay, "b"), join(relay, "c")
+    for member in (a, b, c):
+        sub(relay, member, "tags", kind="gset")
+    pub(relay, a, "tags", "gset", delta(GSet().add("x")))
+    assert pubs(a_link) == []
+    for link in (b_link, c_link):
+        header, body = pubs(link)[-1]
+        assert header["from"] == "a" and GSet.from_state(body) == {"x"}
+
+
+def test_a_change_that_adds_nothing_is_not_relayed(relay: Relay) -> None:
+    (a, _), (b, b_link) = join(relay, "a"), join(relay, "b")
+    sub(relay, a, "tags", kind="gset")
+    sub(relay, b, "tags", kind="gset")
+    pub(relay, a, "tags", "gset", delta(GSet().add("x")))
+    pub(relay, a, "tags", "gset", delta(GSet().add("x")), seq=2)
+    assert len(pubs(b_link)) == 1
+    assert relay.topics.received == 2 and relay.topics.relayed == 1
+
+
+def test_handshake_gives_each_side_what_it_lacks(relay: Relay) -> None:
+    (a, a_link), (b, b_link) = join(relay, "a"), join(relay, "b")
+    with replica("ra"):
+        mine = ORSet().add("from a")
+    with replica("rb"):
+        theirs = ORSet().add("from b")
+    sub(relay, a, "set", kind="orset", body=wire.encode(mine.state()))
+    snap = a_link.of("snap")[-1]
+    assert snap[0]["kind"] == "orset" and snap[1] is None  # the hub had nothing a lacked
+    sub(relay, b, "set", kind="orset", body=wire.encode(theirs.state()))
+    header, body = b_link.of("snap")[-1]
+    assert ORSet.from_state(body) == {"from a"}  # the hub's state before b joined
+    assert ORSet.from_state(pubs(a_link)[-1][1]) == {"from b"}  # b's state relayed to a
+    assert relay.topics.topics["set"].state == {"from a", "from b"}
+
+
+def test_lww_keeps_the_highest_stamp_whatever_the_order(relay: Relay) -> None:
+    (a, _), (b, b_link) = join(relay, "a"), join(relay, "b")
+    sub(relay, b, "level", kind="lww")
+    pub(relay, a, "level", "lww", wire.encode("newer"), stamp=[200, 0, "a"])
+    pub(relay, a, "level", "lww", wire.encode("older"), seq=2, stamp=[100, 5, "z"])
+    pub(relay, a, "level", "lww", wire.encode("tie loses"), seq=3, stamp=[200, 0, "0"])
+    assert [wire.decode(wire.encode(body)) for _, body in pubs(b_link)] == ["newer"]
+    topic = relay.topics.topics["level"]
+    assert wire.decode(topic.state) == "newer" and topic.stamp == (200, 0, "a")
+
+
+def test_kind_mismatch_is_refused_naming_the_topic(relay: Relay) -> None:
+    (a, _), (b, b_link) = join(relay, "a"), join(relay, "b")
+    sub(relay, a, "t", kind="orset")
+    sub(relay, b, "t", kind="lww")
+    error = b_link.of("snap")[-1][0]["error"]
+    assert error["code"] == errors.TOPIC_KIND
+    assert "topic 't' holds orset values" in error["message"]
+    pub(relay, b, "t", "gset", delta(GSet().add(1)))
+    assert b_link.last("error")["code"] == errors.TOPIC_KIND
+
+
+def test_unknown_kind_and_bad_state_are_errors(relay: Relay) -> None:
+    a, link = join(relay, "a")
+    pub(relay, a, "t", "teleporter", wire.encode([]))
+    assert link.last("error")["code"] == errors.TOPIC_KIND
+    pub(relay, a, "u", "gset", wire.encode({"not": "a gset"}))
+    assert link.last("error")["code"] == errors.BAD_FRAME
+    assert "a" in relay.members
+
+
+def test_mirror_of_an_unwritten_topic_follows_once_written(relay: Relay) -> None:
+    (a, _), (b, b_link) = join(relay, "a"), join(relay, "b")
+    sub(relay, b, "later", mode="mirror")
+    assert b_link.of("snap")[-1][0]["kind"] is None
+    pub(relay, a, "later", "lww", wire.encode(7), stamp=[1, 0, "a"])
+    assert pubs(b_link)[-1][1] == 7
+
+
+def test_export_followers_receive_nothing(relay: Relay) -> None:
+    (a, _), (b, b_link) = join(relay, "a"), join(relay, "b")
+    sub(relay, b, "out", mode="export", kind="lww")
+    pub(relay, a, "out", "lww", wire.encode(1), stamp=[1, 0, "a"])
+    assert pubs(b_link) == []
+
+
+def test_state_survives_a_restart_and_changes_are_acknowledged(tmp_path: Path) -> None:
+    first = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, link = join(first, "a")
+    pub(first, a, "set", "gset", delta(GSet().add("kept")), seq=4)
+    pub(first, a, "plain", "lww", wire.encode({"x": 1}), seq=9, stamp=[5, 0, "a"])
+    acks = {(h["topic"], h["seq"]) for h, _ in link.of("ack")}
+    assert acks == {("set", 4), ("plain", 9)}
+    second = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    assert second.topics.topics["set"].state == {"kept"}
+    assert wire.decode(second.topics.topics["plain"].state) == {"x": 1}
+    b, b_link = join(second, "b")
+    sub(second, b, "set", kind="gset")
+    assert GSet.from_state(b_link.of("snap")[-1][1]) == {"kept"}
+    listed = {t["name"]: t for t in second.topics.list()}
+    assert listed["set"]["kind"] == "gset" and listed["set"]["subscribers"] == 1 and listed["set"]["size"] > 0
+
+
+def test_a_corrupt_topic_file_is_set_aside(tmp_path: Path) -> None:
+    store = TopicStore(tmp_path / "topics")
+    relay = Relay(1 << 20, store)
+    a, _ = join(relay, "a")
+    pub(relay, a, "set", "gset", delta(GSet().add(1)))
+    (path,) = (tmp_path / "topics").glob("*.topic")
+    path.write_bytes(b"\xc1garbage")
+    reloaded = TopicStore(tmp_path / "topics")
+    assert reloaded.topics == {}
+    assert list((tmp_path / "topics").glob("*.corrupt"))
+
+
+def test_followers_are_dropped_when_they_leave(relay: Relay) -> None:
+    (a, _), (b, b_link) = join(relay, "a"), join(relay, "b")
+    sub(relay, b, "t", kind="gset")
+    relay.disconnect(b)
+    pub(relay, a, "t", "gset", delta(GSet().add(1)))
+    assert pubs(b_link) == [] and relay.topics.topics["t"].followers == {}
