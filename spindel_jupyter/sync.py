@@ -98,7 +98,7 @@ class _Topic:
             _clock.observe(stamp)
             self.signal._apply_remote(wire.decode(body))
             return
-        incoming = crdt.type_for(kind).from_state(wire.decode(body))
+        incoming = crdt.type_for(str(kind)).from_state(wire.decode(body))
         current = self.signal.value
         if current is None:
             self.signal._apply_remote(incoming)

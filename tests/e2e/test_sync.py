@@ -159,7 +159,8 @@ def test_widgets_move_together_both_ways(kernels: list[Kernel]) -> None:
     k1, k2 = kernels[:2]
     for kernel in (k1, k2):
         kernel.ok(
-            "from ipywidgets import IntSlider, Dropdown\nw = IntSlider()\nd = Dropdown(options=['a', 'b', 'c'])\n"
+            "from ipywidgets import IntSlider, Dropdown\nw = IntSlider()\n"
+            "d = Dropdown(options=['a', 'b', 'c'])\n"
             "sw = bind_widget(w, 't10/threshold')\nsd = bind_widget(d, 't10/choice')"
         )
     k1.ok("w.value = 30")
@@ -167,7 +168,8 @@ def test_widgets_move_together_both_ways(kernels: list[Kernel]) -> None:
     k2.ok("w.value = 70\nd.value = 'c'")
     converges([k1], "(w.value, d.value)", (70, "c"))
     k2.ok(
-        "label = __import__('ipywidgets').Label()\nbind_widget(label, 't10/threshold', transform=lambda v: f'{v}%')"
+        "label = __import__('ipywidgets').Label()\n"
+        "bind_widget(label, 't10/threshold', transform=lambda v: f'{v}%')"
     )
     converges([k2], "label.value", "70%")
     k1.ok("unbind_widget(w)\nw.value = 5")

@@ -74,7 +74,7 @@ def test_handshake_gives_each_side_what_it_lacks(relay: Relay) -> None:
     snap = a_link.of("snap")[-1]
     assert snap[0]["kind"] == "orset" and snap[1] is None  # the hub had nothing a lacked
     sub(relay, b, "set", kind="orset", body=wire.encode(theirs.state()))
-    header, body = b_link.of("snap")[-1]
+    _, body = b_link.of("snap")[-1]
     assert ORSet.from_state(body) == {"from a"}  # the hub's state before b joined
     assert ORSet.from_state(pubs(a_link)[-1][1]) == {"from b"}  # b's state relayed to a
     assert relay.topics.topics["set"].state == {"from a", "from b"}
