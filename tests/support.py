@@ -22,6 +22,7 @@ from jupyter_client.manager import KernelManager
 from spindel_jupyter.demo import Execution, execute
 
 BASE_URL = "/a%40b/"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -45,7 +46,10 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05, wh
 class HubServer:
     """A ``jupyter server`` subprocess with the extension, on its own dirs, port and token."""
 
-    def __init__(self, root: Path, port: int | None = None, token: str | None = None) -> None:
+    def __init__(
+        self, root: Path, port: int | None = None, token: str | None = None, args: tuple[str, ...] = ()
+    ) -> None:
+        self.args = args
         self.root = root
         self.port = port or free_port()
         self.token = token or secrets.token_hex(16)
@@ -69,6 +73,7 @@ class HubServer:
         for key in ("SPINDEL_HUB_URL", "SPINDEL_TOKEN", "SPINDEL_PEER", "JPY_SESSION_NAME"):
             env.pop(key, None)
         env["JUPYTER_RUNTIME_DIR"] = str(self.runtime)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env["JUPYTER_DATA_DIR"] = str(self.root / "data")
         return env
 
@@ -87,6 +92,7 @@ class HubServer:
             f"--ServerApp.root_dir={self.notebooks}",
             f"--SpindelHub.store_dir={self.root / 'store'}",
             "--ServerApp.log_level=DEBUG",
+            *self.args,
         ]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT)

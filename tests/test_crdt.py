@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import inspect
-import math
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -17,44 +16,7 @@ from hypothesis import strategies as st
 from spindel_jupyter import crdt, wire
 from spindel_jupyter.clock import HybridClock
 from spindel_jupyter.crdt import GSet, LWWMap, ORSet, PNCounter
-
-
-@crdt.register
-class MaxRegister:
-    """The largest number ever set, on any replica."""
-
-    type_name: ClassVar[str] = "maxregister"
-    __slots__ = ("_pending", "value")
-
-    def __init__(self, value: float = -math.inf, pending: bool = False) -> None:
-        self.value = value
-        self._pending = pending
-
-    def set(self, value: float) -> MaxRegister:
-        return self if value <= self.value else MaxRegister(value, pending=True)
-
-    def delta(self) -> MaxRegister | None:
-        return MaxRegister(self.value) if self._pending else None
-
-    def clear_delta(self) -> MaxRegister:
-        return MaxRegister(self.value) if self._pending else self
-
-    def apply_delta(self, delta: MaxRegister) -> MaxRegister:
-        return self.merge(delta)
-
-    def merge(self, other: MaxRegister) -> MaxRegister:
-        # A larger value supersedes our pending one: it reaches everyone anyway.
-        return self if other.value <= self.value else MaxRegister(other.value)
-
-    def state(self) -> float:
-        return self.value
-
-    @classmethod
-    def from_state(cls, data: Any) -> MaxRegister:
-        if isinstance(data, bool) or not isinstance(data, (int, float)):
-            raise ValueError(f"a maxregister state is a number, not {data!r:.100}")
-        return cls(data)
-
+from tests.custom_crdt import MaxRegister
 
 # -- random histories on several replicas --------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop
-from traitlets import Float, Int, Unicode, default
+from traitlets import Float, Int, List, Unicode, default
 
 from .handlers import PeersHandler, PeerSocketHandler, StatsHandler, TopicsHandler
 from .relay import Relay
@@ -52,11 +53,18 @@ class SpindelHub(ExtensionApp):
         config=True
     )
 
+    crdt_modules = List(
+        Unicode(),
+        help="Modules to import at start so the hub can hold topics of the custom CRDT types they register.",
+    ).tag(config=True)
+
     @default("store_dir")
     def _default_store_dir(self) -> str:
         return os.path.join(jupyter_data_dir(), "spindel")
 
     def initialize_settings(self) -> None:
+        for module in self.crdt_modules:
+            importlib.import_module(module)
         topics = TopicStore(Path(self.store_dir) / "topics", schedule=_call_later)
         self.relay = Relay(self.max_frame_bytes, topics)
         self.settings["spindel_hub"] = self

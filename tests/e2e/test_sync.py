@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -200,3 +201,22 @@ def test_hub_restart_keeps_state_and_writes_made_while_down(own_hub: HubServer) 
     finally:
         a.shutdown()
         b.shutdown()
+
+
+def test_custom_crdt_held_by_a_hub_configured_for_it(tmp_path: Path) -> None:
+    server = HubServer(tmp_path / "hub", args=("--SpindelHub.crdt_modules=tests.custom_crdt",)).start()
+    env = {"SPINDEL_HUB_URL": server.ws_url, "SPINDEL_TOKEN": server.token}
+    kernels = [start_kernel({**env, "SPINDEL_PEER": name}) for name in ("hi", "lo")]
+    try:
+        setup = SETUP + "\nfrom tests.custom_crdt import MaxRegister\nm = sync_signal('c/max', MaxRegister())"
+        for kernel in kernels:
+            kernel.ok(setup)
+        kernels[0].ok("m.update(lambda r: r.set(7))")
+        kernels[1].ok("m.update(lambda r: r.set(3))")
+        converges(kernels, "m.value.value", 7)
+        kinds = {t["name"]: t["kind"] for t in server.get("spindel/api/topics")}
+        assert kinds["c/max"] == "maxregister"
+    finally:
+        for kernel in kernels:
+            kernel.shutdown()
+        server.stop()
