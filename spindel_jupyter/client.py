@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import functools
 import itertools
 import logging
 import os
@@ -419,7 +420,11 @@ class Peer:
             return
         if rid is None:
             return
-        if isinstance(result, Awaitable):
+        if isinstance(result, concurrent.futures.Future):
+            # Finished on another thread (served code runs on the home thread):
+            # the reply is encoded there and only written here.
+            result.add_done_callback(functools.partial(self._reply_when_done, sender, rid))
+        elif isinstance(result, Awaitable):
             task = asyncio.ensure_future(self._finish(sender, rid, result))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -434,18 +439,31 @@ class Peer:
         else:
             self._reply(sender, rid, result)
 
+    def _reply_when_done(self, to: str, rid: int, future: concurrent.futures.Future[Any]) -> None:
+        if future.cancelled():
+            error = errors.to_wire(errors.Interrupted("the call was dropped: the caller stopped waiting"))
+            frame = self._reply_frame(to, rid, error=error)
+        elif (failure := future.exception()) is not None:
+            frame = self._reply_frame(to, rid, error=remote_error(failure, self.name))
+        else:
+            frame = self._reply_frame(to, rid, future.result())
+        self._call_soon(self._write, frame)
+
     def _reply(self, to: str, rid: int, result: Any = None, error: dict[str, Any] | None = None) -> None:
+        self._write(self._reply_frame(to, rid, result, error))
+
+    def _reply_frame(
+        self, to: str, rid: int, result: Any = None, error: dict[str, Any] | None = None
+    ) -> bytes:
         header: dict[str, Any] = {"t": REP, "re": rid, "to": to}
         if error is not None:
             header["error"] = error
-            self._write(wire.pack_frame(header))
-            return
+            return wire.pack_frame(header)
         try:
-            frame = self._frame(header, result)
+            return self._frame(header, result)
         except SpindelError as exc:
             header["error"] = remote_error(exc, self.name)
-            frame = wire.pack_frame(header)
-        self._write(frame)
+            return wire.pack_frame(header)
 
     def _send_request(
         self, rid: int, frame: bytes, future: concurrent.futures.Future[tuple[dict[str, Any], bytes]]

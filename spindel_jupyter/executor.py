@@ -12,12 +12,18 @@ import ast
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
+import hashlib
+import inspect
 import io
 import linecache
 import signal
 import sys
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from types import CodeType
 from typing import Any
 
 from .errors import Interrupted
@@ -26,65 +32,119 @@ from .home import home
 Send = Callable[[dict[str, Any]], None]
 
 
+@dataclass(eq=False)
+class _Job:
+    key: object
+    run: Callable[[], Any]
+    on_start: Callable[[], None]
+    future: concurrent.futures.Future[Any]
+    task: asyncio.Task[None] | None = None
+
+
 class Executor:
-    """Runs jobs one at a time on the namespace's thread; can interrupt the running one."""
+    """Runs jobs one at a time on the home thread; can interrupt the running one.
+
+    A job is a callable returning its result, or an awaitable of it. Plain jobs
+    run to completion inside one callback of the home loop, the cheapest way
+    there and back; awaitables continue as a task.
+    """
 
     def __init__(self) -> None:
         place = home()
         self.loop = place.loop
         self.thread = place.thread
-        self._lock: asyncio.Lock | None = None
-        self._running: tuple[object, asyncio.Task[Any]] | None = None
+        self._queue: deque[_Job] = deque()
+        self._running: _Job | None = None
         self._state = threading.Lock()
         # True only while served code itself runs (not while the loop waits): a
         # SIGINT then interrupts it; at any other moment it is ignored.
         self._in_step = False
 
     def submit(
-        self, key: object, job: Callable[[], Awaitable[Any]], on_start: Callable[[], None]
+        self, key: object, run: Callable[[], Any], on_start: Callable[[], None]
     ) -> concurrent.futures.Future[Any]:
-        """Schedule ``job``; ``on_start`` runs (on the executor's thread) when it begins."""
-        return asyncio.run_coroutine_threadsafe(self._run(key, job, on_start), self.loop)
+        """Queue ``run``; ``on_start`` runs (on the home thread) when it begins. Thread-safe."""
+        job = _Job(key, run, on_start, concurrent.futures.Future())
+        self.loop.call_soon_threadsafe(self._enqueue, job)
+        return job.future
 
-    async def _run(self, key: object, job: Callable[[], Awaitable[Any]], on_start: Callable[[], None]) -> Any:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            on_start()
-            task = asyncio.ensure_future(self._interruptible(job))
-            with self._state:
-                self._running = (key, task)
-            try:
-                return await task
-            finally:
-                with self._state:
-                    self._running = None
+    def _enqueue(self, job: _Job) -> None:
+        self._queue.append(job)
+        self._drain()
 
-    async def _interruptible(self, job: Callable[[], Awaitable[Any]]) -> Any:
-        on_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if on_main else None
+    def _drain(self) -> None:
+        while self._running is None and self._queue:
+            job = self._queue.popleft()
+            if job.future.set_running_or_notify_cancel():
+                self._start(job)
+
+    def _start(self, job: _Job) -> None:
+        with self._state:
+            self._running = job
+        job.on_start()
+        previous = self._trap_sigint()
         try:
-            return await _Stepped(job(), self)
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            raise Interrupted("interrupted: the caller stopped waiting") from None
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            self._in_step = True
+            try:
+                result = job.run()
+            finally:
+                self._in_step = False
+        except BaseException as exc:
+            self._done(job, previous, error=exc)
+            return
+        if inspect.isawaitable(result):
+            job.task = self.loop.create_task(self._finish(job, result, previous))
+        else:
+            self._done(job, previous, result=result)
+
+    async def _finish(self, job: _Job, awaitable: Awaitable[Any], previous: Any) -> None:
+        try:
+            result = await _Stepped(awaitable, self)
+        except BaseException as exc:
+            self._done(job, previous, error=exc)
+        else:
+            self._done(job, previous, result=result)
+        self._drain()
+
+    def _trap_sigint(self) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            return signal.signal(signal.SIGINT, self._on_sigint)
+        return None
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._in_step:
             raise KeyboardInterrupt
 
-    def interrupt(self, key: object) -> bool:
-        """Interrupt job ``key`` if it is the one running; say whether it was."""
+    def _done(self, job: _Job, previous: Any, result: Any = None, error: BaseException | None = None) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         with self._state:
-            if self._running is None or self._running[0] != key:
+            self._running = None
+        if isinstance(error, (KeyboardInterrupt, asyncio.CancelledError)):
+            error = Interrupted("interrupted: the caller stopped waiting")
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+    def interrupt(self, key: object) -> bool:
+        """Interrupt job ``key`` if it runs, or drop it if it waits; say whether it was running."""
+        with self._state:
+            job = self._running
+            if job is None or job.key != key:
+                self.loop.call_soon_threadsafe(self._cancel_queued, key)
                 return False
-            task = self._running[1]
             if self.thread is threading.main_thread() and self.thread.ident is not None:
                 signal.pthread_kill(self.thread.ident, signal.SIGINT)
-        self.loop.call_soon_threadsafe(task.cancel)
+            task = job.task
+        if task is not None:
+            self.loop.call_soon_threadsafe(task.cancel)
         return True
+
+    def _cancel_queued(self, key: object) -> None:
+        for job in self._queue:
+            if job.key == key:
+                job.future.cancel()
 
 
 class _Stepped:
@@ -202,19 +262,44 @@ def transform(source: str) -> str:
 _FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 
 
-async def run_source(source: str, namespace: dict[str, Any], filename: str) -> Any:
-    """Run ``source`` like a notebook cell in ``namespace``: top-level await, last expression's value."""
+@dataclass(frozen=True)
+class Cell:
+    """A cell body compiled once: its statements, its last expression, and whether it awaits."""
+
+    body: CodeType
+    last: CodeType | None
+    is_async: bool
+
+    def run(self, namespace: dict[str, Any]) -> Any:
+        """Run a cell without top-level await; the last expression's value."""
+        exec(self.body, namespace)
+        return eval(self.last, namespace) if self.last is not None else None
+
+    async def run_async(self, namespace: dict[str, Any]) -> Any:
+        """Run a cell that may await at top level; the last expression's value."""
+        result = eval(self.body, namespace)
+        if inspect.iscoroutine(result):
+            await result
+        if self.last is None:
+            return None
+        value = eval(self.last, namespace)
+        return await value if inspect.iscoroutine(value) else value
+
+
+@functools.lru_cache(maxsize=512)
+def compile_cell(source: str) -> Cell:
+    """Compile ``source`` like a notebook cell (cached: the same body sent again costs nothing)."""
+    filename = f"<remote cell {hashlib.sha1(source.encode()).hexdigest()[:8]}>"
     tree = ast.parse(source, filename)
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
     assert last is None or isinstance(last, ast.Expr)
-    lines = source.splitlines(keepends=True)
-    linecache.cache[filename] = (len(source), None, lines, filename)
-    result = eval(compile(tree, filename, "exec", flags=_FLAGS), namespace)
-    if asyncio.iscoroutine(result):
-        await result
-    if last is None:
-        return None
-    value = eval(compile(ast.Expression(last.value), filename, "eval", flags=_FLAGS), namespace)
-    if asyncio.iscoroutine(value):
-        value = await value
-    return value
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    body = compile(tree, filename, "exec", flags=_FLAGS)
+    expr = compile(ast.Expression(last.value), filename, "eval", flags=_FLAGS) if last is not None else None
+    is_async = any(bool(c.co_flags & inspect.CO_COROUTINE) for c in (body, expr) if c is not None)
+    return Cell(body, expr, is_async)
+
+
+async def run_source(source: str, namespace: dict[str, Any]) -> Any:
+    """Run ``source`` like a notebook cell in ``namespace``: top-level await, last expression's value."""
+    return await compile_cell(source).run_async(namespace)

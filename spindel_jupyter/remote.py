@@ -15,18 +15,17 @@ import ast
 import asyncio
 import functools
 import inspect
-import itertools
 import queue
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from . import client, contexts, wire
 from .errors import EncodeError, NotServed, RemoteTimeout, SpindelError, UnboundNames, UnsendableResult
-from .executor import Executor, forward_output, rich_bundle, run_source, transform
+from .executor import Cell, Executor, compile_cell, forward_output, rich_bundle, transform
 from .freenames import free_names
 
 OP_CALL = "call"
@@ -40,6 +39,7 @@ QUEUED_AFTER = 0.2
 
 _MISSING = object()
 F = TypeVar("F", bound=Callable[..., Any])
+Send = Callable[[dict[str, Any]], None]
 
 
 # -- serving ---------------------------------------------------------------------
@@ -52,8 +52,6 @@ class _Server:
         self.executor = executor
         self.contexts: set[str] = set()
         self.allow: set[str] | None = None
-        self._code: dict[tuple[str, str], tuple[Any, set[str]]] = {}
-        self._serials = itertools.count(1)
 
     def describe(self) -> str:
         who = "everyone" if self.allow is None else ", ".join(sorted(self.allow)) or "no one"
@@ -86,60 +84,90 @@ class _Server:
 
         asyncio.get_running_loop().call_later(QUEUED_AFTER, report_queued)
         job = functools.partial(self._execute, body, context, target, output)
-        return asyncio.wrap_future(self.executor.submit((call.sender, call.id), job, on_start))
+        return self.executor.submit((call.sender, call.id), job, on_start)
 
     def handle_cancel(self, message: client.Incoming) -> None:
         self.executor.interrupt((message.sender, message.body))
 
-    async def _execute(
-        self, body: dict[str, Any], context: str, target: str, output: Callable[[dict[str, Any]], None]
-    ) -> wire.Encoded:
+    def _execute(self, body: dict[str, Any], context: str, target: str, output: Send) -> Any:
+        """Run one call on the home thread: its encoded result, or an awaitable of it."""
         namespace = contexts.namespace(context)
-        with forward_output(output):
-            if body.get("kind") == "function":
-                return _encoded_value(await self._call_function(body, namespace, target))
-            value = await self._run_cell(body, namespace, target)
-        return _encoded_value(value, with_bundle=True)
+        if body.get("kind") == "function":
+            return self._call_function(body, namespace, target, output)
+        return self._run_cell(body, namespace, target, output)
 
-    async def _run_cell(self, body: dict[str, Any], namespace: dict[str, Any], target: str) -> Any:
-        source = transform(str(body.get("source", "")))
+    def _run_cell(self, body: dict[str, Any], namespace: dict[str, Any], target: str, output: Send) -> Any:
+        source = _transform(str(body.get("source", "")))
+        cell = compile_cell(source)
         args = dict(body.get("args") or {})
-        _, free = self._compiled(source, "cell")
-        _check_bound(free, namespace, args, target)
+        _check_bound(self._free(source), namespace, args, target)
         saved = {name: namespace.get(name, _MISSING) for name in args}
         namespace.update(args)
+        if cell.is_async:
+            return self._run_async_cell(cell, namespace, args, saved, output)
         try:
-            filename = f"<remote cell {next(self._serials)}>"
-            return await run_source(source, namespace, filename)
+            with forward_output(output):
+                value = cell.run(namespace)
         finally:
-            for name, old in saved.items():
-                if namespace.get(name, _MISSING) is args[name]:  # the body did not rebind it
-                    if old is _MISSING:
-                        namespace.pop(name, None)
-                    else:
-                        namespace[name] = old
+            _restore(namespace, args, saved)
+        return _encoded_value(value, with_bundle=True)
 
-    async def _call_function(self, body: dict[str, Any], namespace: dict[str, Any], target: str) -> Any:
+    async def _run_async_cell(
+        self, cell: Cell, namespace: dict[str, Any], args: dict[str, Any], saved: dict[str, Any], output: Send
+    ) -> wire.Encoded:
+        try:
+            with forward_output(output):
+                value = await cell.run_async(namespace)
+        finally:
+            _restore(namespace, args, saved)
+        return _encoded_value(value, with_bundle=True)
+
+    def _call_function(
+        self, body: dict[str, Any], namespace: dict[str, Any], target: str, output: Send
+    ) -> Any:
         source, name = str(body.get("source", "")), str(body.get("name", ""))
-        code, free = self._compiled(source, "function")
-        _check_bound(free - {name}, namespace, {}, target)
+        code = _compile_function(source)
+        _check_bound(self._free(source) - {name}, namespace, {}, target)
         scratch: dict[str, Any] = {}
         exec(code, namespace, scratch)
-        result = scratch[name](*body.get("args", []), **body.get("kwargs", {}))
+        with forward_output(output):
+            result = scratch[name](*body.get("args", []), **body.get("kwargs", {}))
         if inspect.isawaitable(result):
-            result = await result
-        return result
+            return self._await_function(result, output)
+        return _encoded_value(result)
 
-    def _compiled(self, source: str, kind: str) -> tuple[Any, set[str]]:
-        key = (kind, source)
-        entry = self._code.get(key)
-        if entry is None:
-            code = compile(source, f"<remote {kind}>", "exec") if kind == "function" else None
-            entry = (code, free_names(source))
-            if len(self._code) > 1000:
-                self._code.clear()
-            self._code[key] = entry
-        return entry
+    async def _await_function(self, awaitable: Awaitable[Any], output: Send) -> wire.Encoded:
+        with forward_output(output):
+            result = await awaitable
+        return _encoded_value(result)
+
+    def _free(self, source: str) -> set[str]:
+        return _free_names(source)
+
+
+@functools.lru_cache(maxsize=512)
+def _free_names(source: str) -> set[str]:
+    return free_names(source)
+
+
+@functools.lru_cache(maxsize=512)
+def _compile_function(source: str) -> Any:
+    return compile(source, "<remote function>", "exec")
+
+
+@functools.lru_cache(maxsize=512)
+def _transform(source: str) -> str:
+    return transform(source)
+
+
+def _restore(namespace: dict[str, Any], args: dict[str, Any], saved: dict[str, Any]) -> None:
+    """Arguments do not stay in the remote namespace unless the body rebound them."""
+    for name, old in saved.items():
+        if namespace.get(name, _MISSING) is args[name]:
+            if old is _MISSING:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = old
 
 
 def _check_bound(free: Iterable[str], namespace: dict[str, Any], args: dict[str, Any], target: str) -> None:

@@ -13,7 +13,7 @@ from spindel_jupyter.executor import Executor, Interrupted, forward_output, run_
 
 
 def run(source: str, ns: dict[str, Any]) -> Any:
-    return asyncio.run(run_source(source, ns, "<test>"))
+    return asyncio.run(run_source(source, ns))
 
 
 def test_last_expression_is_the_value() -> None:
