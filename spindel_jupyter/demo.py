@@ -10,6 +10,7 @@ notebook.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import ctypes
 import os
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,12 +154,27 @@ class DemoPeer:
     def __repr__(self) -> str:
         return f"<DemoPeer {self.name!r}>"
 
-    def run(self, code: str, timeout: float = 60.0) -> str:
-        """Run ``code`` on this kernel; return what it printed (and its result's text)."""
+    def run(self, code: str, timeout: float = 60.0) -> None:
+        """Run ``code`` as a cell on this kernel; what it prints is printed here."""
+        text = self._output(code, timeout)
+        if text:
+            print(text)
+
+    def _output(self, code: str, timeout: float = 60.0) -> str:
         result = execute(self._client, code, timeout)
         if result.error:
             raise SpindelError(f"on {self.name}: {result.error.get('ename')}: {result.error.get('evalue')}")
-        return (result.stdout + result.text()).rstrip("\n")
+        return result.stdout.rstrip("\n")
+
+    def wait_for(self, expression: str, timeout: float = 10.0) -> str:
+        """Poll ``expression`` on this kernel until it is true (changes take a moment to arrive)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._output(f"print(bool({expression}))") == "True":
+                return expression
+            if time.monotonic() > deadline:
+                raise SpindelError(f"on {self.name}: {expression} still false after {timeout} s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Shut the kernel down (it leaves the hub's peer list)."""
@@ -185,8 +202,21 @@ def start_peer(name: str, timeout: float = 60.0) -> DemoPeer:
     kernel.wait_for_ready(timeout=timeout)
     peer = DemoPeer(name, manager, kernel)
     _peers.append(peer)
-    peer.run("%load_ext spindel_jupyter")
+    peer._output("%load_ext spindel_jupyter")
     return peer
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Await until ``predicate()`` is true here.
+
+    Changes from other kernels land between cells, or while a cell awaits: so
+    this awaits (``await demo.wait_until(...)``) instead of blocking the kernel.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SpindelError(f"still waiting after {timeout} s")
+        await asyncio.sleep(0.02)
 
 
 def stop_all() -> None:

@@ -172,19 +172,27 @@ class _Stepped:
 
 
 class _Forward(io.TextIOBase):
-    """A text stream that forwards every write to the caller."""
+    """A line-buffered text stream whose lines go to the caller."""
 
     def __init__(self, name: str, send: Send) -> None:
         self.name = name
         self._send = send
+        self._pending: list[str] = []
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
+        self._pending.append(text)
+        if "\n" in text:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        text = "".join(self._pending)
+        self._pending.clear()
         if text:
             self._send({"stream": self.name, "text": text})
-        return len(text)
 
 
 @contextlib.contextmanager
@@ -202,6 +210,8 @@ def forward_output(send: Send) -> Iterator[None]:
         yield
         _flush_figures()
     finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
         sys.stdout, sys.stderr = out, err
         if previous is not None:
             shell.display_pub = previous

@@ -72,6 +72,18 @@ def test_interrupting_an_awaiting_job() -> None:
         future.result(5)
 
 
+def test_partial_lines_are_sent_when_flushed_or_at_the_end() -> None:
+    sent: list[dict[str, Any]] = []
+    with forward_output(sent.append):
+        print("a", end="")
+        print("b", end="")
+        assert sent == []
+        print("c", end="", flush=True)
+        assert sent == [{"stream": "stdout", "text": "abc"}]
+        print("tail", end="")
+    assert sent[-1] == {"stream": "stdout", "text": "tail"}
+
+
 def test_forwarded_output_is_sent_not_printed(capsys: pytest.CaptureFixture[str]) -> None:
     sent: list[dict[str, Any]] = []
     with forward_output(sent.append):
@@ -80,6 +92,6 @@ def test_forwarded_output_is_sent_not_printed(capsys: pytest.CaptureFixture[str]
 
         print("warning", file=sys.stderr)
     print("local again")
-    assert {"stream": "stdout", "text": "to the caller"} in sent
-    assert {"stream": "stderr", "text": "warning"} in sent
+    assert {"stream": "stdout", "text": "to the caller\n"} in sent  # one message per line
+    assert {"stream": "stderr", "text": "warning\n"} in sent
     assert capsys.readouterr().out == "local again\n"
