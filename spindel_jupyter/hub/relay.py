@@ -81,6 +81,7 @@ class Relay:
     def __init__(self, max_frame_bytes: int, topics: TopicStore | None = None) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.topics = topics or TopicStore()
+        self.topics.on_change = self._broadcast_topics
         self.members: dict[str, Member] = {}
         #: Frames received, by type, for /spindel/api/stats.
         self.frames_in: Counter[str] = Counter()
@@ -287,6 +288,15 @@ class Relay:
                 _reply_error(request_id, member.name, error_dict(errors.PEER_LOST, message, peer=member.name))
             )
         member.awaiting.clear()
+
+    def _broadcast_topics(self) -> None:
+        """Tell UI peers (the lab panel) about topics: they show them live, without polling."""
+        watchers = [m for m in self.members.values() if m.kind == "ui"]
+        if watchers:
+            header = {"t": EVENT, "event": "topics", "from": HUB}
+            frame = wire.pack_frame(header, wire.encode(self.topics.list()))
+            for member in watchers:
+                member.link.send(frame)
 
     def _broadcast_peers(self) -> None:
         frame = wire.pack_frame({"t": EVENT, "event": "peers", "from": HUB}, wire.encode(self.peers()))

@@ -33,6 +33,7 @@ Schedule = Callable[[float, Callable[[], None]], Any]
 
 #: How long changes may wait to be written together (seconds).
 FLUSH_DELAY = 0.01
+SUMMARY_CHARS = 80
 
 
 @dataclass(eq=False)
@@ -46,9 +47,25 @@ class Topic:
     stamp: Stamp | None = None
     followers: dict[Member, str] = field(default_factory=dict)
     size: int = 0
+    summary: str = ""
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "subscribers": len(self.followers), "size": self.size}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "subscribers": len(self.followers),
+            "size": self.size,
+            "summary": self.summary,
+        }
+
+    def summarize(self) -> None:
+        """A short text of the current value, for peer lists and panels."""
+        try:
+            value = wire.decode(self.state) if self.kind == LWW else self.state
+            text = repr(value)
+        except Exception:
+            text = "(unreadable)"
+        self.summary = text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
 
 
 class TopicStore:
@@ -61,6 +78,9 @@ class TopicStore:
         self._dirty: set[Topic] = set()
         self._acks: dict[tuple[Member, str], int] = {}
         self._flush_pending = False
+        self._listing_changed = False
+        #: Called after changes are stored, when the topic list or a value changed.
+        self.on_change: Callable[[], None] | None = None
         #: Changes received and frames relayed, for /spindel/api/stats.
         self.received = 0
         self.relayed = 0
@@ -85,6 +105,7 @@ class TopicStore:
                 return
             topic.followers[member] = header["mode"]
             member.subscriptions.add(name)
+            self._followers_changed()
             reply = self._join(topic, member, header, body)
             if body and isinstance(header.get("seq"), int):
                 self._ack_later(member, name, header["seq"], topic)
@@ -99,6 +120,10 @@ class TopicStore:
             error = error_dict(exc.code, str(exc), topic=name)
             member.link.send(wire.pack_frame({"t": SNAP, "re": request_id, "topic": name, "error": error}))
 
+    def _followers_changed(self) -> None:
+        self._listing_changed = True
+        self._request_flush()
+
     def unsubscribe(self, member: Member, header: dict[str, Any]) -> None:
         name = header["topic"]
         member.subscriptions.discard(name)
@@ -106,6 +131,7 @@ class TopicStore:
         if topic is not None:
             topic.followers.pop(member, None)
         self._pending_mirrors.get(name, {}).pop(member, None)
+        self._followers_changed()
 
     def drop(self, member: Member) -> None:
         """The member left: it follows nothing any more."""
@@ -117,6 +143,7 @@ class TopicStore:
         member.subscriptions.clear()
         for key in [k for k in self._acks if k[0] is member]:
             del self._acks[key]
+        self._followers_changed()
 
     def publish(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
         """A peer's local change: apply it, relay it if it added something, store it."""
@@ -234,6 +261,10 @@ class TopicStore:
         dirty, self._dirty = self._dirty, set()
         for topic in dirty:
             self._write(topic)
+            topic.summarize()
+        changed, self._listing_changed = bool(dirty) or self._listing_changed, False
+        if changed and self.on_change is not None:
+            self.on_change()
         acks, self._acks = self._acks, {}
         for (member, name), seq in acks.items():
             member.link.send(wire.pack_frame({"t": ACK, "topic": name, "seq": seq, "from": HUB}))
@@ -259,9 +290,9 @@ class TopicStore:
                 kind = record["kind"]
                 state = record["state"] if kind == LWW else crdt.type_for(kind).from_state(record["state"])
                 stamp = as_stamp(record["stamp"]) if record.get("stamp") is not None else None
-                self.topics[record["name"]] = Topic(
-                    record["name"], kind, state, stamp, size=path.stat().st_size
-                )
+                topic = Topic(record["name"], kind, state, stamp, size=path.stat().st_size)
+                topic.summarize()
+                self.topics[topic.name] = topic
             except Exception as exc:
                 log.error("spindel: ignoring unreadable topic file %s: %s", path.name, exc)
                 path.rename(path.with_suffix(".corrupt"))

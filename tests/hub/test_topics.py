@@ -161,3 +161,20 @@ def test_followers_are_dropped_when_they_leave(relay: Relay) -> None:
     relay.disconnect(b)
     pub(relay, a, "t", "gset", delta(GSet().add(1)))
     assert pubs(b_link) == [] and relay.topics.topics["t"].followers == {}
+
+
+def test_ui_peers_hear_of_topic_changes_with_value_summaries(relay: Relay) -> None:
+    a, _ = join(relay, "a")
+    ui_link = RecordingLink()
+    ui = relay.connect(ui_link)
+    relay.receive(ui, wire.pack_frame({"t": "hello", "name": "lab", "kind": "ui", "session": "s"}))
+    sub(relay, a, "level", kind="lww")
+    pub(relay, a, "level", "lww", wire.encode({"threshold": 42}), stamp=[1, 0, "a"])
+    events = [body for header, body in ui_link.of("event") if header["event"] == "topics"]
+    assert events, "the UI peer was told"
+    (level,) = events[-1]
+    assert level["name"] == "level" and level["kind"] == "lww" and level["subscribers"] == 1
+    assert level["summary"] == "{'threshold': 42}"
+    before = len(a.link.frames)  # type: ignore[attr-defined]
+    pub(relay, a, "level", "lww", wire.encode(7), seq=2, stamp=[2, 0, "a"])
+    assert not [h for h, _ in a.link.frames[before:] if h["t"] == "event"]  # type: ignore[attr-defined]
