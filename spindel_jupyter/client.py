@@ -356,6 +356,7 @@ class Peer:
             "kind": self.kind,
             "session": self.session,
             "contexts": self.contexts,
+            "kernel": kernel_id(),
         }
         await ws.write_message(wire.pack_frame(hello), binary=True)
         reply = await asyncio.wait_for(ws.read_message(), self.connect_timeout)
@@ -561,6 +562,18 @@ def on_new_peer(setup: Callable[[Peer], None]) -> None:
         setup(_current)
 
 
+def kernel_id() -> str:
+    """The id of the Jupyter kernel this process is ("" outside a kernel): lets the lab mark its peer."""
+    if "ipykernel" not in sys.modules:
+        return ""
+    try:
+        from ipykernel.connect import get_connection_file
+
+        return Path(get_connection_file()).stem.removeprefix("kernel-")
+    except Exception:
+        return ""
+
+
 def default_name() -> str:
     """The peer name to use when none is given: ``SPINDEL_PEER``, the notebook, or the kernel."""
     explicit = os.environ.get(ENV_PEER)
@@ -569,13 +582,10 @@ def default_name() -> str:
     notebook = os.environ.get("JPY_SESSION_NAME")
     if notebook:
         return name_from(Path(notebook).stem)
-    try:
-        from ipykernel.connect import get_connection_file
-
-        stem = Path(get_connection_file()).stem  # kernel-<id>
-        return name_from(f"kernel-{stem.removeprefix('kernel-')[:8]}")
-    except Exception:
-        return name_from(f"{socket.gethostname().split('.')[0]}-{os.getpid()}")
+    kernel = kernel_id()
+    if kernel:
+        return name_from(f"kernel-{kernel[:8]}")
+    return name_from(f"{socket.gethostname().split('.')[0]}-{os.getpid()}")
 
 
 def _in_kernel() -> bool:

@@ -61,6 +61,8 @@ class Member:
     session: str = ""
     contexts: list[str] = field(default_factory=list)
     since: str = ""
+    #: The Jupyter kernel id of a kernel peer (the lab marks the current notebook's peer with it).
+    kernel: str = ""
     #: Requests sent to this peer not yet answered: (caller name, request id).
     awaiting: set[tuple[str, int]] = field(default_factory=set)
     #: Number of requests this peer has outstanding with others.
@@ -69,7 +71,13 @@ class Member:
     subscriptions: set[str] = field(default_factory=set)
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "contexts": list(self.contexts), "since": self.since}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "contexts": list(self.contexts),
+            "since": self.since,
+            "kernel": self.kernel,
+        }
 
 
 HubOp = Callable[[Member, Any], Any]
@@ -186,6 +194,8 @@ class Relay:
         member.kind = header["kind"]
         member.session = header["session"]
         member.contexts = _str_list(header.get("contexts"))
+        kernel = header.get("kernel")
+        member.kernel = kernel if isinstance(kernel, str) else ""
         member.since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.members[name] = member
         log.info("peer %r (%s) connected", name, member.kind)

@@ -109,3 +109,9 @@ def test_kernels_reconnect_by_themselves_after_the_server_restarts(own_hub: HubS
     finally:
         for kernel in kernels:
             kernel.shutdown()
+
+
+def test_kernel_peers_carry_their_kernel_id(hub: HubServer, notebooks: tuple[Kernel, Kernel]) -> None:
+    alice, _ = notebooks
+    kernels = {p["name"]: p["kernel"] for p in hub.get("spindel/api/peers")}
+    assert kernels["alice"] == alice.kernel_id
