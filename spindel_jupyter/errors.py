@@ -128,9 +128,27 @@ class UnboundNames(SpindelError):
 
 
 class MergeConflict(SpindelError):
-    """A merge found conflicting edits and changed nothing."""
+    """A merge found conflicting edits and changed nothing; ``conflicts`` lists them side by side."""
 
     code = "merge_conflict"
+
+    def __init__(self, message: str, conflicts: list[dict[str, Any]] | None = None) -> None:
+        self.conflicts = list(conflicts or [])
+        super().__init__(message)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        def cell(text: Any) -> str:
+            shown = "(deleted)" if text is None else html.escape(str(text))
+            return f"<td style='text-align:left;vertical-align:top'><pre>{shown}</pre></td>"
+
+        rows = "".join(
+            f"<tr><td>{c.get('index')}</td>{cell(c.get('base'))}{cell(c.get('ours'))}{cell(c.get('theirs'))}</tr>"
+            for c in self.conflicts
+        )
+        head = "<tr><th>cell</th><th>base</th><th>ours</th><th>theirs</th></tr>"
+        return f"<p>{html.escape(str(self))}</p><table>{head}{rows}</table>"
 
 
 class NotWritable(SpindelError):
@@ -153,7 +171,7 @@ TOPIC_KIND = "topic_kind"
 
 # Errors that travel as just a code and a message.
 _PLAIN: dict[str, type[SpindelError]] = {
-    cls.code: cls for cls in (NotServed, Interrupted, RemoteTimeout, MergeConflict, NotWritable)
+    cls.code: cls for cls in (NotServed, Interrupted, RemoteTimeout, NotWritable)
 }
 
 
@@ -174,6 +192,8 @@ def from_wire(error: dict[str, Any], peer: str = "") -> SpindelError:
         )
     if code == UnboundNames.code:
         return UnboundNames(message, [str(n) for n in error.get("names") or []])
+    if code == MergeConflict.code:
+        return MergeConflict(message, list(error.get("conflicts") or []))
     if code == UnsendableResult.code:
         return UnsendableResult(message, error.get("bundle"))
     if code in _PLAIN:
@@ -190,4 +210,6 @@ def to_wire(exc: SpindelError) -> dict[str, Any]:
         error["names"] = exc.names
     if isinstance(exc, UnsendableResult):
         error["bundle"] = exc.bundle
+    if isinstance(exc, MergeConflict):
+        error["conflicts"] = exc.conflicts
     return error

@@ -12,9 +12,9 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Float
 
-from . import client
+from . import client, workspace
 from .display import peer_table
-from .errors import SpindelError, UnsendableResult
+from .errors import MergeConflict, SpindelError, UnsendableResult
 from .remote import run as run_remote
 from .remote import serve, unserve
 
@@ -129,6 +129,72 @@ class SpindelMagics(Magics):
             else:
                 raise UsageError(f"argument {name!r} is not defined here: define it, or use {name}=EXPR")
         return values
+
+    @magic_arguments()
+    @argument("name", help="workspace name")
+    @argument("--path", help="notebook to publish, relative to the server root (default: this notebook)")
+    @argument("-m", "--message", default="", help="a note kept with this version")
+    @line_magic
+    def spin_publish(self, line: str) -> None:
+        """Publish this notebook (as saved) as a workspace; later saves republish it."""
+        args = parse_argstring(self.spin_publish, line)
+        descriptor = _workspace_call(workspace.publish, args.name, args.path, args.message)
+        head, path = descriptor["head"][:12], descriptor["path"]
+        print(f"spindel: published {descriptor['name']!r} at {head} from {path}")
+
+    @magic_arguments()
+    @argument("name", help="workspace to follow")
+    @argument("--path", help="where the read-only copy goes (default: NAME.following.ipynb here)")
+    @line_magic
+    def spin_follow(self, line: str) -> None:
+        """Get a read-only copy of a workspace that updates whenever it is published."""
+        args = parse_argstring(self.spin_follow, line)
+        descriptor = _workspace_call(workspace.follow, args.name, args.path)
+        path = descriptor["followers"][-1]["path"]
+        print(f"spindel: following {args.name!r} in {path} (read-only, updates itself)")
+
+    @magic_arguments()
+    @argument("name", help="workspace to fork")
+    @argument("new", nargs="?", help="name of the fork (default: NAME-YOURPEER)")
+    @line_magic
+    def spin_fork(self, line: str) -> None:
+        """Fork a workspace: your own editable copy, at once."""
+        args = parse_argstring(self.spin_fork, line)
+        descriptor = _workspace_call(workspace.fork, args.name, args.new)
+        print(f"spindel: forked {args.name!r} as {descriptor['name']!r} in {descriptor['path']}")
+
+    @magic_arguments()
+    @argument("fork", help="the fork to merge back into the workspace it came from")
+    @argument("--strategy", choices=["ours", "theirs", "union"], help="how to settle conflicting cells")
+    @argument("--force", action="store_true", help="merge even with conflicts (the fork's cells win)")
+    @line_magic
+    def spin_merge(self, line: str) -> None:
+        """Merge a fork back (three-way); on conflicts nothing changes and they are listed."""
+        args = parse_argstring(self.spin_merge, line)
+        try:
+            result = workspace.merge(args.fork, args.strategy, args.force)
+        except MergeConflict as exc:
+            display(exc)
+            raise
+        except SpindelError as exc:
+            raise UsageError(str(exc)) from None
+        if result.get("merged"):
+            print(f"spindel: merged {args.fork!r}; new head {result['head'][:12]}")
+        else:
+            print(f"spindel: nothing merged: {result.get('reason')}")
+
+    @line_magic
+    def spin_workspaces(self, line: str) -> None:
+        """Show the hub's workspaces."""
+        display(workspace.table(_workspace_call(workspace.workspaces)))
+
+
+def _workspace_call(fn: Any, *args: Any) -> Any:
+    _peer()
+    try:
+        return fn(*args)
+    except SpindelError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _peer() -> client.Peer:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,20 @@ from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop
 from traitlets import Float, Int, List, Unicode, default
 
-from .handlers import PeersHandler, PeerSocketHandler, StatsHandler, TopicsHandler
+from .handlers import (
+    PeersHandler,
+    PeerSocketHandler,
+    StatsHandler,
+    TopicsHandler,
+    WorkspaceActionHandler,
+    WorkspaceHandler,
+    WorkspacesHandler,
+)
+from .notebooks import SAVE_EVENT, NotebookService
 from .relay import Relay
+from .store import NodeStore
 from .topics import TopicStore
+from .workspaces import Registry, add_workspace_ops
 
 #: The environment a Jupyter server with the hub gives the kernels it starts.
 ENV_URL = "SPINDEL_HUB_URL"
@@ -65,8 +77,19 @@ class SpindelHub(ExtensionApp):
     def initialize_settings(self) -> None:
         for module in self.crdt_modules:
             importlib.import_module(module)
-        topics = TopicStore(Path(self.store_dir) / "topics", schedule=_call_later)
+        store_dir = Path(self.store_dir)
+        topics = TopicStore(store_dir / "topics", schedule=_call_later)
         self.relay = Relay(self.max_frame_bytes, topics)
+        self.nodes = NodeStore(store_dir / "nodes")
+        self.registry = Registry(store_dir / "workspaces", self.nodes, self.lease_seconds)
+        server = self.serverapp
+        assert server is not None
+        self.notebooks = NotebookService(self.registry, server.contents_manager, server.root_dir)
+        self.registry.on_head = lambda descriptor: _spawn(self.notebooks.head_moved(descriptor))
+        self.registry.on_change = lambda: self.relay.broadcast_ui("workspaces", self.registry.all())
+        add_workspace_ops(self.relay, self.registry, self.notebooks)
+        if server.event_logger is not None:
+            server.event_logger.add_listener(schema_id=SAVE_EVENT, listener=self._on_contents_event)
         self.settings["spindel_hub"] = self
         self.export_environment()
 
@@ -77,6 +100,9 @@ class SpindelHub(ExtensionApp):
                 (r"/spindel/api/peers", PeersHandler),
                 (r"/spindel/api/topics", TopicsHandler),
                 (r"/spindel/api/stats", StatsHandler),
+                (r"/spindel/api/workspaces", WorkspacesHandler),
+                (r"/spindel/api/workspaces/([^/]+)", WorkspaceHandler),
+                (r"/spindel/api/workspaces/([^/]+)/(fork|merge|claim|follow)", WorkspaceActionHandler),
             ]
         )
 
@@ -87,6 +113,10 @@ class SpindelHub(ExtensionApp):
 
     async def stop_extension(self) -> None:
         self.relay.topics.flush()
+
+    async def _on_contents_event(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
+        if data.get("action") == "save" and data.get("path"):
+            await self.notebooks.saved(str(data["path"]))
 
     def peer_url(self) -> str:
         """The WebSocket URL at which peers on this machine reach the hub."""
@@ -111,3 +141,12 @@ class SpindelHub(ExtensionApp):
 
 def _call_later(delay: float, callback: Callable[[], None]) -> Any:
     return IOLoop.current().call_later(delay, callback)
+
+
+_tasks: set[asyncio.Future[Any]] = set()
+
+
+def _spawn(awaitable: Awaitable[Any]) -> None:
+    task = asyncio.ensure_future(awaitable)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)

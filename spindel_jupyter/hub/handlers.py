@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from asyncio import Future
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,9 @@ from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.utils import ensure_async
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from ..errors import MergeConflict, NotWritable, SpindelError
+from .workspaces import WorkspaceExists, WorkspaceNotFound
 
 if TYPE_CHECKING:
     from .app import SpindelHub
@@ -114,3 +118,107 @@ class TopicsHandler(APIHandler, _HubHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(self.hub.relay.topics.list()))
+
+
+class _WorkspaceAPI(APIHandler, _HubHandler):
+    """Shared by the workspace endpoints: JSON bodies in, errors as status codes out."""
+
+    def body(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return data
+
+    def peer(self, data: dict[str, Any]) -> str:
+        """Who acts: the peer named in the body (the lab panel's), else the signed-in user."""
+        named = data.get("peer")
+        if isinstance(named, str) and named:
+            return named
+        user = self.current_user
+        return f"user:{getattr(user, 'username', 'anonymous')}"
+
+    async def run(self, action: Any) -> None:
+        try:
+            result = await action if inspect.isawaitable(action) else action
+        except WorkspaceNotFound as exc:
+            self._fail(404, exc)
+            return
+        except MergeConflict as exc:
+            self._fail(409, exc, conflicts=exc.conflicts)
+            return
+        except (NotWritable, WorkspaceExists) as exc:
+            self._fail(409, exc)
+            return
+        except SpindelError as exc:
+            self._fail(400, exc)
+            return
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(result))
+
+    def _fail(self, status: int, exc: SpindelError, **extra: Any) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": str(exc), "code": exc.code, **extra}))
+
+
+class WorkspacesHandler(_WorkspaceAPI):
+    """``GET`` the workspaces; ``POST {name, path, message?}`` publishes a notebook as a workspace."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        await self.run(self.hub.registry.all())
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        data = self.body()
+        name, path = data.get("name"), data.get("path")
+        if not isinstance(name, str) or not isinstance(path, str):
+            raise web.HTTPError(400, "publish needs a workspace 'name' and a notebook 'path'")
+        await self.run(self.hub.notebooks.publish(name, path, self.peer(data), str(data.get("message", ""))))
+
+
+class WorkspaceHandler(_WorkspaceAPI):
+    """``GET`` one workspace's descriptor."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        await self.run(
+            self.hub.registry.get(name) if name in self.hub.registry.workspaces else _missing(name)
+        )
+
+
+class WorkspaceActionHandler(_WorkspaceAPI):
+    """``POST`` to ``NAME/fork {new}``, ``NAME/merge {strategy?, force?}``, ``NAME/claim``, ``/follow``."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str, action: str) -> None:
+        data = self.body()
+        peer = self.peer(data)
+        notebooks = self.hub.notebooks
+        if action == "fork":
+            new = data.get("new")
+            if not isinstance(new, str):
+                raise web.HTTPError(400, "fork needs the 'new' workspace name")
+            await self.run(notebooks.fork(name, new, peer, str(data.get("directory", ""))))
+        elif action == "merge":
+            strategy = data.get("strategy")
+            await self.run(notebooks.merge(name, peer, strategy, bool(data.get("force", False))))
+        elif action == "claim":
+            await self.run(_call(self.hub.registry.claim, name, peer))
+        else:
+            await self.run(notebooks.follow(name, peer, data.get("path")))
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+async def _missing(name: str) -> Any:
+    raise WorkspaceNotFound(f"no workspace named {name!r}")

@@ -8,10 +8,12 @@ without touching peers or the wire format.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
+import inspect
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -94,6 +96,9 @@ class Relay:
         #: Frames received, by type, for /spindel/api/stats.
         self.frames_in: Counter[str] = Counter()
         self._hub_ops: dict[str, HubOp] = {"peers": self._op_peers, "update": self._op_update}
+        self._tasks: set[asyncio.Future[None]] = set()
+        #: Node store counters for stats, when the hub has a store.
+        self.store_stats: Callable[[], dict[str, int]] | None = None
 
     # -- connection lifecycle -------------------------------------------------
 
@@ -119,6 +124,7 @@ class Relay:
             "frames_in": dict(self.frames_in),
             "changes_received": self.topics.received,
             "changes_relayed": self.topics.relayed,
+            **({"store": self.store_stats()} if self.store_stats else {}),
         }
 
     def peers(self) -> list[dict[str, Any]]:
@@ -269,8 +275,41 @@ class Relay:
             argument = wire.decode(body) if body else None
         except errors.DecodeError as exc:
             raise FrameError(f"request body is not valid: {exc}") from None
-        result = op(member, argument)
-        member.link.send(wire.pack_frame({"t": REP, "re": header["id"], "from": HUB}, wire.encode(result)))
+        try:
+            result = op(member, argument)
+        except errors.SpindelError as exc:
+            member.link.send(_reply_error(header["id"], HUB, errors.to_wire(exc)))
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(self._finish_op(member, header["id"], result))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            _reply(member, header["id"], result)
+
+    async def _finish_op(self, member: Member, request_id: int, awaitable: Awaitable[Any]) -> None:
+        try:
+            result = await awaitable
+        except errors.SpindelError as exc:
+            member.link.send(_reply_error(request_id, HUB, errors.to_wire(exc)))
+        except Exception as exc:
+            log.exception("spindel: hub op failed")
+            message = f"the hub failed: {type(exc).__name__}: {exc}"
+            member.link.send(_reply_error(request_id, HUB, error_dict("hub_error", message)))
+        else:
+            _reply(member, request_id, result)
+
+    def add_op(self, name: str, op: HubOp) -> None:
+        """Serve hub request ``name`` with ``op(member, argument)`` (a result or an awaitable of it)."""
+        self._hub_ops[name] = op
+
+    def broadcast_ui(self, event: str, body: Any) -> None:
+        """Send an event to UI peers (the lab panel)."""
+        watchers = [m for m in self.members.values() if m.kind == "ui"]
+        if watchers:
+            frame = wire.pack_frame({"t": EVENT, "event": event, "from": HUB}, wire.encode(body))
+            for member in watchers:
+                member.link.send(frame)
 
     # -- hub ops ----------------------------------------------------------------
 
@@ -301,17 +340,17 @@ class Relay:
 
     def _broadcast_topics(self) -> None:
         """Tell UI peers (the lab panel) about topics: they show them live, without polling."""
-        watchers = [m for m in self.members.values() if m.kind == "ui"]
-        if watchers:
-            header = {"t": EVENT, "event": "topics", "from": HUB}
-            frame = wire.pack_frame(header, wire.encode(self.topics.list()))
-            for member in watchers:
-                member.link.send(frame)
+        if any(m.kind == "ui" for m in self.members.values()):
+            self.broadcast_ui("topics", self.topics.list())
 
     def _broadcast_peers(self) -> None:
         frame = wire.pack_frame({"t": EVENT, "event": "peers", "from": HUB}, wire.encode(self.peers()))
         for other in self.members.values():
             other.link.send(frame)
+
+
+def _reply(member: Member, request_id: int, result: Any) -> None:
+    member.link.send(wire.pack_frame({"t": REP, "re": request_id, "from": HUB}, wire.encode(result)))
 
 
 def _reply_error(request_id: int, sender: str, error: dict[str, Any]) -> bytes:

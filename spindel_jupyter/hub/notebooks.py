@@ -1,0 +1,119 @@
+"""Workspaces meet notebook files: publish from, and write copies to, the server's contents.
+
+The registry (:mod:`.workspaces`) knows nothing of files; this service reads
+notebooks through the Jupyter server's contents manager to publish them, and
+writes the copies that followers and forks get. A followed copy is read-only
+(its cells are not editable) and is rewritten whole when its workspace's head
+moves, so it is never half-updated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from typing import Any
+
+from jupyter_server.utils import ensure_async
+
+from .workspaces import Registry
+
+log = logging.getLogger(__name__)
+
+#: The server event a contents save emits (the hook for republishing on save).
+SAVE_EVENT = "https://events.jupyter.org/jupyter_server/contents_service/v1"
+
+
+class NotebookService:
+    """Workspace operations on notebook paths of one Jupyter server."""
+
+    def __init__(self, registry: Registry, contents: Any, root_dir: str) -> None:
+        self.registry = registry
+        self.contents = contents
+        self.root_dir = root_dir
+        self._writing: set[str] = set()
+
+    def contents_path(self, path: str) -> str:
+        """A path relative to the server root, from an absolute one (a kernel's notebook) or not."""
+        if os.path.isabs(path):
+            path = os.path.relpath(path, self.root_dir)
+        path = posixpath.normpath(path.replace(os.sep, "/")).lstrip("/")
+        return "" if path == "." else path
+
+    async def read(self, path: str) -> dict[str, Any]:
+        model = await ensure_async(self.contents.get(path, type="notebook", content=True))
+        return _plain(model["content"])
+
+    async def write(self, path: str, notebook: dict[str, Any]) -> None:
+        self._writing.add(path)
+        try:
+            model = {"type": "notebook", "format": "json", "content": notebook}
+            await ensure_async(self.contents.save(model, path))
+        finally:
+            self._writing.discard(path)
+
+    async def publish(self, name: str, path: str, peer: str, message: str = "") -> dict[str, Any]:
+        path = self.contents_path(path)
+        notebook = await self.read(path)
+        notebook.get("metadata", {}).pop("spindel", None)
+        return self.registry.publish(name, notebook, peer, message, path=path)
+
+    async def fork(self, name: str, new: str, peer: str, directory: str = "") -> dict[str, Any]:
+        path = self.contents_path(posixpath.join(self.contents_path(directory), f"{new}.ipynb"))
+        descriptor = self.registry.fork(name, new, peer, path=path)
+        await self.write(path, self.registry.notebook(descriptor["head"]))
+        return descriptor
+
+    async def follow(self, name: str, peer: str, path: str | None = None) -> dict[str, Any]:
+        path = self.contents_path(path) if path else f"{name}.following.ipynb"
+        descriptor = self.registry.follow(name, peer, path)
+        head = descriptor["head"]
+        await self.write(path, _read_only(self.registry.notebook(head), name, head))
+        return descriptor
+
+    async def merge(self, fork: str, peer: str, strategy: str | None, force: bool) -> dict[str, Any]:
+        result = self.registry.merge(fork, peer, strategy, force)
+        parent = result.get("workspace")
+        if result.get("merged") and parent and parent.get("path"):
+            await self.write(parent["path"], self.registry.notebook(result["head"]))
+        return result
+
+    async def head_moved(self, descriptor: dict[str, Any]) -> None:
+        """Rewrite every follower's copy at the new head (whole, never half-updated)."""
+        if not descriptor.get("followers"):
+            return
+        copy = _read_only(self.registry.notebook(descriptor["head"]), descriptor["name"], descriptor["head"])
+        for follower in descriptor["followers"]:
+            try:
+                await self.write(follower["path"], copy)
+            except Exception as exc:
+                log.warning("spindel: could not update %s: %s", follower["path"], exc)
+
+    async def saved(self, path: str) -> None:
+        """A notebook was saved: republish the workspaces published from it."""
+        if path in self._writing:
+            return
+        for descriptor in self.registry.all():
+            publisher = descriptor.get("publisher")
+            if descriptor.get("path") == path and publisher:
+                try:
+                    await self.publish(descriptor["name"], path, publisher, "saved")
+                except Exception as exc:
+                    log.info("spindel: not republishing %s on save: %s", descriptor["name"], exc)
+
+
+def _plain(node: Any) -> Any:
+    """nbformat's NotebookNode as plain dicts and lists."""
+    if isinstance(node, dict):
+        return {key: _plain(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_plain(item) for item in node]
+    return node
+
+
+def _read_only(notebook: dict[str, Any], name: str, head: str) -> dict[str, Any]:
+    copy = _plain(notebook)
+    copy.setdefault("metadata", {})["spindel"] = {"following": name, "head": head}
+    for cell in copy["cells"]:
+        cell.setdefault("metadata", {}).update({"editable": False, "deletable": False})
+    return copy

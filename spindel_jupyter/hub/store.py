@@ -1,0 +1,102 @@
+"""Content-addressed node store: immutable nodes keyed by the SHA-256 of their canonical bytes.
+
+Workspace content (cells, commits) lives here. A node is written once (temp
+file + rename, so a crash never leaves half a node), identical content is
+stored once, and every read is verified against its key: a corrupt node is
+reported, never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import wire
+from ..errors import SpindelError
+
+
+class CorruptNode(SpindelError):
+    """A stored node whose bytes no longer match its hash."""
+
+    code = "corrupt_node"
+
+
+class MissingNode(SpindelError):
+    """A node that is not in the store."""
+
+    code = "missing_node"
+
+
+def canonical(value: Any) -> Any:
+    """The same value with every dict's keys sorted, so equal content encodes to equal bytes."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value, key=repr)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
+def node_bytes(value: Any) -> bytes:
+    return wire.encode(canonical(value))
+
+
+def node_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class NodeStore:
+    """Nodes on disk under ``directory``, two-level fan-out by hash."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        self.bytes = 0
+        for path in directory.glob("??/*"):
+            if not path.name.endswith(".tmp"):
+                self.count += 1
+                self.bytes += path.stat().st_size
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / key[2:]
+
+    def put(self, value: Any) -> str:
+        """Store ``value`` (if it is not there yet) and return its key."""
+        data = node_bytes(value)
+        key = node_hash(data)
+        path = self._path(key)
+        if path.exists():
+            return key
+        path.parent.mkdir(exist_ok=True)
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+        self.count += 1
+        self.bytes += len(data)
+        return key
+
+    def key_of(self, value: Any) -> str:
+        """The key ``value`` has (or would have) in the store."""
+        return node_hash(node_bytes(value))
+
+    def has(self, key: str) -> bool:
+        return len(key) == 64 and self._path(key).exists()
+
+    def get(self, key: str) -> Any:
+        """The node ``key``, verified; :class:`MissingNode` or :class:`CorruptNode` otherwise."""
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingNode(f"node {key[:12]} is not in the store") from None
+        if node_hash(data) != key:
+            raise CorruptNode(
+                f"node {key[:12]} is corrupt on disk ({path}): its content does not match its hash"
+            )
+        return wire.decode(data)
+
+    def stats(self) -> dict[str, int]:
+        return {"nodes": self.count, "bytes": self.bytes}

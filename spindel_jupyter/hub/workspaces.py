@@ -1,0 +1,414 @@
+"""The registry of workspaces: published notebooks, their forks, merges and writer leases.
+
+A workspace is a descriptor ``{name, owner, head, fork_of, topics, created,
+updated, path, followers}`` kept as a JSON file; its content is nodes in the
+:class:`~.store.NodeStore`: one node per cell (so identical cells are stored
+once) and one commit node per version (parents, cell keys and ids, notebook
+metadata, synced-topic states, author, time, message). A fork is only a new
+descriptor pointing at the parent's head: it copies no content. A merge is
+three-way against the fork's base (with nbdime) and changes nothing when it
+finds a conflict, unless a strategy or force is given. One peer at a time holds
+a workspace's writer lease; others get :class:`NotWritable`.
+
+Plain Python: the handlers and the hub's ops call it, and it reports new heads
+to ``on_head`` so the server can write followers' copies.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from ..errors import MergeConflict, NotWritable, SpindelError
+from .store import NodeStore
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = {"ours": "use-local", "theirs": "use-remote", "union": "use-local"}
+_NAME = re.compile(r"[\w][\w.\-]{0,127}")
+
+
+class WorkspaceNotFound(SpindelError, KeyError):
+    """No workspace has that name."""
+
+    code = "workspace_not_found"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "workspace not found"
+
+
+class WorkspaceExists(SpindelError):
+    """A workspace of that name already exists."""
+
+    code = "workspace_exists"
+
+
+class Registry:
+    """Workspace descriptors, persisted one JSON file each, over a node store."""
+
+    def __init__(
+        self,
+        directory: Path,
+        store: NodeStore,
+        lease_seconds: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = directory
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        #: Called with the descriptor when a workspace gets a new head, and on any change.
+        self.on_head: Callable[[dict[str, Any]], None] | None = None
+        self.on_change: Callable[[], None] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+        self.workspaces: dict[str, dict[str, Any]] = {}
+        for path in sorted(directory.glob("*.json")):
+            try:
+                descriptor = json.loads(path.read_text())
+                self.workspaces[descriptor["name"]] = descriptor
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("spindel: ignoring unreadable workspace file %s: %s", path.name, exc)
+
+    # -- reading -------------------------------------------------------------------
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self._public(d) for _, d in sorted(self.workspaces.items())]
+
+    def get(self, name: str) -> dict[str, Any]:
+        return self._public(self._descriptor(name))
+
+    def notebook(self, head: str) -> dict[str, Any]:
+        """The notebook (nbformat JSON) of commit ``head``; every node is read and verified first."""
+        commit = self.store.get(head)
+        cells = []
+        for key, cell_id in commit["cells"]:
+            cell = dict(self.store.get(key))
+            cell["id"] = cell_id
+            cells.append(cell)
+        return {
+            "cells": cells,
+            "metadata": commit["metadata"],
+            "nbformat": commit["nbformat"],
+            "nbformat_minor": commit["nbformat_minor"],
+        }
+
+    # -- writing -------------------------------------------------------------------
+
+    def publish(
+        self,
+        name: str,
+        notebook: dict[str, Any],
+        peer: str,
+        message: str = "",
+        path: str | None = None,
+        topics: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Store ``notebook`` as the new head of ``name`` (creating it); only the lease holder may."""
+        _check_name(name)
+        descriptor = self.workspaces.get(name)
+        if descriptor is not None:
+            self._check_writer(descriptor, peer)
+        parents = [descriptor["head"]] if descriptor and descriptor.get("head") else []
+        notebook = normalized(notebook)
+        if descriptor is not None and self._same_content(descriptor["head"], notebook, topics or {}):
+            return self._public(descriptor)  # publishing what is already there changes nothing
+        head = self._commit(notebook, parents, peer, message, topics or {})
+        now = self.clock()
+        if descriptor is None:
+            descriptor = {
+                "name": name,
+                "owner": None,
+                "head": head,
+                "fork_of": None,
+                "topics": sorted(topics or {}),
+                "created": now,
+                "updated": now,
+                "path": path,
+                "followers": [],
+            }
+            self.workspaces[name] = descriptor
+        descriptor["head"] = head
+        descriptor["updated"] = now
+        descriptor["owner"] = {"peer": peer, "expires": now + self.lease_seconds}
+        if path is not None:
+            descriptor["path"] = path
+            descriptor["publisher"] = peer  # saves of that file republish as this peer
+        if topics:
+            descriptor["topics"] = sorted(topics)
+        self._saved(descriptor, new_head=True)
+        return self._public(descriptor)
+
+    def fork(self, name: str, new: str, peer: str, path: str | None = None) -> dict[str, Any]:
+        """A new workspace ``new`` at ``name``'s head, owned by ``peer``: a pointer, no content copied."""
+        _check_name(new)
+        parent = self._descriptor(name)
+        if new in self.workspaces:
+            raise WorkspaceExists(f"a workspace named {new!r} already exists; pick another name")
+        now = self.clock()
+        descriptor = {
+            "name": new,
+            "owner": {"peer": peer, "expires": now + self.lease_seconds},
+            "head": parent["head"],
+            "fork_of": {"workspace": name, "head": parent["head"]},
+            "topics": list(parent.get("topics") or []),
+            "created": now,
+            "updated": now,
+            "path": path,
+            "publisher": peer if path else None,
+            "followers": [],
+        }
+        self.workspaces[new] = descriptor
+        self._saved(descriptor, new_head=False)
+        return self._public(descriptor)
+
+    def claim(self, name: str, peer: str) -> dict[str, Any]:
+        """Take (or renew) the writer lease of ``name``; refused while another peer holds it."""
+        descriptor = self._descriptor(name)
+        self._check_writer(descriptor, peer)
+        descriptor["owner"] = {"peer": peer, "expires": self.clock() + self.lease_seconds}
+        self._saved(descriptor, new_head=False)
+        return self._public(descriptor)
+
+    def follow(self, name: str, peer: str, path: str) -> dict[str, Any]:
+        """Record that ``peer`` follows ``name`` in the notebook at ``path``."""
+        descriptor = self._descriptor(name)
+        followers = [f for f in descriptor["followers"] if f["path"] != path]
+        descriptor["followers"] = [*followers, {"peer": peer, "path": path}]
+        self._saved(descriptor, new_head=False)
+        return self._public(descriptor)
+
+    def merge(self, fork: str, peer: str, strategy: str | None = None, force: bool = False) -> dict[str, Any]:
+        """Merge ``fork`` back into the workspace it was forked from (three-way, against the fork base).
+
+        Any conflict aborts the whole merge with :class:`MergeConflict` listing
+        the conflicting cells, unless ``strategy`` (ours, theirs, union) or
+        ``force`` (theirs wins) is given. Needs the parent's lease.
+        """
+        if strategy is not None and strategy not in STRATEGIES:
+            raise SpindelError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        source = self._descriptor(fork)
+        if not source.get("fork_of"):
+            raise SpindelError(f"{fork!r} is not a fork: merge a fork into the workspace it came from")
+        parent = self._descriptor(source["fork_of"]["workspace"])
+        self._check_writer(parent, peer)
+        base_head, ours_head, theirs_head = source["fork_of"]["head"], parent["head"], source["head"]
+        if theirs_head == base_head:
+            return {"merged": False, "head": ours_head, "reason": f"{fork!r} has no changes to merge"}
+        base, ours, theirs = (self.notebook(h) for h in (base_head, ours_head, theirs_head))
+        # When nothing changed on the parent, the fork is taken as it is.
+        merged = theirs if ours_head == base_head else _three_way(base, ours, theirs, strategy, force)
+        message = f"merge {fork} into {parent['name']}"
+        head = self._commit(merged, [ours_head, theirs_head], peer, message, {})
+        parent["head"] = head
+        parent["updated"] = self.clock()
+        # The fork's merged head is now in the parent: it is the base of the next merge.
+        source["fork_of"] = {"workspace": parent["name"], "head": theirs_head}
+        self._saved(source, new_head=False)
+        self._saved(parent, new_head=True)
+        return {"merged": True, "head": head, "workspace": self._public(parent)}
+
+    # -- internals -----------------------------------------------------------------
+
+    def _same_content(self, head: str, notebook: dict[str, Any], topics: dict[str, Any]) -> bool:
+        commit = self.store.get(head)
+        cells = [[self.store.key_of(_content(c)), c.get("id") or ""] for c in notebook.get("cells", [])]
+        return bool(
+            commit["cells"] == cells
+            and commit["metadata"] == notebook.get("metadata", {})
+            and commit["topics"] == topics
+        )
+
+    def _descriptor(self, name: str) -> dict[str, Any]:
+        try:
+            return self.workspaces[name]
+        except KeyError:
+            known = ", ".join(sorted(self.workspaces)) or "none"
+            raise WorkspaceNotFound(f"no workspace named {name!r} (known: {known})") from None
+
+    def _check_writer(self, descriptor: dict[str, Any], peer: str) -> None:
+        owner = descriptor.get("owner")
+        if owner and owner["peer"] != peer and owner["expires"] > self.clock():
+            left = int(owner["expires"] - self.clock())
+            raise NotWritable(
+                f"workspace {descriptor['name']!r} is held by {owner['peer']!r} for {left} s more; "
+                "fork it to edit your own copy, or claim it when the lease ends"
+            )
+
+    def _commit(
+        self, notebook: dict[str, Any], parents: list[str], peer: str, message: str, topics: dict[str, Any]
+    ) -> str:
+        cells = []
+        for cell in notebook.get("cells", []):
+            cells.append([self.store.put(_content(cell)), cell.get("id") or ""])
+        commit = {
+            "parents": parents,
+            "cells": cells,
+            "metadata": notebook.get("metadata", {}),
+            "nbformat": notebook.get("nbformat", 4),
+            "nbformat_minor": notebook.get("nbformat_minor", 5),
+            "topics": topics,
+            "author": peer,
+            "time": self.clock(),
+            "message": message,
+        }
+        return self.store.put(commit)  # written last: a head is complete once it exists
+
+    def _saved(self, descriptor: dict[str, Any], new_head: bool) -> None:
+        path = self.directory / f"{descriptor['name']}.json"
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(descriptor, indent=1))
+        os.replace(temporary, path)
+        if new_head and self.on_head is not None:
+            self.on_head(self._public(descriptor))
+        if self.on_change is not None:
+            self.on_change()
+
+    def _public(self, descriptor: dict[str, Any]) -> dict[str, Any]:
+        view = copy.deepcopy(descriptor)
+        owner = view.get("owner")
+        if owner and owner["expires"] <= self.clock():
+            view["owner"] = None  # an expired lease is no lease
+        return view
+
+
+def _content(cell: dict[str, Any]) -> dict[str, Any]:
+    """A cell without its id: identical cells are one node, their ids live in the commit."""
+    return {key: value for key, value in cell.items() if key != "id"}
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise SpindelError(f"invalid workspace name {name!r}: use letters, digits, '_', '.' or '-'")
+
+
+def _three_way(
+    base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any], strategy: str | None, force: bool
+) -> dict[str, Any]:
+    from nbdime.merging import merge_notebooks
+
+    nbs = [_node(nb) for nb in (base, ours, theirs)]
+    detect = types.SimpleNamespace(
+        merge_strategy="mergetool",
+        input_strategy=None,
+        output_strategy=None,
+        ignore_transients=True,
+        log_level="ERROR",
+    )
+    quiet = logging.getLogger("nbdime")
+    level, quiet.level = quiet.level, logging.CRITICAL
+    try:
+        _, decisions = merge_notebooks(*nbs, detect)
+        conflicts = [d for d in decisions if d.conflict]
+        if conflicts and strategy is None and not force:
+            rows = _conflict_rows(conflicts, base, ours, theirs)
+            names = ", ".join(str(r["index"]) for r in rows)
+            raise MergeConflict(f"conflicting edits in cell(s) {names}: nothing was merged", rows)
+        choice = STRATEGIES.get(strategy or "theirs", "use-remote")
+        resolve = types.SimpleNamespace(**{**vars(detect), "merge_strategy": choice})
+        merged, _ = merge_notebooks(*[_node(nb) for nb in (base, ours, theirs)], resolve)
+    finally:
+        quiet.level = level
+    result = normalized(merged)
+    if strategy == "union" and conflicts:
+        result["cells"] = _with_theirs_after(result["cells"], _conflict_rows(conflicts, base, ours, theirs))
+    return result
+
+
+def normalized(notebook: Any) -> dict[str, Any]:
+    """A notebook as plain JSON data with each source a single string (as the contents API gives)."""
+    text = json.dumps(notebook) if isinstance(notebook, dict) else nbformat.writes(notebook)
+    return _plain(nbformat.reads(text, as_version=4))
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: _plain(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_plain(item) for item in node]
+    return node
+
+
+def _node(notebook: dict[str, Any]) -> Any:
+    return nbformat.from_dict(copy.deepcopy(notebook))
+
+
+def _conflict_rows(
+    conflicts: list[Any], base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Each conflicting cell side by side: base, ours and theirs (None where it was deleted)."""
+    by_id = [{c.get("id"): c for c in nb["cells"]} for nb in (ours, theirs)]
+    rows = []
+    for decision in conflicts:
+        path = tuple(decision.common_path)
+        index = path[1] if len(path) > 1 and path[0] == "cells" else None
+        if index is None:
+            keys = [op.get("key") for op in (decision.local_diff or []) + (decision.remote_diff or [])]
+            index = next((k for k in keys if isinstance(k, int)), 0)
+        cell = base["cells"][index] if index < len(base["cells"]) else {}
+        cell_id = cell.get("id")
+        rows.append(
+            {
+                "index": index,
+                "id": cell_id,
+                "base": _source(cell),
+                "ours": _source(by_id[0].get(cell_id)),
+                "theirs": _source(by_id[1].get(cell_id)),
+            }
+        )
+    return rows
+
+
+def _source(cell: dict[str, Any] | None) -> str | None:
+    if not cell:
+        return None
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def _with_theirs_after(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Union: after each conflicting cell (kept as ours), a copy holding theirs."""
+    theirs = {row["id"]: row["theirs"] for row in rows if row["theirs"] is not None}
+    out = []
+    for cell in cells:
+        out.append(cell)
+        if cell.get("id") in theirs:
+            twin = copy.deepcopy(cell)
+            twin["id"] = f"{cell['id']}-theirs"[:64]
+            twin["source"] = theirs[cell["id"]]
+            if twin.get("cell_type") == "code":
+                twin["outputs"], twin["execution_count"] = [], None
+            out.append(twin)
+    return out
+
+
+def add_workspace_ops(relay: Any, registry: Registry, notebooks: Any) -> None:
+    """The workspace requests kernels send over the WebSocket; the sender is the hub-stamped peer."""
+    relay.store_stats = registry.store.stats
+
+    def op(name: str, fn: Callable[..., Any]) -> None:
+        def call(member: Any, argument: Any) -> Any:
+            arguments = argument if isinstance(argument, dict) else {}
+            try:
+                return fn(member.name, **arguments)
+            except TypeError as exc:
+                raise SpindelError(f"bad arguments for workspace.{name}: {exc}") from None
+
+        relay.add_op(f"workspace.{name}", call)
+
+    op("list", lambda peer: registry.all())
+    op("get", lambda peer, name: registry.get(name))
+    op("publish", lambda peer, name, path, message="": notebooks.publish(name, path, peer, message))
+    op("fork", lambda peer, name, new, directory="": notebooks.fork(name, new, peer, directory))
+    op("follow", lambda peer, name, path=None: notebooks.follow(name, peer, path))
+    op("merge", lambda peer, fork, strategy=None, force=False: notebooks.merge(fork, peer, strategy, force))
+    op("claim", lambda peer, name: registry.claim(name, peer))

@@ -1,0 +1,83 @@
+"""Workspaces from a kernel: publish this notebook, follow, fork and merge, through the hub.
+
+The hub is the registry (see :mod:`spindel_jupyter.hub.workspaces`); these calls
+travel over the peer's connection, so the hub knows for sure which peer asks,
+and the lease is enforced per peer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from . import client
+from .display import Table
+from .errors import SpindelError
+
+TIMEOUT = 60.0
+
+
+def _op(op: str, **arguments: Any) -> Any:
+    return client.current_peer().request(None, f"workspace.{op}", arguments, timeout=TIMEOUT)
+
+
+def notebook_path() -> str:
+    """This kernel's notebook (absolute), as the server told the kernel; error if there is none."""
+    path = os.environ.get("JPY_SESSION_NAME")
+    if not path:
+        raise SpindelError(
+            "this kernel does not know its notebook: pass the notebook's path (relative to the server root)"
+        )
+    return path
+
+
+def publish(name: str, path: str | None = None, message: str = "") -> dict[str, Any]:
+    """Publish the (saved) notebook as workspace ``name``'s new head; saves republish it."""
+    return dict(_op("publish", name=name, path=path or notebook_path(), message=message))
+
+
+def follow(name: str, path: str | None = None) -> dict[str, Any]:
+    """Get a read-only copy of ``name`` that updates itself whenever its head moves."""
+    target = path or str(Path(_here()) / f"{name}.following.ipynb")
+    return dict(_op("follow", name=name, path=target))
+
+
+def fork(name: str, new: str | None = None) -> dict[str, Any]:
+    """Your own editable copy of ``name`` (a new workspace, at once: no content is copied)."""
+    peer = client.current_peer().name
+    return dict(_op("fork", name=name, new=new or f"{name}-{peer}", directory=_here()))
+
+
+def merge(fork_name: str, strategy: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Merge a fork back into its parent; raises MergeConflict (changing nothing) on conflicts."""
+    return dict(_op("merge", fork=fork_name, strategy=strategy, force=force))
+
+
+def claim(name: str) -> dict[str, Any]:
+    """Take the writer lease of ``name`` (refused while another peer holds it)."""
+    return dict(_op("claim", name=name))
+
+
+def workspaces() -> list[dict[str, Any]]:
+    """Every workspace of the hub."""
+    return list(_op("list"))
+
+
+def table(items: list[dict[str, Any]]) -> Table:
+    """Workspaces as a table: name, owner, head, fork of, followers."""
+    rows = []
+    for item in items:
+        owner = (item.get("owner") or {}).get("peer") or "-"
+        fork_of = (item.get("fork_of") or {}).get("workspace") or "-"
+        rows.append(
+            [item["name"], owner, (item.get("head") or "")[:12], fork_of, len(item.get("followers") or [])]
+        )
+    return Table(
+        ["workspace", "writer", "head", "fork of", "followers"], rows, title=f"{len(rows)} workspaces"
+    )
+
+
+def _here() -> str:
+    path = os.environ.get("JPY_SESSION_NAME")
+    return str(Path(path).parent) if path else os.getcwd()

@@ -1,0 +1,161 @@
+"""The workspace registry: publish, leases, forks, three-way merges, restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spindel_jupyter.errors import MergeConflict, NotWritable
+from spindel_jupyter.hub.store import NodeStore
+from spindel_jupyter.hub.workspaces import Registry, WorkspaceExists, WorkspaceNotFound
+
+
+def notebook(*sources: str) -> dict[str, Any]:
+    cells = [
+        {
+            "id": f"c{i}",
+            "cell_type": "code",
+            "source": s,
+            "metadata": {},
+            "outputs": [],
+            "execution_count": None,
+        }
+        for i, s in enumerate(sources)
+    ]
+    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def registry(tmp_path: Path, clock: Clock) -> Registry:
+    return Registry(tmp_path / "ws", NodeStore(tmp_path / "nodes"), lease_seconds=60, clock=clock)
+
+
+def sources(registry: Registry, name: str) -> list[str]:
+    return [c["source"] for c in registry.notebook(registry.get(name)["head"])["cells"]]
+
+
+def test_publish_and_read_back(registry: Registry) -> None:
+    descriptor = registry.publish("lec", notebook("a = 1", "b = 2"), "teacher", "first")
+    assert descriptor["owner"]["peer"] == "teacher"
+    assert sources(registry, "lec") == ["a = 1", "b = 2"]
+    commit = registry.store.get(descriptor["head"])
+    assert commit["author"] == "teacher" and commit["message"] == "first" and commit["parents"] == []
+
+
+def test_identical_cells_are_stored_once_and_republishing_the_same_is_a_no_op(registry: Registry) -> None:
+    registry.publish("lec", notebook("same", "same", "other"), "teacher")
+    assert registry.store.stats()["nodes"] == 3  # two cells and a commit
+    head = registry.get("lec")["head"]
+    assert registry.publish("lec", notebook("same", "same", "other"), "teacher")["head"] == head
+
+
+def test_lease_one_writer_at_a_time(registry: Registry, clock: Clock) -> None:
+    registry.publish("lec", notebook("a"), "teacher")
+    with pytest.raises(NotWritable, match="held by 'teacher'"):
+        registry.publish("lec", notebook("b"), "student")
+    with pytest.raises(NotWritable):
+        registry.claim("lec", "student")
+    clock.now += 61
+    assert registry.get("lec")["owner"] is None  # expired
+    assert registry.claim("lec", "student")["owner"]["peer"] == "student"
+    registry.publish("lec", notebook("b"), "student")
+    assert sources(registry, "lec") == ["b"]
+
+
+def test_fork_copies_no_content(registry: Registry) -> None:
+    registry.publish("lec", notebook(*[f"x = {i}" for i in range(50)]), "teacher")
+    before = registry.store.stats()
+    fork = registry.fork("lec", "lec-alice", "alice")
+    assert registry.store.stats() == before
+    assert fork["head"] == registry.get("lec")["head"]
+    assert fork["fork_of"] == {"workspace": "lec", "head": fork["head"]}
+    assert fork["owner"]["peer"] == "alice"
+    with pytest.raises(WorkspaceExists):
+        registry.fork("lec", "lec-alice", "bob")
+    with pytest.raises(WorkspaceNotFound, match="no workspace named 'nope'"):
+        registry.fork("nope", "x", "bob")
+
+
+def forked(registry: Registry, base: tuple[str, ...], ours: tuple[str, ...], theirs: tuple[str, ...]) -> None:
+    registry.publish("lec", notebook(*base), "teacher")
+    registry.fork("lec", "lec-alice", "alice")
+    registry.publish("lec", notebook(*ours), "teacher")
+    registry.publish("lec-alice", notebook(*theirs), "alice")
+
+
+BASE = ("a = 1", "b = 2", "c = 3")
+OURS = ("a = 1", "b = 20", "c = 3")
+THEIRS = ("a = 1", "b = 200", "c = 30")  # b conflicts with ours, c does not
+
+
+def test_clean_three_way_merge(registry: Registry) -> None:
+    forked(registry, BASE, ("a = 10", "b = 2", "c = 3"), ("a = 1", "b = 2", "c = 30", "d"))
+    result = registry.merge("lec-alice", "teacher")
+    assert result["merged"]
+    assert sources(registry, "lec") == ["a = 10", "b = 2", "c = 30", "d"]
+    assert registry.merge("lec-alice", "teacher")["merged"] is False  # nothing new since
+
+
+def test_conflict_aborts_everything_and_lists_the_cells(registry: Registry) -> None:
+    forked(registry, BASE, OURS, THEIRS)
+    head = registry.get("lec")["head"]
+    with pytest.raises(MergeConflict) as info:
+        registry.merge("lec-alice", "teacher")
+    assert registry.get("lec")["head"] == head  # nothing changed, not even the clean cell
+    (row,) = info.value.conflicts
+    assert (row["index"], row["base"], row["ours"], row["theirs"]) == (1, "b = 2", "b = 20", "b = 200")
+    assert "b = 200" in info.value._repr_html_()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "force", "expected"),
+    [
+        ("ours", False, ["a = 1", "b = 20", "c = 30"]),
+        ("theirs", False, ["a = 1", "b = 200", "c = 30"]),
+        ("union", False, ["a = 1", "b = 20", "b = 200", "c = 30"]),
+        (None, True, ["a = 1", "b = 200", "c = 30"]),
+    ],
+)
+def test_strategies_settle_conflicts(
+    registry: Registry, strategy: str | None, force: bool, expected: list[str]
+) -> None:
+    forked(registry, BASE, OURS, THEIRS)
+    assert registry.merge("lec-alice", "teacher", strategy, force)["merged"]
+    assert sources(registry, "lec") == expected
+
+
+def test_merge_needs_the_parents_lease(registry: Registry) -> None:
+    forked(registry, ("a",), ("a",), ("b",))
+    with pytest.raises(NotWritable):
+        registry.merge("lec-alice", "alice")
+
+
+def test_cold_restart_rebuilds_every_head(tmp_path: Path, registry: Registry, clock: Clock) -> None:
+    forked(registry, ("a = 1",), ("a = 2",), ("a = 1", "b"))
+    reopened = Registry(tmp_path / "ws", NodeStore(tmp_path / "nodes"), lease_seconds=60, clock=clock)
+    assert reopened.all() == registry.all()
+    assert sources(reopened, "lec-alice") == ["a = 1", "b"]
+    assert reopened.merge("lec-alice", "teacher")["merged"]
+
+
+def test_new_heads_are_reported(registry: Registry) -> None:
+    heads: list[str] = []
+    registry.on_head = lambda d: heads.append(d["head"])
+    registry.publish("lec", notebook("a"), "teacher")
+    registry.fork("lec", "f", "alice")
+    assert len(heads) == 1
