@@ -72,6 +72,11 @@ __all__ = [
 ]
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The JupyterLab extension (the Spindel panel), built into ``labextension/`` by ``pip install``."""
+    return [{"src": "labextension", "dest": "spindel-jupyter"}]
+
+
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     from .hub.app import SpindelHub
 

@@ -150,7 +150,7 @@ class HubServer:
         session = self.request(
             "POST",
             "api/sessions",
-            {"path": notebook, "type": "notebook", "name": notebook, "kernel": {"name": "python3"}},
+            {"path": notebook, "type": "notebook", "name": path.name, "kernel": {"name": "python3"}},
         )
         kernel_id = session["kernel"]["id"]
         connection_file = self.runtime / f"kernel-{kernel_id}.json"

@@ -1,0 +1,139 @@
+"""Workspaces end to end: a teacher publishes, a student follows, forks and is merged back."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+from collections.abc import Iterator
+from typing import Any
+
+import nbformat
+import pytest
+
+from tests.support import HubServer, Kernel, wait_until
+
+
+def save(hub: HubServer, path: str, *sources: str) -> None:
+    """Save a notebook through the contents API, as the lab does."""
+    (hub.notebooks / path).parent.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell{i}"
+    content = json.loads(nbformat.writes(nb))
+    hub.request("PUT", f"api/contents/{path}", {"type": "notebook", "format": "json", "content": content})
+
+
+def cells(hub: HubServer, path: str) -> list[dict[str, Any]]:
+    return list(hub.get(f"api/contents/{path}")["content"]["cells"])
+
+
+def sources(hub: HubServer, path: str) -> list[str]:
+    return [c["source"] for c in cells(hub, path)]
+
+
+def post(hub: HubServer, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    try:
+        return 200, hub.request("POST", path, body)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture(scope="module")
+def classroom(hub: HubServer) -> Iterator[tuple[Kernel, Kernel]]:
+    save(hub, "class/lecture3.ipynb", "a = 1", "b = 2", "c = 3")
+    teacher = hub.start_notebook_kernel("class/lecture3.ipynb")
+    save(hub, "class/alice.ipynb")
+    student = hub.start_notebook_kernel("class/alice.ipynb")
+    for kernel in (teacher, student):
+        kernel.ok("%load_ext spindel_jupyter")
+    yield teacher, student
+    teacher.shutdown()
+    student.shutdown()
+
+
+def test_publish_follow_fork_and_merge(hub: HubServer, classroom: tuple[Kernel, Kernel]) -> None:
+    teacher, student = classroom
+    out = teacher.ok("%spin_publish lecture3 -m 'week 3'")
+    assert "published 'lecture3'" in out.stdout and "class/lecture3.ipynb" in out.stdout
+
+    out = student.ok("%spin_follow lecture3")
+    assert "class/lecture3.following.ipynb" in out.stdout
+    copy = cells(hub, "class/lecture3.following.ipynb")
+    assert [c["source"] for c in copy] == ["a = 1", "b = 2", "c = 3"]
+    assert all(c["metadata"]["editable"] is False for c in copy)  # read-only
+
+    # the teacher saves: the workspace is republished and the follower's copy moves, whole
+    save(hub, "class/lecture3.ipynb", "a = 1", "b = 20", "c = 3")
+    wait_until(
+        lambda: sources(hub, "class/lecture3.following.ipynb")[1] == "b = 20", what="the copy to follow"
+    )
+
+    out = student.ok("%spin_fork lecture3")
+    assert "as 'lecture3-alice'" in out.stdout
+    assert sources(hub, "class/lecture3-alice.ipynb") == ["a = 1", "b = 20", "c = 3"]
+    fork = hub.get("spindel/api/workspaces/lecture3-alice")
+    assert fork["fork_of"]["workspace"] == "lecture3" and fork["owner"]["peer"] == "alice"
+
+    # the student edits her copy; the teacher merges cleanly
+    save(hub, "class/lecture3-alice.ipynb", "a = 1", "b = 20", "c = 30", "d = 4")
+    wait_until(
+        lambda: hub.get("spindel/api/workspaces/lecture3-alice")["head"] != fork["head"], what="republish"
+    )
+    out = teacher.ok("%spin_merge lecture3-alice")
+    assert "merged 'lecture3-alice'" in out.stdout
+    assert sources(hub, "class/lecture3.ipynb") == ["a = 1", "b = 20", "c = 30", "d = 4"]
+    wait_until(
+        lambda: len(sources(hub, "class/lecture3.following.ipynb")) == 4, what="the follower to see it"
+    )
+
+
+def test_conflicting_merge_changes_nothing_until_a_strategy(
+    hub: HubServer, classroom: tuple[Kernel, Kernel]
+) -> None:
+    teacher, student = classroom
+    save(hub, "class/quiz.ipynb", "q = 1", "r = 2")
+    teacher.ok("%spin_publish quiz --path class/quiz.ipynb")
+    student.ok("%spin_fork quiz quiz-alice")
+    save(hub, "class/quiz.ipynb", "q = 10", "r = 2")
+    save(hub, "class/quiz-alice.ipynb", "q = 100", "r = 2")
+    wait_until(
+        lambda: (
+            hub.get("spindel/api/workspaces/quiz-alice")["head"]
+            != hub.get("spindel/api/workspaces/quiz")["head"]
+        ),
+        what="both republished",
+    )
+    head = hub.get("spindel/api/workspaces/quiz")["head"]
+    out = teacher.run("%spin_merge quiz-alice")
+    assert out.error is not None and out.error["ename"] == "MergeConflict"
+    assert "<pre>q = 10</pre>" in out.html() and "<pre>q = 100</pre>" in out.html()  # side by side
+    assert hub.get("spindel/api/workspaces/quiz")["head"] == head
+    status, body = post(hub, "spindel/api/workspaces/quiz-alice/merge", {"peer": "lecture3"})
+    assert status == 409 and body["conflicts"][0]["theirs"] == "q = 100"
+    teacher.ok("%spin_merge quiz-alice --strategy union")
+    assert sources(hub, "class/quiz.ipynb") == ["q = 10", "q = 100", "r = 2"]
+
+
+def test_only_the_lease_holder_publishes(hub: HubServer, classroom: tuple[Kernel, Kernel]) -> None:
+    teacher, student = classroom
+    save(hub, "class/notes.ipynb", "x = 1")
+    teacher.ok("%spin_publish notes --path class/notes.ipynb")
+    out = student.run("%spin_publish notes --path class/notes.ipynb")
+    assert out.error is not None and "held by 'lecture3'" in out.error["evalue"]
+    status, body = post(hub, "spindel/api/workspaces/notes/claim", {"peer": "alice"})
+    assert status == 409 and body["code"] == "not_writable"
+
+
+def test_rest_lists_gets_and_reports_unknown_names(hub: HubServer, classroom: tuple[Kernel, Kernel]) -> None:
+    teacher, _ = classroom
+    teacher.ok("%spin_workspaces")
+    names = [w["name"] for w in hub.get("spindel/api/workspaces")]
+    assert "lecture3" in names
+    with pytest.raises(urllib.error.HTTPError) as info:
+        hub.get("spindel/api/workspaces/nope")
+    assert info.value.code == 404
+    status, body = post(hub, "spindel/api/workspaces/lecture3/fork", {"new": "lecture3-rest", "peer": "bob"})
+    assert status == 200 and body["fork_of"]["workspace"] == "lecture3"
+    store = hub.get("spindel/api/stats")["store"]
+    assert store["nodes"] > 0 and store["bytes"] > 0
