@@ -249,6 +249,11 @@ client.on_new_peer(_attach)
 # -- public API ----------------------------------------------------------------------
 
 
+def followed_topics() -> list[str]:
+    """The topics this process syncs (a published notebook records their states)."""
+    return sorted(_topics)
+
+
 def followed(topic: str) -> Signal[Any] | None:
     """The signal this process syncs ``topic`` with, if it does."""
     entry = _topics.get(topic)

@@ -34,7 +34,10 @@ def notebook_path() -> str:
 
 def publish(name: str, path: str | None = None, message: str = "") -> dict[str, Any]:
     """Publish the (saved) notebook as workspace ``name``'s new head; saves republish it."""
-    return dict(_op("publish", name=name, path=path or notebook_path(), message=message))
+    from .sync import followed_topics
+
+    topics = followed_topics()
+    return dict(_op("publish", name=name, path=path or notebook_path(), message=message, topics=topics))
 
 
 def follow(name: str, path: str | None = None) -> dict[str, Any]:

@@ -84,8 +84,10 @@ class SpindelHub(ExtensionApp):
         self.registry = Registry(store_dir / "workspaces", self.nodes, self.lease_seconds)
         server = self.serverapp
         assert server is not None
-        self.notebooks = NotebookService(self.registry, server.contents_manager, server.root_dir)
-        self.registry.on_head = lambda descriptor: _spawn(self.notebooks.head_moved(descriptor))
+        self.notebooks = NotebookService(
+            self.registry, server.contents_manager, server.root_dir, topic_states=topics.states
+        )
+        self.registry.on_head = self._head_moved
         self.registry.on_change = lambda: self.relay.broadcast_ui("workspaces", self.registry.all())
         add_workspace_ops(self.relay, self.registry, self.notebooks)
         if server.event_logger is not None:
@@ -110,6 +112,11 @@ class SpindelHub(ExtensionApp):
         # The port is final only once the server runs (it may have moved off a busy one).
         await super()._start_jupyter_server_extension(serverapp)
         self.export_environment()
+
+    def _head_moved(self, descriptor: dict[str, Any]) -> None:
+        _spawn(self.notebooks.head_moved(descriptor))
+        for follower in descriptor.get("followers") or []:
+            self.relay.notify(follower["peer"], "workspace", descriptor)
 
     async def stop_extension(self) -> None:
         self.relay.topics.flush()

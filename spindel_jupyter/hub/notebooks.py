@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+from collections.abc import Callable
 from typing import Any
 
 from jupyter_server.utils import ensure_async
@@ -27,8 +28,15 @@ SAVE_EVENT = "https://events.jupyter.org/jupyter_server/contents_service/v1"
 class NotebookService:
     """Workspace operations on notebook paths of one Jupyter server."""
 
-    def __init__(self, registry: Registry, contents: Any, root_dir: str) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        contents: Any,
+        root_dir: str,
+        topic_states: Callable[[list[str]], dict[str, Any]] | None = None,
+    ) -> None:
         self.registry = registry
+        self.topic_states = topic_states or (lambda names: {})
         self.contents = contents
         self.root_dir = root_dir
         self._writing: set[str] = set()
@@ -52,11 +60,17 @@ class NotebookService:
         finally:
             self._writing.discard(path)
 
-    async def publish(self, name: str, path: str, peer: str, message: str = "") -> dict[str, Any]:
+    async def publish(
+        self, name: str, path: str, peer: str, message: str = "", topics: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Publish the notebook at ``path`` with the current state of its synced ``topics``."""
         path = self.contents_path(path)
         notebook = await self.read(path)
         notebook.get("metadata", {}).pop("spindel", None)
-        return self.registry.publish(name, notebook, peer, message, path=path)
+        if topics is None and name in self.registry.workspaces:
+            topics = self.registry.workspaces[name].get("topics") or []
+        states = self.topic_states(list(topics or []))
+        return self.registry.publish(name, notebook, peer, message, path=path, topics=states)
 
     async def fork(self, name: str, new: str, peer: str, directory: str = "") -> dict[str, Any]:
         path = self.contents_path(posixpath.join(self.contents_path(directory), f"{new}.ipynb"))

@@ -303,6 +303,12 @@ class Relay:
         """Serve hub request ``name`` with ``op(member, argument)`` (a result or an awaitable of it)."""
         self._hub_ops[name] = op
 
+    def notify(self, peer: str, event: str, body: Any) -> None:
+        """Send an event to one peer, if it is connected."""
+        member = self.members.get(peer)
+        if member is not None:
+            member.link.send(wire.pack_frame({"t": EVENT, "event": event, "from": HUB}, wire.encode(body)))
+
     def broadcast_ui(self, event: str, body: Any) -> None:
         """Send an event to UI peers (the lab panel)."""
         watchers = [m for m in self.members.values() if m.kind == "ui"]

@@ -170,6 +170,17 @@ class TopicStore:
         self._relay(topic, member, wire.pack_frame(frame, body))
         self._ack_later(member, name, header["seq"], topic, dirty=True)
 
+    def states(self, names: list[str]) -> dict[str, Any]:
+        """The current state of each named topic the hub holds, for a workspace commit."""
+        out: dict[str, Any] = {}
+        for name in names:
+            topic = self.topics.get(name)
+            if topic is None or topic.state is None:
+                continue
+            state = topic.state if topic.kind == LWW else topic.state.state()
+            out[name] = {"kind": topic.kind, "stamp": topic.stamp, "state": state}
+        return out
+
     def list(self) -> list[dict[str, Any]]:
         return [t.info() for t in sorted(self.topics.values(), key=lambda t: t.name)]
 

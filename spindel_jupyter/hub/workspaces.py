@@ -407,7 +407,12 @@ def add_workspace_ops(relay: Any, registry: Registry, notebooks: Any) -> None:
 
     op("list", lambda peer: registry.all())
     op("get", lambda peer, name: registry.get(name))
-    op("publish", lambda peer, name, path, message="": notebooks.publish(name, path, peer, message))
+    op(
+        "publish",
+        lambda peer, name, path, message="", topics=None: notebooks.publish(
+            name, path, peer, message, topics
+        ),
+    )
     op("fork", lambda peer, name, new, directory="": notebooks.fork(name, new, peer, directory))
     op("follow", lambda peer, name, path=None: notebooks.follow(name, peer, path))
     op("merge", lambda peer, fork, strategy=None, force=False: notebooks.merge(fork, peer, strategy, force))

@@ -54,11 +54,18 @@ def classroom(hub: HubServer) -> Iterator[tuple[Kernel, Kernel]]:
 
 def test_publish_follow_fork_and_merge(hub: HubServer, classroom: tuple[Kernel, Kernel]) -> None:
     teacher, student = classroom
-    out = teacher.ok("%spin_publish lecture3 -m 'week 3'")
+    teacher.ok(
+        "from spindel_jupyter import sync_signal\nlevel = sync_signal('lecture3/level', 0)\nlevel.set(5)"
+    )
+    out = teacher.ok("from spindel_jupyter import sync\nsync.flush()\n%spin_publish lecture3 -m 'week 3'")
     assert "published 'lecture3'" in out.stdout and "class/lecture3.ipynb" in out.stdout
+    assert hub.get("spindel/api/workspaces/lecture3")["topics"] == ["lecture3/level"]  # its synced state
 
     out = student.ok("%spin_follow lecture3")
     assert "class/lecture3.following.ipynb" in out.stdout
+    student.ok(
+        "import spindel_jupyter as sj\nheads = []\nsj.current_peer().listen('workspace', heads.append)"
+    )
     copy = cells(hub, "class/lecture3.following.ipynb")
     assert [c["source"] for c in copy] == ["a = 1", "b = 2", "c = 3"]
     assert all(c["metadata"]["editable"] is False for c in copy)  # read-only
@@ -68,6 +75,7 @@ def test_publish_follow_fork_and_merge(hub: HubServer, classroom: tuple[Kernel, 
     wait_until(
         lambda: sources(hub, "class/lecture3.following.ipynb")[1] == "b = 20", what="the copy to follow"
     )
+    wait_until(lambda: "1" in student.ok("print(len(heads))").stdout, what="the follower to be told")
 
     out = student.ok("%spin_fork lecture3")
     assert "as 'lecture3-alice'" in out.stdout

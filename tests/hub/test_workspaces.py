@@ -159,3 +159,10 @@ def test_new_heads_are_reported(registry: Registry) -> None:
     registry.publish("lec", notebook("a"), "teacher")
     registry.fork("lec", "f", "alice")
     assert len(heads) == 1
+
+
+def test_commits_carry_synced_topic_states(registry: Registry) -> None:
+    topics = {"lab/level": {"kind": "lww", "stamp": [1, 0, "t"], "state": b"\x05"}}
+    descriptor = registry.publish("lec", notebook("a"), "teacher", topics=topics)
+    assert descriptor["topics"] == ["lab/level"]
+    assert registry.store.get(descriptor["head"])["topics"] == topics
