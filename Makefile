@@ -30,5 +30,15 @@ lint: install
 test: lint
 	$(CLEAN_ENV) $(BIN)/pytest $(NBVAL) tests demo_notebooks
 
+# Benchmarks against raw WebSockets, ipyparallel, jupyter_client and pycrdt-websocket; see bench/.
+.PHONY: bench
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(CLEAN_ENV) $(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
