@@ -233,6 +233,10 @@ class Peer:
         else:
             self._handlers[op] = handler
 
+    def handler(self, op: str) -> Handler | None:
+        """The handler serving ``op`` here, if any."""
+        return self._handlers.get(op)
+
     def listen(self, event: str, listener: Listener) -> Callable[[], None]:
         """Call ``listener(body)`` on hub event ``event``; returns a function that stops it."""
         self._listeners.setdefault(event, []).append(listener)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from typing import Any
@@ -88,7 +89,7 @@ class SpindelMagics(Magics):
         The body sees only the listed arguments and the names defined in the
         remote context; any other name it reads is reported before it runs.
         """
-        args = parse_argstring(self.spin_remote, line)
+        args = _parsed(self.spin_remote, line)
         _peer()
         values = self._arguments(args.names)
         timeout = args.timeout if args.timeout is not None else self.timeout
@@ -187,6 +188,19 @@ class SpindelMagics(Magics):
     def spin_workspaces(self, line: str) -> None:
         """Show the hub's workspaces."""
         display(workspace.table(_workspace_call(workspace.workspaces)))
+
+
+_parses: dict[tuple[str, str], Any] = {}
+
+
+def _parsed(magic: Any, line: str) -> Any:
+    """``parse_argstring``, remembered per line: a cell run again costs no argparse."""
+    key = (magic.__name__, line)
+    if key not in _parses:
+        if len(_parses) > 256:
+            _parses.clear()
+        _parses[key] = parse_argstring(magic, line)
+    return copy.copy(_parses[key])
 
 
 def _workspace_call(fn: Any, *args: Any) -> Any:

@@ -356,7 +356,8 @@ def _clear_output(wait: bool) -> None:
 
 
 def _prepare(peer: client.Peer) -> None:
-    peer.handle(OP_OUTPUT, _route_output)
+    if peer.handler(OP_OUTPUT) is not _route_output:
+        peer.handle(OP_OUTPUT, _route_output)
 
 
 def _timed_out(target: str, timeout: float | None) -> RemoteTimeout:
