@@ -354,6 +354,8 @@ class Peer:
                     f"no Spindel hub at {self.url} (404): is the spindel_jupyter server extension enabled?"
                 ) from None
             raise NotConnected(f"cannot reach the hub at {self.url}: {exc}") from None
+        if ws.protocol is not None:
+            ws.protocol.set_nodelay(True)  # no Nagle delay on small frames
         hello = {
             "t": HELLO,
             "name": self.name,

@@ -85,27 +85,31 @@ class _Topic:
     # -- what arrives (on the home thread) --------------------------------------------
 
     def receive(self, header: dict[str, Any], body: bytes, full_state: bool) -> None:
-        kind = header.get("kind")
-        if self.kind is None and isinstance(kind, str):
-            self.kind = kind
-        if kind != self.kind or not body:
-            return
-        if kind == LWW:
-            stamp = as_stamp(header.get("stamp"))
-            if self.stamp is not None and stamp <= self.stamp:
-                return
-            self.stamp = stamp
-            _clock.observe(stamp)
-            self.signal._apply_remote(wire.decode(body))
-            return
-        incoming = crdt.type_for(str(kind)).from_state(wire.decode(body))
-        current = self.signal.value
-        if current is None:
-            self.signal._apply_remote(incoming)
-            return
-        joined = current.merge(incoming) if full_state else current.apply_delta(incoming)
-        if joined is not current:  # a no-op apply changes nothing: no observer call, no re-publish
-            self.signal._apply_remote(joined)
+        self.receive_all([(header, body)], full_state)
+
+    def receive_all(self, changes: list[tuple[dict[str, Any], bytes]], full_state: bool = False) -> None:
+        """Apply changes from the hub, then tell observers once: a slow observer never falls behind."""
+        current = start = self.signal.value
+        for header, body in changes:
+            kind = header.get("kind")
+            if self.kind is None and isinstance(kind, str):
+                self.kind = kind
+            if kind != self.kind or not body:
+                continue
+            if kind == LWW:
+                stamp = as_stamp(header.get("stamp"))
+                if self.stamp is None or stamp > self.stamp:
+                    self.stamp = stamp
+                    _clock.observe(stamp)
+                    current = wire.decode(body)
+                continue
+            incoming = crdt.type_for(str(kind)).from_state(wire.decode(body))
+            if current is None:
+                current = incoming
+            else:
+                current = current.merge(incoming) if full_state else current.apply_delta(incoming)
+        if current is not start:  # a no-op apply changes nothing: no observer call, no re-publish
+            self.signal._apply_remote(current)
 
     # -- the handshake ---------------------------------------------------------------
 
@@ -186,10 +190,36 @@ def _stop(topic: _Topic, peer: client.Peer) -> None:
 # -- frames from the hub (connection thread) -----------------------------------------
 
 
+_arrived: dict[str, list[tuple[dict[str, Any], bytes]]] = {}
+_arrived_lock = threading.Lock()
+
+
 def _on_pub(header: dict[str, Any], body: memoryview) -> None:
-    topic = _topics.get(str(header.get("topic")))
-    if topic is not None and topic.mode != "export":
-        home().call(_guarded, topic.receive, header, body.tobytes(), False)
+    name = str(header.get("topic"))
+    topic = _topics.get(name)
+    if topic is None or topic.mode == "export":
+        return
+    change = (header, body.tobytes())
+    with _arrived_lock:
+        waiting = _arrived.get(name)
+        if waiting is not None:
+            # Already queued for the home thread: join the batch. A plain value
+            # only needs its newest write (the hub relays them in stamp order).
+            if topic.kind == LWW:
+                waiting[:] = [change]
+            else:
+                waiting.append(change)
+            return
+        _arrived[name] = [change]
+    home().call(_apply_arrived, name)
+
+
+def _apply_arrived(name: str) -> None:
+    with _arrived_lock:
+        changes = _arrived.pop(name, [])
+    topic = _topics.get(name)
+    if topic is not None and changes:
+        _guarded(topic.receive_all, changes)
 
 
 def _on_snap(header: dict[str, Any], body: memoryview) -> None:

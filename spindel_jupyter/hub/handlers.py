@@ -63,6 +63,8 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         super().open(*args, **kwargs)
+        # Small frames must not wait for the peer's delayed ACK (Nagle): that costs tens of ms.
+        self.set_nodelay(True)
         self.member = self.hub.relay.connect(self)
 
     def on_message(self, message: str | bytes) -> None:

@@ -1,0 +1,70 @@
+"""Applying what the hub sends to a topic's signal (the wire part is tested end to end)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spindel_jupyter import wire
+from spindel_jupyter.crdt import GSet
+from spindel_jupyter.signals import Signal
+from spindel_jupyter.sync import _Topic
+from tests.support import wait_until
+
+
+def lww(value: Any, stamp: list[Any]) -> tuple[dict[str, Any], bytes]:
+    return {"kind": "lww", "stamp": stamp}, wire.encode(value)
+
+
+def gset_delta(*items: Any) -> tuple[dict[str, Any], bytes]:
+    value = GSet()
+    for item in items:
+        value = value.add(item)
+    delta = value.delta()
+    assert delta is not None
+    return {"kind": "gset"}, wire.encode(delta.state())
+
+
+def observed(signal: Signal[Any]) -> list[Any]:
+    calls: list[Any] = []
+    signal.observe(calls.append)
+    return calls
+
+
+def test_plain_values_keep_the_highest_stamp_whatever_the_order() -> None:
+    signal: Signal[Any] = Signal(None)
+    topic = _Topic("t", signal, "sync", "lww")
+    calls = observed(signal)
+    topic.receive_all([lww("b", [2, 0, "x"]), lww("a", [1, 0, "x"]), lww("c", [2, 0, "y"])])
+    assert signal.value == "c" and topic.stamp == (2, 0, "y")
+    topic.receive_all([lww("old", [1, 5, "z"])])
+    assert signal.value == "c"
+    wait_until(lambda: calls == ["c"], what="one observer call for the batch")
+
+
+def test_deltas_arriving_together_join_into_one_change() -> None:
+    signal: Signal[Any] = Signal(GSet())
+    topic = _Topic("t", signal, "sync", "gset")
+    calls = observed(signal)
+    topic.receive_all([gset_delta(1), gset_delta(2), gset_delta(1, 3)])
+    assert signal.value == {1, 2, 3}
+    wait_until(lambda: len(calls) == 1, what="one observer call")
+
+
+def test_a_delta_that_adds_nothing_changes_nothing() -> None:
+    signal: Signal[Any] = Signal(GSet().add(1).clear_delta())
+    topic = _Topic("t", signal, "sync", "gset")
+    before = signal.value
+    calls = observed(signal)
+    topic.receive_all([gset_delta(1)])
+    assert signal.value is before
+    topic.receive_all([gset_delta(2)])
+    wait_until(lambda: len(calls) == 1, what="a call for the real change only")
+
+
+def test_a_mirror_adopts_the_kind_it_receives() -> None:
+    signal: Signal[Any] = Signal(None)
+    topic = _Topic("t", signal, "mirror", None)
+    topic.receive_all([gset_delta("x")])
+    assert topic.kind == "gset" and signal.value == {"x"}
+    topic.receive_all([lww("ignored", [1, 0, "a"])])  # another kind on the same topic is dropped
+    assert signal.value == {"x"}
