@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import arrays, memory, remote_call, signals
+from . import arrays, fork, memory, remote_call, signals
 from .common import CLEANUP, Shared, guarded, machine
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -31,6 +31,7 @@ FAMILIES: dict[str, Callable[[Shared], Any]] = {
     "signal_throughput": signals.throughput_run,
     "array_transfer": arrays.run,
     "fanout_p99": lambda shared: guarded(signals.fanout, shared),
+    "fork": lambda shared: guarded(fork.run, shared),
     "hub_memory": memory.run,
 }
 
@@ -230,6 +231,15 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     else:
         out.append(("hub_memory.peak_rss_growth_mb <= 100 and converged", growth <= 100 and bool(converged),
                     f"{growth:.1f} MiB, converged={converged}"))  # fmt: skip
+    fork_ms, fork_nodes = results.get("fork", {}).get("ms"), results.get("fork", {}).get("nodes_added")
+    if not fork_ms or not fork_nodes:
+        out.append(("fork.ms flat (5000 cells <= 3x 10 cells), nodes_added <= 1", None, "not measured"))
+    else:
+        flat = fork_ms[-1] <= 3 * fork_ms[0] and max(fork_nodes) <= 1
+        numbers = (
+            f"{fork_ms[0]:.2f} ms at 10 cells, {fork_ms[-1]:.2f} ms at 5000, nodes added {max(fork_nodes)}"
+        )
+        out.append(("fork.ms flat (5000 cells <= 3x 10 cells), nodes_added <= 1", flat, numbers))
     return out  # fmt: skip
 
 

@@ -208,7 +208,8 @@ class WorkspaceActionHandler(_WorkspaceAPI):
             new = data.get("new")
             if not isinstance(new, str):
                 raise web.HTTPError(400, "fork needs the 'new' workspace name")
-            await self.run(notebooks.fork(name, new, peer, str(data.get("directory", ""))))
+            directory, wait = str(data.get("directory", "")), bool(data.get("wait", True))
+            await self.run(notebooks.fork(name, new, peer, directory, wait))
         elif action == "merge":
             strategy = data.get("strategy")
             await self.run(notebooks.merge(name, peer, strategy, bool(data.get("force", False))))

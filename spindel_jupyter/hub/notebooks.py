@@ -9,6 +9,7 @@ moves, so it is never half-updated.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import posixpath
@@ -39,7 +40,8 @@ class NotebookService:
         self.topic_states = topic_states or (lambda names: {})
         self.contents = contents
         self.root_dir = root_dir
-        self._writing: set[str] = set()
+        self._ours: dict[str, int] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def contents_path(self, path: str) -> str:
         """A path relative to the server root, from an absolute one (a kernel's notebook) or not."""
@@ -53,12 +55,14 @@ class NotebookService:
         return _plain(model["content"])
 
     async def write(self, path: str, notebook: dict[str, Any]) -> None:
-        self._writing.add(path)
+        # Our own save emits a save event too: the mark makes ``saved`` skip that one event.
+        self._ours[path] = self._ours.get(path, 0) + 1
+        model = {"type": "notebook", "format": "json", "content": notebook}
         try:
-            model = {"type": "notebook", "format": "json", "content": notebook}
             await ensure_async(self.contents.save(model, path))
-        finally:
-            self._writing.discard(path)
+        except BaseException:
+            self._ours[path] -= 1
+            raise
 
     async def publish(
         self, name: str, path: str, peer: str, message: str = "", topics: list[str] | None = None
@@ -72,11 +76,27 @@ class NotebookService:
         states = self.topic_states(list(topics or []))
         return self.registry.publish(name, notebook, peer, message, path=path, topics=states)
 
-    async def fork(self, name: str, new: str, peer: str, directory: str = "") -> dict[str, Any]:
+    async def fork(
+        self, name: str, new: str, peer: str, directory: str = "", wait: bool = True
+    ) -> dict[str, Any]:
+        """Fork ``name`` (a pointer in the registry, at once) and write the fork's notebook file.
+
+        With ``wait=False`` the file is written after the answer: the fork itself
+        costs the same whatever the notebook's size.
+        """
         path = self.contents_path(posixpath.join(self.contents_path(directory), f"{new}.ipynb"))
         descriptor = self.registry.fork(name, new, peer, path=path)
-        await self.write(path, self.registry.notebook(descriptor["head"]))
+        writing = self._write_head(path, descriptor["head"])
+        if wait:
+            await writing
+        else:
+            task = asyncio.ensure_future(writing)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return descriptor
+
+    async def _write_head(self, path: str, head: str) -> None:
+        await self.write(path, self.registry.notebook(head))
 
     async def follow(self, name: str, peer: str, path: str | None = None) -> dict[str, Any]:
         path = self.contents_path(path) if path else f"{name}.following.ipynb"
@@ -105,7 +125,8 @@ class NotebookService:
 
     async def saved(self, path: str) -> None:
         """A notebook was saved: republish the workspaces published from it."""
-        if path in self._writing:
+        if self._ours.get(path, 0) > 0:
+            self._ours[path] -= 1
             return
         for descriptor in self.registry.all():
             publisher = descriptor.get("publisher")
