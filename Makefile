@@ -15,9 +15,18 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/jupyter-builder develop --overwrite .
 	touch $(STAMP)
 
-install: $(STAMP)
+# The JupyterLab extension: `pip install -e` builds it (jlpm install, tsc, jupyter-builder) and the
+# develop step above links it into the venv; this rebuilds it when its sources change.
+LAB_BUILT := spindel_jupyter/labextension/package.json
+LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*.* labextension/style/icons/*.svg) \
+	labextension/package.json labextension/tsconfig.json
+$(LAB_BUILT): $(LAB_SOURCES) | $(STAMP)
+	cd labextension && PATH="$(abspath $(BIN)):$$PATH" jlpm install && PATH="$(abspath $(BIN)):$$PATH" jlpm build
+
+install: $(STAMP) $(LAB_BUILT)
 
 demo: install
 	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=demo_notebooks $(LAB_ARGS)
@@ -34,7 +43,8 @@ test: lint
 .PHONY: bench
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"], sep="\n")' > $(VENV)/bench-requirements.txt
+	$(BIN)/python -m pip install --quiet -r $(VENV)/bench-requirements.txt
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
@@ -42,3 +52,4 @@ bench: $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf labextension/lib labextension/tsconfig.tsbuildinfo spindel_jupyter/labextension

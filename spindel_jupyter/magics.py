@@ -145,23 +145,24 @@ class SpindelMagics(Magics):
 
     @magic_arguments()
     @argument("name", help="workspace to follow")
-    @argument("--path", help="where the read-only copy goes (default: NAME.following.ipynb here)")
+    @argument("--into", help="where the read-only copy goes (default: following/NAME.ipynb)")
     @line_magic
     def spin_follow(self, line: str) -> None:
-        """Get a read-only copy of a workspace that updates whenever it is published."""
+        """Get a read-only copy of a workspace that moves to every new head."""
         args = parse_argstring(self.spin_follow, line)
-        descriptor = _workspace_call(workspace.follow, args.name, args.path)
+        descriptor = _workspace_call(workspace.follow, args.name, args.into)
         path = descriptor["followers"][-1]["path"]
         print(f"spindel: following {args.name!r} in {path} (read-only, updates itself)")
 
     @magic_arguments()
     @argument("name", help="workspace to fork")
     @argument("new", nargs="?", help="name of the fork (default: NAME-YOURPEER)")
+    @argument("--into", help="the fork's notebook (default: forks/NEW.ipynb)")
     @line_magic
     def spin_fork(self, line: str) -> None:
         """Fork a workspace: your own editable copy, at once."""
         args = parse_argstring(self.spin_fork, line)
-        descriptor = _workspace_call(workspace.fork, args.name, args.new)
+        descriptor = _workspace_call(workspace.fork, args.name, args.new, args.into)
         print(f"spindel: forked {args.name!r} as {descriptor['name']!r} in {descriptor['path']}")
 
     @magic_arguments()
@@ -183,6 +184,16 @@ class SpindelMagics(Magics):
             print(f"spindel: merged {args.fork!r}; new head {result['head'][:12]}")
         else:
             print(f"spindel: nothing merged: {result.get('reason')}")
+
+    @magic_arguments()
+    @argument("name", help="workspace whose writer lease to take")
+    @argument("--force", action="store_true", help="take it even from a peer that holds it (logged)")
+    @line_magic
+    def spin_claim(self, line: str) -> None:
+        """Take a workspace's writer lease (one that ended, or any with --force)."""
+        args = parse_argstring(self.spin_claim, line)
+        _workspace_call(workspace.claim, args.name, args.force)
+        print(f"spindel: you now write {args.name!r}")
 
     @line_magic
     def spin_workspaces(self, line: str) -> None:

@@ -8,6 +8,7 @@ and the lease is enforced per peer.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,15 @@ def publish(name: str, path: str | None = None, message: str = "") -> dict[str, 
     return dict(_op("publish", name=name, path=path or notebook_path(), message=message, topics=topics))
 
 
-def follow(name: str, path: str | None = None) -> dict[str, Any]:
-    """Get a read-only copy of ``name`` that updates itself whenever its head moves."""
-    target = path or str(Path(_here()) / f"{name}.following.ipynb")
-    return dict(_op("follow", name=name, path=target))
+def follow(name: str, into: str | None = None) -> dict[str, Any]:
+    """A read-only copy of ``name`` (default ``following/NAME.ipynb``) that moves to every new head."""
+    return dict(_op("follow", name=name, path=_near(into or f"following/{name}.ipynb")))
 
 
-def fork(name: str, new: str | None = None) -> dict[str, Any]:
-    """Your own editable copy of ``name`` (a new workspace, at once: no content is copied)."""
-    peer = client.current_peer().name
-    return dict(_op("fork", name=name, new=new or f"{name}-{peer}", directory=_here()))
+def fork(name: str, new: str | None = None, into: str | None = None) -> dict[str, Any]:
+    """Your own editable copy of ``name`` (file ``forks/NEW.ipynb``), at once: no content is copied."""
+    new = new or f"{name}-{client.current_peer().name}"
+    return dict(_op("fork", name=name, new=new, path=_near(into or f"forks/{new}.ipynb")))
 
 
 def merge(fork_name: str, strategy: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -57,9 +57,9 @@ def merge(fork_name: str, strategy: str | None = None, force: bool = False) -> d
     return dict(_op("merge", fork=fork_name, strategy=strategy, force=force))
 
 
-def claim(name: str) -> dict[str, Any]:
-    """Take the writer lease of ``name`` (refused while another peer holds it)."""
-    return dict(_op("claim", name=name))
+def claim(name: str, force: bool = False) -> dict[str, Any]:
+    """Take the writer lease of ``name`` (an ended one; any with ``force``)."""
+    return dict(_op("claim", name=name, force=force))
 
 
 def workspaces() -> list[dict[str, Any]]:
@@ -68,19 +68,21 @@ def workspaces() -> list[dict[str, Any]]:
 
 
 def table(items: list[dict[str, Any]]) -> Table:
-    """Workspaces as a table: name, owner, head, fork of, followers."""
+    """Workspaces as a table: name, writer, head and its time, fork of, followers."""
     rows = []
     for item in items:
         owner = (item.get("owner") or {}).get("peer") or "-"
         fork_of = (item.get("fork_of") or {}).get("workspace") or "-"
-        rows.append(
-            [item["name"], owner, (item.get("head") or "")[:12], fork_of, len(item.get("followers") or [])]
-        )
-    return Table(
-        ["workspace", "writer", "head", "fork of", "followers"], rows, title=f"{len(rows)} workspaces"
-    )
+        head = (item.get("head") or "")[:12]
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item.get("updated") or 0))
+        rows.append([item["name"], owner, head, when, fork_of, len(item.get("followers") or [])])
+    columns = ["workspace", "writer", "head", "head time", "fork of", "followers"]
+    return Table(columns, rows, title=f"{len(rows)} workspaces")
 
 
-def _here() -> str:
-    path = os.environ.get("JPY_SESSION_NAME")
-    return str(Path(path).parent) if path else os.getcwd()
+def _near(path: str) -> str:
+    """A relative ``path`` next to this kernel's notebook (else relative to the server root)."""
+    notebook = os.environ.get("JPY_SESSION_NAME")
+    if os.path.isabs(path) or not notebook:
+        return path
+    return str(Path(notebook).parent / path)

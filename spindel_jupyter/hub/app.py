@@ -90,6 +90,8 @@ class SpindelHub(ExtensionApp):
         self.registry.on_head = self._head_moved
         self.registry.on_change = lambda: self.relay.broadcast_ui("workspaces", self.registry.all())
         add_workspace_ops(self.relay, self.registry, self.notebooks)
+        self.registry.connected = lambda peer: peer in self.relay.members
+        self.relay.on_leave.append(self.registry.peer_left)
         if server.event_logger is not None:
             server.event_logger.add_listener(schema_id=SAVE_EVENT, listener=self._on_contents_event)
         self.settings["spindel_hub"] = self

@@ -208,13 +208,13 @@ class WorkspaceActionHandler(_WorkspaceAPI):
             new = data.get("new")
             if not isinstance(new, str):
                 raise web.HTTPError(400, "fork needs the 'new' workspace name")
-            directory, wait = str(data.get("directory", "")), bool(data.get("wait", True))
-            await self.run(notebooks.fork(name, new, peer, directory, wait))
+            path, wait = data.get("path"), bool(data.get("wait", True))
+            await self.run(notebooks.fork(name, new, peer, path if isinstance(path, str) else None, wait))
         elif action == "merge":
             strategy = data.get("strategy")
             await self.run(notebooks.merge(name, peer, strategy, bool(data.get("force", False))))
         elif action == "claim":
-            await self.run(_call(self.hub.registry.claim, name, peer))
+            await self.run(_call(self.hub.registry.claim, name, peer, bool(data.get("force", False))))
         else:
             await self.run(notebooks.follow(name, peer, data.get("path")))
 

@@ -14,10 +14,13 @@ import logging
 import os
 import posixpath
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import nbformat
 from jupyter_server.utils import ensure_async
 
+from ..errors import SpindelError
 from .workspaces import Registry
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,6 @@ class NotebookService:
         self.topic_states = topic_states or (lambda names: {})
         self.contents = contents
         self.root_dir = root_dir
-        self._ours: dict[str, int] = {}
         self._tasks: set[asyncio.Future[None]] = set()
 
     def contents_path(self, path: str) -> str:
@@ -55,14 +57,16 @@ class NotebookService:
         return _plain(model["content"])
 
     async def write(self, path: str, notebook: dict[str, Any]) -> None:
-        # Our own save emits a save event too: the mark makes ``saved`` skip that one event.
-        self._ours[path] = self._ours.get(path, 0) + 1
-        model = {"type": "notebook", "format": "json", "content": notebook}
-        try:
-            await ensure_async(self.contents.save(model, path))
-        except BaseException:
-            self._ours[path] -= 1
-            raise
+        """Write ``notebook`` at ``path`` whole: a temp file renamed over the old one.
+
+        The contents manager's own save rewrites a file in place (a reader can
+        see it half written), so copies are written here, beside it, atomically.
+        """
+        target = Path(self.root_dir, *path.split("/"))
+        if not target.resolve().is_relative_to(Path(self.root_dir).resolve()):
+            raise SpindelError(f"{path!r} is outside the server's root")
+        text = nbformat.writes(nbformat.from_dict(notebook))
+        await asyncio.to_thread(_replace, target, text)
 
     async def publish(
         self, name: str, path: str, peer: str, message: str = "", topics: list[str] | None = None
@@ -77,14 +81,15 @@ class NotebookService:
         return self.registry.publish(name, notebook, peer, message, path=path, topics=states)
 
     async def fork(
-        self, name: str, new: str, peer: str, directory: str = "", wait: bool = True
+        self, name: str, new: str, peer: str, path: str | None = None, wait: bool = True
     ) -> dict[str, Any]:
         """Fork ``name`` (a pointer in the registry, at once) and write the fork's notebook file.
 
         With ``wait=False`` the file is written after the answer: the fork itself
         costs the same whatever the notebook's size.
         """
-        path = self.contents_path(posixpath.join(self.contents_path(directory), f"{new}.ipynb"))
+        path = self.contents_path(path or f"forks/{new}.ipynb")
+        await self._ensure_directory(posixpath.dirname(path))
         descriptor = self.registry.fork(name, new, peer, path=path)
         writing = self._write_head(path, descriptor["head"])
         if wait:
@@ -95,11 +100,15 @@ class NotebookService:
             task.add_done_callback(self._tasks.discard)
         return descriptor
 
+    async def _ensure_directory(self, directory: str) -> None:
+        Path(self.root_dir, *[p for p in directory.split("/") if p]).mkdir(parents=True, exist_ok=True)
+
     async def _write_head(self, path: str, head: str) -> None:
         await self.write(path, self.registry.notebook(head))
 
     async def follow(self, name: str, peer: str, path: str | None = None) -> dict[str, Any]:
-        path = self.contents_path(path) if path else f"{name}.following.ipynb"
+        path = self.contents_path(path or f"following/{name}.ipynb")
+        await self._ensure_directory(posixpath.dirname(path))
         descriptor = self.registry.follow(name, peer, path)
         head = descriptor["head"]
         await self.write(path, _read_only(self.registry.notebook(head), name, head))
@@ -125,9 +134,6 @@ class NotebookService:
 
     async def saved(self, path: str) -> None:
         """A notebook was saved: republish the workspaces published from it."""
-        if self._ours.get(path, 0) > 0:
-            self._ours[path] -= 1
-            return
         for descriptor in self.registry.all():
             publisher = descriptor.get("publisher")
             if descriptor.get("path") == path and publisher:
@@ -135,6 +141,12 @@ class NotebookService:
                     await self.publish(descriptor["name"], path, publisher, "saved")
                 except Exception as exc:
                     log.info("spindel: not republishing %s on save: %s", descriptor["name"], exc)
+
+
+def _replace(target: Path, text: str) -> None:
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, target)
 
 
 def _plain(node: Any) -> Any:

@@ -93,6 +93,8 @@ class Relay:
         self.topics = topics or TopicStore()
         self.topics.on_change = self._broadcast_topics
         self.members: dict[str, Member] = {}
+        #: Called with the name of each peer that leaves.
+        self.on_leave: list[Callable[[str], None]] = []
         #: Frames received, by type, for /spindel/api/stats.
         self.frames_in: Counter[str] = Counter()
         self._hub_ops: dict[str, HubOp] = {"peers": self._op_peers, "update": self._op_update}
@@ -112,6 +114,8 @@ class Relay:
             return
         del self.members[member.name]
         self.topics.drop(member)
+        for listener in self.on_leave:
+            listener(member.name)
         self._fail_awaiting(member, "disconnected")
         log.info("peer %r left", member.name)
         self._broadcast_peers()

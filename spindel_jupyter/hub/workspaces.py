@@ -70,6 +70,8 @@ class Registry:
         #: Called with the descriptor when a workspace gets a new head, and on any change.
         self.on_head: Callable[[dict[str, Any]], None] | None = None
         self.on_change: Callable[[], None] | None = None
+        #: Whether a peer is connected now (its leases stay renewed while it is).
+        self.connected: Callable[[str], bool] = lambda peer: False
         directory.mkdir(parents=True, exist_ok=True)
         self.workspaces: dict[str, dict[str, Any]] = {}
         for path in sorted(directory.glob("*.json")):
@@ -171,10 +173,14 @@ class Registry:
         self._saved(descriptor, new_head=False)
         return self._public(descriptor)
 
-    def claim(self, name: str, peer: str) -> dict[str, Any]:
-        """Take (or renew) the writer lease of ``name``; refused while another peer holds it."""
+    def claim(self, name: str, peer: str, force: bool = False) -> dict[str, Any]:
+        """Take (or renew) the lease of ``name``; refused while another peer holds it, unless forced."""
         descriptor = self._descriptor(name)
-        self._check_writer(descriptor, peer)
+        holder = self._holder(descriptor)
+        if holder not in (None, peer):
+            if not force:
+                self._check_writer(descriptor, peer)
+            log.warning("spindel: %r took the lease of workspace %r from %r by force", peer, name, holder)
         descriptor["owner"] = {"peer": peer, "expires": self.clock() + self.lease_seconds}
         self._saved(descriptor, new_head=False)
         return self._public(descriptor)
@@ -235,14 +241,35 @@ class Registry:
             known = ", ".join(sorted(self.workspaces)) or "none"
             raise WorkspaceNotFound(f"no workspace named {name!r} (known: {known})") from None
 
-    def _check_writer(self, descriptor: dict[str, Any], peer: str) -> None:
+    def _holder(self, descriptor: dict[str, Any]) -> str | None:
+        """The peer holding the lease: renewed while it is connected, expiring after it leaves."""
         owner = descriptor.get("owner")
-        if owner and owner["peer"] != peer and owner["expires"] > self.clock():
-            left = int(owner["expires"] - self.clock())
+        if owner and (self.connected(owner["peer"]) or owner["expires"] > self.clock()):
+            return str(owner["peer"])
+        return None
+
+    def _check_writer(self, descriptor: dict[str, Any], peer: str) -> None:
+        holder = self._holder(descriptor)
+        name = descriptor["name"]
+        if holder == peer:
+            return
+        if holder is None:
             raise NotWritable(
-                f"workspace {descriptor['name']!r} is held by {owner['peer']!r} for {left} s more; "
-                "fork it to edit your own copy, or claim it when the lease ends"
+                f"workspace {name!r} has no writer (its lease ended): claim it (%spin_claim {name}) "
+                "or fork it to write your own copy"
             )
+        raise NotWritable(
+            f"workspace {name!r} is held by {holder!r}; fork it to edit your own copy, "
+            f"or claim it once {holder!r} has left and the lease has ended"
+        )
+
+    def peer_left(self, peer: str) -> None:
+        """Leases of a peer that left run for ``lease_seconds`` more, then end."""
+        for descriptor in self.workspaces.values():
+            owner = descriptor.get("owner")
+            if owner and owner["peer"] == peer:
+                owner["expires"] = self.clock() + self.lease_seconds
+                self._saved(descriptor, new_head=False)
 
     def _commit(
         self, notebook: dict[str, Any], parents: list[str], peer: str, message: str, topics: dict[str, Any]
@@ -275,9 +302,8 @@ class Registry:
 
     def _public(self, descriptor: dict[str, Any]) -> dict[str, Any]:
         view = copy.deepcopy(descriptor)
-        owner = view.get("owner")
-        if owner and owner["expires"] <= self.clock():
-            view["owner"] = None  # an expired lease is no lease
+        if self._holder(descriptor) is None:
+            view["owner"] = None  # an ended lease is no lease
         return view
 
 
@@ -413,7 +439,7 @@ def add_workspace_ops(relay: Any, registry: Registry, notebooks: Any) -> None:
             name, path, peer, message, topics
         ),
     )
-    op("fork", lambda peer, name, new, directory="": notebooks.fork(name, new, peer, directory))
+    op("fork", lambda peer, name, new, path=None: notebooks.fork(name, new, peer, path))
     op("follow", lambda peer, name, path=None: notebooks.follow(name, peer, path))
     op("merge", lambda peer, fork, strategy=None, force=False: notebooks.merge(fork, peer, strategy, force))
-    op("claim", lambda peer, name: registry.claim(name, peer))
+    op("claim", lambda peer, name, force=False: registry.claim(name, peer, force))

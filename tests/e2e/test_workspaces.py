@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 from collections.abc import Iterator
 from typing import Any
@@ -62,29 +63,29 @@ def test_publish_follow_fork_and_merge(hub: HubServer, classroom: tuple[Kernel, 
     assert hub.get("spindel/api/workspaces/lecture3")["topics"] == ["lecture3/level"]  # its synced state
 
     out = student.ok("%spin_follow lecture3")
-    assert "class/lecture3.following.ipynb" in out.stdout
+    assert "class/following/lecture3.ipynb" in out.stdout
     student.ok(
         "import spindel_jupyter as sj\nheads = []\nsj.current_peer().listen('workspace', heads.append)"
     )
-    copy = cells(hub, "class/lecture3.following.ipynb")
+    copy = cells(hub, "class/following/lecture3.ipynb")
     assert [c["source"] for c in copy] == ["a = 1", "b = 2", "c = 3"]
     assert all(c["metadata"]["editable"] is False for c in copy)  # read-only
 
     # the teacher saves: the workspace is republished and the follower's copy moves, whole
     save(hub, "class/lecture3.ipynb", "a = 1", "b = 20", "c = 3")
     wait_until(
-        lambda: sources(hub, "class/lecture3.following.ipynb")[1] == "b = 20", what="the copy to follow"
+        lambda: sources(hub, "class/following/lecture3.ipynb")[1] == "b = 20", what="the copy to follow"
     )
     wait_until(lambda: int(student.ok("print(len(heads))").stdout) >= 1, what="the follower to be told")
 
     out = student.ok("%spin_fork lecture3")
     assert "as 'lecture3-alice'" in out.stdout
-    assert sources(hub, "class/lecture3-alice.ipynb") == ["a = 1", "b = 20", "c = 3"]
+    assert sources(hub, "class/forks/lecture3-alice.ipynb") == ["a = 1", "b = 20", "c = 3"]
     fork = hub.get("spindel/api/workspaces/lecture3-alice")
     assert fork["fork_of"]["workspace"] == "lecture3" and fork["owner"]["peer"] == "alice"
 
     # the student edits her copy; the teacher merges cleanly
-    save(hub, "class/lecture3-alice.ipynb", "a = 1", "b = 20", "c = 30", "d = 4")
+    save(hub, "class/forks/lecture3-alice.ipynb", "a = 1", "b = 20", "c = 30", "d = 4")
     wait_until(
         lambda: hub.get("spindel/api/workspaces/lecture3-alice")["head"] != fork["head"], what="republish"
     )
@@ -92,7 +93,7 @@ def test_publish_follow_fork_and_merge(hub: HubServer, classroom: tuple[Kernel, 
     assert "merged 'lecture3-alice'" in out.stdout
     assert sources(hub, "class/lecture3.ipynb") == ["a = 1", "b = 20", "c = 30", "d = 4"]
     wait_until(
-        lambda: len(sources(hub, "class/lecture3.following.ipynb")) == 4, what="the follower to see it"
+        lambda: len(sources(hub, "class/following/lecture3.ipynb")) == 4, what="the follower to see it"
     )
 
 
@@ -104,7 +105,7 @@ def test_conflicting_merge_changes_nothing_until_a_strategy(
     teacher.ok("%spin_publish quiz --path class/quiz.ipynb")
     student.ok("%spin_fork quiz quiz-alice")
     save(hub, "class/quiz.ipynb", "q = 10", "r = 2")
-    save(hub, "class/quiz-alice.ipynb", "q = 100", "r = 2")
+    save(hub, "class/forks/quiz-alice.ipynb", "q = 100", "r = 2")
     wait_until(
         lambda: (
             hub.get("spindel/api/workspaces/quiz-alice")["head"]
@@ -145,3 +146,65 @@ def test_rest_lists_gets_and_reports_unknown_names(hub: HubServer, classroom: tu
     assert status == 200 and body["fork_of"]["workspace"] == "lecture3"
     store = hub.get("spindel/api/stats")["store"]
     assert store["nodes"] > 0 and store["bytes"] > 0
+
+
+def test_a_follower_never_reads_a_torn_notebook(hub: HubServer, classroom: tuple[Kernel, Kernel]) -> None:
+    teacher, student = classroom
+    save(hub, "class/live.ipynb", "v = 0")
+    teacher.ok("%spin_publish live --path class/live.ipynb")
+    student.ok("%spin_follow live --into following/live.ipynb")
+    copy = hub.notebooks / "class/following/live.ipynb"
+    versions = [[f"v = {i}", f"w = {i}" * (i % 3 + 1)] for i in range(1, 26)]
+    allowed = {("v = 0",), *(tuple(v) for v in versions)}
+    seen: set[tuple[str, ...]] = set()
+    started = time.monotonic()
+    for version in versions:
+        save(hub, "class/live.ipynb", *version)
+        for _ in range(3):  # read the file directly, as any reader would, while heads move
+            nb = nbformat.reads(copy.read_text(), as_version=4)  # never invalid JSON, never torn
+            shown = tuple(c.source for c in nb.cells)
+            assert shown in allowed, shown
+            seen.add(shown)
+    wait_until(lambda: tuple(sources(hub, "class/following/live.ipynb")) == tuple(versions[-1]), timeout=2)
+    assert time.monotonic() - started < 30 and len(seen) > 1
+
+
+def test_a_save_reaches_the_follower_within_2s(hub: HubServer, classroom: tuple[Kernel, Kernel]) -> None:
+    teacher, student = classroom
+    save(hub, "class/quick.ipynb", "q = 0")
+    teacher.ok("%spin_publish quick --path class/quick.ipynb")
+    student.ok("%spin_follow quick")
+    save(hub, "class/quick.ipynb", "q = 1")
+    wait_until(lambda: sources(hub, "class/following/quick.ipynb") == ["q = 1"], timeout=2, interval=0.02)
+
+
+def test_claim_after_the_writer_leaves(hub: HubServer) -> None:
+    save(hub, "class/handover.ipynb", "h = 1")
+    writer = hub.start_notebook_kernel("class/handover.ipynb")
+    writer.ok("%load_ext spindel_jupyter\n%spin_publish handover")
+    writer.shutdown()
+    reader = hub.start_notebook_kernel("class/reader.ipynb")
+    try:
+        reader.ok("%load_ext spindel_jupyter")
+        out = reader.run("%spin_claim handover")
+        assert out.error is not None and "held by 'handover'" in out.error["evalue"]  # lease still running
+        assert "now write" in reader.ok("%spin_claim handover --force").stdout
+        reader.ok("%spin_publish handover --path class/handover.ipynb")
+    finally:
+        reader.shutdown()
+
+
+def test_registry_survives_a_restart_and_corrupt_nodes_are_refused(own_hub: HubServer) -> None:
+    save(own_hub, "lesson.ipynb", "x = 1", "y = 2")
+    kernel = own_hub.start_notebook_kernel("lesson.ipynb")
+    kernel.ok("%load_ext spindel_jupyter\n%spin_publish lesson\n%spin_fork lesson lesson-b")
+    kernel.shutdown()
+    before = own_hub.get("spindel/api/workspaces")
+    own_hub.stop()
+    own_hub.start()
+    assert own_hub.get("spindel/api/workspaces") == before
+    head = before[0]["head"]
+    node = own_hub.root / "store" / "nodes" / head[:2] / head[2:]
+    node.write_bytes(node.read_bytes()[:-3] + b"xyz")
+    status, body = post(own_hub, "spindel/api/workspaces/lesson/follow", {"peer": "reader"})
+    assert status == 400 and body["code"] == "corrupt_node" and head[:12] in body["message"]

@@ -166,3 +166,37 @@ def test_commits_carry_synced_topic_states(registry: Registry) -> None:
     descriptor = registry.publish("lec", notebook("a"), "teacher", topics=topics)
     assert descriptor["topics"] == ["lab/level"]
     assert registry.store.get(descriptor["head"])["topics"] == topics
+
+
+def test_a_connected_owner_keeps_the_lease_and_it_runs_out_after_it_leaves(
+    registry: Registry, clock: Clock
+) -> None:
+    online = {"teacher"}
+    registry.connected = lambda peer: peer in online
+    registry.publish("lec", notebook("a"), "teacher")
+    clock.now += 3600
+    with pytest.raises(NotWritable, match="held by 'teacher'"):
+        registry.claim("lec", "student")  # still connected: still the writer
+    online.clear()
+    registry.peer_left("teacher")
+    with pytest.raises(NotWritable):
+        registry.claim("lec", "student")  # the lease runs lease_seconds more
+    clock.now += 61
+    assert registry.get("lec")["owner"] is None
+
+
+def test_no_owner_means_read_only_until_claimed(registry: Registry, clock: Clock) -> None:
+    registry.publish("lec", notebook("a"), "teacher")
+    clock.now += 61
+    with pytest.raises(NotWritable, match=r"no writer .*%spin_claim lec"):
+        registry.publish("lec", notebook("b"), "teacher")
+    registry.claim("lec", "teacher")
+    registry.publish("lec", notebook("b"), "teacher")
+    assert sources(registry, "lec") == ["b"]
+
+
+def test_claim_by_force_takes_a_held_lease(registry: Registry) -> None:
+    registry.publish("lec", notebook("a"), "teacher")
+    assert registry.claim("lec", "admin", force=True)["owner"]["peer"] == "admin"
+    with pytest.raises(NotWritable):
+        registry.publish("lec", notebook("b"), "teacher")

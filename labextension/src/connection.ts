@@ -1,0 +1,287 @@
+/**
+ * The lab's connection to the Spindel hub: a peer of kind "ui".
+ *
+ * Everything is pushed by the hub (no polling): the peer list on every join,
+ * leave or change, the topic list whenever topics change. The topic list is
+ * also fetched once per connection over REST, since the hub only pushes
+ * changes.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+import { IDisposable } from '@lumino/disposable';
+import { ISignal, Signal } from '@lumino/signaling';
+
+import { packFrame, unpackFrame } from './frames';
+
+/** A connected peer, as `{base_url}spindel/api/peers` lists it. */
+export interface IPeer {
+  name: string;
+  kind: string;
+  contexts: string[];
+  since: string;
+  /** The Jupyter kernel id of a kernel peer, else "". */
+  kernel: string;
+}
+
+/** A topic held by the hub, as `{base_url}spindel/api/topics` lists it. */
+export interface ITopic {
+  name: string;
+  /** "lww" for plain last-writer-wins values, else the CRDT type's name. */
+  kind: string;
+  subscribers: number;
+  size: number;
+  summary: string;
+}
+
+export type Status = 'connecting' | 'connected' | 'offline';
+
+/** Delays between reconnection attempts grow from the first to the last, doubling. */
+const BACKOFF_FIRST_MS = 500;
+const BACKOFF_MAX_MS = 15000;
+
+function randomId(length: number): string {
+  const bytes = new Uint8Array(length);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, b => (b % 36).toString(36)).join('');
+}
+
+/** A live connection to the hub, reconnecting with backoff when it drops. */
+export class SpindelConnection implements IDisposable {
+  constructor(options: SpindelConnection.IOptions = {}) {
+    this.serverSettings = options.serverSettings ?? ServerConnection.makeSettings();
+    this._name = `lab-${randomId(6)}`;
+    this.session = randomId(16);
+  }
+
+  readonly serverSettings: ServerConnection.ISettings;
+  /** Identifies this connection across reconnects: the hub replaces a stale socket of the same session. */
+  readonly session: string;
+
+  /** The peer name this panel connects under. */
+  get name(): string {
+    return this._name;
+  }
+
+  get status(): Status {
+    return this._status;
+  }
+
+  /** Why the last connection failed or was refused, if it did. */
+  get lastError(): string {
+    return this._lastError;
+  }
+
+  get peers(): readonly IPeer[] {
+    return this._peers;
+  }
+
+  get topics(): readonly ITopic[] {
+    return this._topics;
+  }
+
+  /** Emitted whenever the status, the peers or the topics change. */
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  get isDisposed(): boolean {
+    return this._disposed;
+  }
+
+  /** Open the connection (no-op when one is open or opening). */
+  connect(): void {
+    if (this._disposed || this._socket) {
+      return;
+    }
+    this._clearTimer();
+    const settings = this.serverSettings;
+    let url = URLExt.join(settings.wsUrl, 'spindel/ws');
+    if (settings.token) {
+      url += `?token=${encodeURIComponent(settings.token)}`;
+    }
+    let socket: WebSocket;
+    try {
+      socket = new settings.WebSocket(url);
+    } catch (err) {
+      this._lastError = String(err);
+      this._scheduleReconnect();
+      return;
+    }
+    socket.binaryType = 'arraybuffer';
+    this._socket = socket;
+    socket.onopen = () => {
+      socket.send(
+        packFrame({ t: 'hello', name: this._name, kind: 'ui', session: this.session })
+      );
+    };
+    socket.onmessage = event => this._onMessage(socket, event);
+    socket.onclose = event => this._onClose(socket, event);
+  }
+
+  /** Drop the current connection (if any) and connect again at once. */
+  reconnect(): void {
+    this._delay = BACKOFF_FIRST_MS;
+    const socket = this._socket;
+    if (socket) {
+      this._detach(socket);
+      socket.close(1000, 'reconnect');
+    }
+    this._lastError = '';
+    this._setStatus('connecting');
+    this.connect();
+  }
+
+  dispose(): void {
+    if (this._disposed) {
+      return;
+    }
+    this._disposed = true;
+    this._clearTimer();
+    const socket = this._socket;
+    if (socket) {
+      this._detach(socket);
+      socket.close(1000, 'disposed');
+    }
+    Signal.clearData(this);
+  }
+
+  private _onMessage(socket: WebSocket, event: MessageEvent): void {
+    if (socket !== this._socket || !(event.data instanceof ArrayBuffer)) {
+      return;
+    }
+    let header, body;
+    try {
+      ({ header, body } = unpackFrame(event.data));
+    } catch (err) {
+      console.warn('spindel: ignored a frame that does not decode', err);
+      return;
+    }
+    switch (header.t) {
+      case 'welcome':
+        this._delay = BACKOFF_FIRST_MS;
+        this._lastError = '';
+        if (typeof header.name === 'string') {
+          this._name = header.name;
+        }
+        this._setStatus('connected');
+        void this._fetchTopics();
+        break;
+      case 'error':
+        this._onError(String(header.code ?? ''), String(header.message ?? ''));
+        break;
+      case 'event':
+        if (header.event === 'peers' && Array.isArray(body)) {
+          this._peers = body as IPeer[];
+          this._changed.emit();
+        } else if (header.event === 'topics' && Array.isArray(body)) {
+          this._topicsVersion += 1;
+          this._topics = body as ITopic[];
+          this._changed.emit();
+        }
+        break;
+      default:
+        break;
+    }
+  }
+
+  private _onError(code: string, message: string): void {
+    this._lastError = message || code;
+    if (this._status !== 'connected') {
+      // Refused at hello: a name clash gets a fresh name on the next attempt.
+      if (code === 'name_taken') {
+        this._name = `lab-${randomId(6)}`;
+        this._delay = BACKOFF_FIRST_MS;
+      }
+      this._socket?.close(1000, 'refused');
+    } else {
+      console.warn(`spindel: the hub reported ${code}: ${message}`);
+    }
+    this._changed.emit();
+  }
+
+  private _onClose(socket: WebSocket, event: CloseEvent): void {
+    if (socket !== this._socket) {
+      return;
+    }
+    this._detach(socket);
+    if (!this._lastError && event.code !== 1000) {
+      this._lastError = event.reason || 'cannot reach the hub';
+    }
+    this._scheduleReconnect();
+  }
+
+  private _detach(socket: WebSocket): void {
+    socket.onopen = socket.onmessage = socket.onclose = null;
+    if (socket === this._socket) {
+      this._socket = null;
+    }
+    this._peers = [];
+  }
+
+  private _scheduleReconnect(): void {
+    this._setStatus('offline');
+    if (this._disposed) {
+      return;
+    }
+    this._clearTimer();
+    const delay = this._delay;
+    this._delay = Math.min(this._delay * 2, BACKOFF_MAX_MS);
+    this._timer = window.setTimeout(() => {
+      this._timer = 0;
+      this.connect();
+    }, delay);
+  }
+
+  private _clearTimer(): void {
+    if (this._timer) {
+      window.clearTimeout(this._timer);
+      this._timer = 0;
+    }
+  }
+
+  private _setStatus(status: Status): void {
+    if (status !== this._status) {
+      this._status = status;
+      this._changed.emit();
+    }
+  }
+
+  /** The topic list as of now; an event that arrives meanwhile is newer and wins. */
+  private async _fetchTopics(): Promise<void> {
+    const version = this._topicsVersion;
+    const settings = this.serverSettings;
+    try {
+      const url = URLExt.join(settings.baseUrl, 'spindel/api/topics');
+      const response = await ServerConnection.makeRequest(url, {}, settings);
+      if (!response.ok) {
+        throw new ServerConnection.ResponseError(response);
+      }
+      const topics = (await response.json()) as ITopic[];
+      if (version === this._topicsVersion && !this._disposed) {
+        this._topics = topics;
+        this._changed.emit();
+      }
+    } catch (err) {
+      console.warn('spindel: could not list topics', err);
+    }
+  }
+
+  private _name: string;
+  private _socket: WebSocket | null = null;
+  /** "connecting" until the first welcome or failure; retries after a failure stay "offline". */
+  private _status: Status = 'connecting';
+  private _lastError = '';
+  private _peers: IPeer[] = [];
+  private _topics: ITopic[] = [];
+  private _topicsVersion = 0;
+  private _delay = BACKOFF_FIRST_MS;
+  private _timer = 0;
+  private _disposed = false;
+  private _changed = new Signal<this, void>(this);
+}
+
+export namespace SpindelConnection {
+  export interface IOptions {
+    serverSettings?: ServerConnection.ISettings;
+  }
+}

@@ -1,0 +1,263 @@
+/**
+ * The "Spindel" side panel: who is connected and what topics the hub holds, live.
+ */
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { refreshIcon } from '@jupyterlab/ui-components';
+import { Message } from '@lumino/messaging';
+import { Widget } from '@lumino/widgets';
+
+import { IPeer, ITopic, SpindelConnection } from './connection';
+import { spindelIcon } from './icon';
+
+/** Display names of the CRDT types of `spindel_jupyter.crdt` (the hub reports them lowercased). */
+const KIND_NAMES: Record<string, string> = {
+  lww: 'LWW',
+  gset: 'GSet',
+  orset: 'ORSet',
+  pncounter: 'PNCounter',
+  lwwmap: 'LWWMap'
+};
+
+/** How a topic kind is shown: "LWW" for plain values, else the CRDT type's name. */
+export function kindLabel(kind: string): string {
+  return KIND_NAMES[kind.toLowerCase()] ?? kind;
+}
+
+/** A local time of day for an ISO timestamp (the full timestamp goes in the tooltip). */
+function timeOfDay(iso: string): string {
+  const date = new Date(iso);
+  if (isNaN(date.getTime())) {
+    return iso;
+  }
+  return date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+}
+
+type Child = Node | string | null | undefined | false;
+
+/** A small element builder: `h('li', {class: 'x'}, 'text', child)`. */
+function h(tag: string, attrs: Record<string, string> = {}, ...children: Child[]): HTMLElement {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    if (child) {
+      node.append(child);
+    }
+  }
+  return node;
+}
+
+/** The left-sidebar panel. */
+export class SpindelPanel extends Widget {
+  constructor(options: SpindelPanel.IOptions) {
+    super();
+    this.id = 'spindel-panel';
+    this.addClass('jp-SpindelPanel');
+    this.title.icon = spindelIcon;
+    this.title.caption = 'Spindel';
+    this.node.setAttribute('role', 'region');
+    this.node.setAttribute('aria-label', 'Spindel');
+    this._connection = options.connection;
+    this._tracker = options.tracker ?? null;
+
+    const reconnect = h('button', {
+      class: 'jp-SpindelPanel-reconnect jp-Button jp-mod-minimal',
+      type: 'button',
+      title: 'Reconnect to the Spindel hub',
+      'aria-label': 'Reconnect to the Spindel hub'
+    });
+    reconnect.append(refreshIcon.element({ tag: 'span', elementSize: 'normal' }));
+    reconnect.addEventListener('click', () => this._connection.reconnect());
+
+    this._status = h('div', { class: 'jp-SpindelPanel-status', role: 'status', 'aria-live': 'polite' });
+    const header = h(
+      'header',
+      { class: 'jp-SpindelPanel-header' },
+      h('h2', { class: 'jp-SpindelPanel-title' }, 'Spindel'),
+      reconnect
+    );
+    this._peerList = h('ul', { class: 'jp-SpindelPanel-list', 'aria-label': 'Peers' });
+    this._topicList = h('ul', { class: 'jp-SpindelPanel-list', 'aria-label': 'Topics' });
+    this._peerCount = h('span', { class: 'jp-SpindelPanel-count' });
+    this._topicCount = h('span', { class: 'jp-SpindelPanel-count' });
+    const body = h(
+      'div',
+      { class: 'jp-SpindelPanel-body' },
+      this._section('peers', 'Peers', this._peerCount, this._peerList),
+      this._section('topics', 'Topics', this._topicCount, this._topicList),
+      this._section(
+        'workspaces',
+        'Workspaces',
+        null,
+        h('p', { class: 'jp-SpindelPanel-empty' }, 'Published workspaces will appear here.')
+      )
+    );
+    this.node.append(header, this._status, body);
+
+    this._connection.changed.connect(this._update, this);
+    this._tracker?.currentChanged.connect(this._onCurrentChanged, this);
+    this._onCurrentChanged();
+  }
+
+  dispose(): void {
+    if (this.isDisposed) {
+      return;
+    }
+    this._watch(null);
+    this._connection.changed.disconnect(this._update, this);
+    this._tracker?.currentChanged.disconnect(this._onCurrentChanged, this);
+    super.dispose();
+  }
+
+  protected onAfterAttach(msg: Message): void {
+    super.onAfterAttach(msg);
+    this._update();
+  }
+
+  protected onActivateRequest(_msg: Message): void {
+    this.focusFirst();
+  }
+
+  /** Put the keyboard focus on the panel's first control (the reconnect button). */
+  focusFirst(): void {
+    const first = this.node.querySelector<HTMLElement>('button, summary');
+    (first ?? this.node).focus();
+  }
+
+  /** The kernel id of the current notebook, if it has a kernel. */
+  get currentKernel(): string {
+    return this._notebook?.sessionContext.session?.kernel?.id ?? '';
+  }
+
+  private _section(key: string, title: string, count: Node | null, content: Node): HTMLElement {
+    return h(
+      'details',
+      { class: `jp-SpindelPanel-section jp-SpindelPanel-${key}`, open: '' },
+      h('summary', { class: 'jp-SpindelPanel-sectionTitle' }, title, count && ' ', count),
+      content
+    );
+  }
+
+  private _onCurrentChanged(): void {
+    this._watch(this._tracker?.currentWidget ?? null);
+    this._update();
+  }
+
+  /** Follow the current notebook's kernel, so the mark moves when it restarts or changes. */
+  private _watch(notebook: NotebookPanel | null): void {
+    if (this._notebook === notebook) {
+      return;
+    }
+    this._notebook?.sessionContext.kernelChanged.disconnect(this._update, this);
+    this._notebook = notebook;
+    notebook?.sessionContext.kernelChanged.connect(this._update, this);
+  }
+
+  private _update(): void {
+    if (this.isDisposed) {
+      return;
+    }
+    const connection = this._connection;
+    const status = connection.status;
+    this.node.dataset.status = status;
+    const peers = connection.peers;
+    if (status === 'connected') {
+      this._status.textContent = `Connected as ${connection.name}`;
+    } else if (status === 'connecting') {
+      this._status.textContent = 'Connecting to the hub…';
+    } else {
+      const why = connection.lastError ? `: ${connection.lastError}` : '';
+      this._status.textContent = `Offline${why}. Retrying…`;
+    }
+    this._peerCount.textContent = `(${peers.length})`;
+    this._peerList.replaceChildren(
+      ...(peers.length
+        ? peers.map(peer => this._peerItem(peer))
+        : [h('li', { class: 'jp-SpindelPanel-empty' }, status === 'connected' ? 'No peers.' : 'Not connected.')])
+    );
+    const topics = connection.topics;
+    this._topicCount.textContent = `(${topics.length})`;
+    this._topicList.replaceChildren(
+      ...(topics.length
+        ? topics.map(topic => this._topicItem(topic))
+        : [h('li', { class: 'jp-SpindelPanel-empty' }, 'No topics yet: sync_signal or bind_widget creates one.')])
+    );
+  }
+
+  private _peerItem(peer: IPeer): HTMLElement {
+    const kernel = this.currentKernel;
+    const isCurrent = !!peer.kernel && peer.kernel === kernel;
+    const isSelf = peer.kind === 'ui' && peer.name === this._connection.name;
+    const mark = isCurrent ? '(this notebook)' : isSelf ? '(this panel)' : '';
+    const contexts = peer.contexts.length ? peer.contexts.join(', ') : 'none';
+    const item = h(
+      'li',
+      {
+        class: 'jp-SpindelPanel-item jp-SpindelPanel-peer',
+        'data-peer': peer.name,
+        title: `${peer.name} (${peer.kind})\ncontexts served: ${contexts}\nconnected since ${peer.since}`
+      },
+      h(
+        'div',
+        { class: 'jp-SpindelPanel-line' },
+        h('span', { class: 'jp-SpindelPanel-name' }, peer.name),
+        mark && h('span', { class: 'jp-SpindelPanel-mark' }, mark),
+        h('span', { class: 'jp-SpindelPanel-badge', 'data-kind': peer.kind }, peer.kind)
+      ),
+      h(
+        'div',
+        { class: 'jp-SpindelPanel-detail' },
+        h('span', {}, peer.contexts.length ? `serves ${contexts}` : 'serves nothing'),
+        ' · ',
+        h('span', {}, `since ${timeOfDay(peer.since)}`)
+      )
+    );
+    if (isCurrent) {
+      item.classList.add('jp-mod-current');
+    }
+    return item;
+  }
+
+  private _topicItem(topic: ITopic): HTMLElement {
+    const kind = kindLabel(topic.kind);
+    const subscribers = `${topic.subscribers} subscriber${topic.subscribers === 1 ? '' : 's'}`;
+    return h(
+      'li',
+      {
+        class: 'jp-SpindelPanel-item jp-SpindelPanel-topic',
+        'data-topic': topic.name,
+        title: `${topic.name} (${kind})\n${topic.summary}\n${subscribers}, ${topic.size} bytes stored`
+      },
+      h(
+        'div',
+        { class: 'jp-SpindelPanel-line' },
+        h('span', { class: 'jp-SpindelPanel-name' }, topic.name),
+        h('span', { class: 'jp-SpindelPanel-badge', 'data-kind': topic.kind }, kind)
+      ),
+      h(
+        'div',
+        { class: 'jp-SpindelPanel-detail' },
+        h('code', { class: 'jp-SpindelPanel-summary' }, topic.summary || '(empty)'),
+        ' · ',
+        h('span', { class: 'jp-SpindelPanel-subscribers' }, subscribers)
+      )
+    );
+  }
+
+  private _connection: SpindelConnection;
+  private _tracker: INotebookTracker | null;
+  private _notebook: NotebookPanel | null = null;
+  private _status: HTMLElement;
+  private _peerList: HTMLElement;
+  private _topicList: HTMLElement;
+  private _peerCount: HTMLElement;
+  private _topicCount: HTMLElement;
+}
+
+export namespace SpindelPanel {
+  export interface IOptions {
+    connection: SpindelConnection;
+    tracker?: INotebookTracker | null;
+  }
+}
