@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import ctypes
+import json
 import os
 import secrets
 import signal
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -204,6 +206,53 @@ def start_peer(name: str, timeout: float = 60.0) -> DemoPeer:
     _peers.append(peer)
     peer._output("%load_ext spindel_jupyter")
     return peer
+
+
+def _server_request(method: str, path: str, body: Any = None) -> Any:
+    """A request to the hub's Jupyter server (its REST API), with this kernel's token."""
+    url = os.environ.get(client.ENV_URL, "")
+    if not url:
+        raise SpindelError("no hub: run demo.ensure_hub() or start_peer() first")
+    base = url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).removesuffix("spindel/ws")
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, method=method)
+    request.add_header("Authorization", f"token {os.environ.get(client.ENV_TOKEN, '')}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        text = response.read().decode()
+    return json.loads(text) if text else None
+
+
+def write_notebook(path: str, sources: list[str]) -> None:
+    """Save a notebook of code cells at ``path`` (relative to the server root), as the lab would."""
+    ensure_hub()
+    directory = str(Path(path).parent)
+    if directory != ".":
+        parts = Path(directory).parts
+        for depth in range(1, len(parts) + 1):
+            sub = "/".join(parts[:depth])
+            try:
+                _server_request("GET", f"api/contents/{sub}?content=0")
+            except urllib.error.HTTPError:
+                _server_request("PUT", f"api/contents/{sub}", {"type": "directory"})
+    cells: list[dict[str, Any]] = [
+        {
+            "id": f"cell-{i}",
+            "cell_type": "code",
+            "source": s,
+            "metadata": {},
+            "outputs": [],
+            "execution_count": None,
+        }
+        for i, s in enumerate(sources)
+    ]
+    content = {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    _server_request("PUT", f"api/contents/{path}", {"type": "notebook", "format": "json", "content": content})
+
+
+def read_notebook(path: str) -> list[str]:
+    """The cell sources of the notebook at ``path`` (relative to the server root)."""
+    model = _server_request("GET", f"api/contents/{path}")
+    return [cell["source"] for cell in model["content"]["cells"]]
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:

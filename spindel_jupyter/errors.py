@@ -136,6 +136,12 @@ class MergeConflict(SpindelError):
         self.conflicts = list(conflicts or [])
         super().__init__(message)
 
+    def __repr__(self) -> str:
+        lines = [str(self)]
+        for c in self.conflicts:
+            lines.append(f"cell {c.get('index')}: ours {c.get('ours')!r} | theirs {c.get('theirs')!r}")
+        return "\n".join(lines)
+
     def _repr_html_(self) -> str:
         import html
 

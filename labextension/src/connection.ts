@@ -33,6 +33,46 @@ export interface ITopic {
   summary: string;
 }
 
+/** A workspace, as `{base_url}spindel/api/workspaces` lists it and the hub pushes it. */
+export interface IWorkspace {
+  name: string;
+  /** The writer lease: the peer holding it and when it ends (unix seconds), or null. */
+  owner: { peer: string; expires: number } | null;
+  /** The current commit (sha256 hex). */
+  head: string;
+  fork_of: { workspace: string; head: string } | null;
+  topics: string[];
+  /** Unix seconds. */
+  created: number;
+  updated: number;
+  /** The notebook it is published from, relative to the server root, or null. */
+  path: string | null;
+  publisher: string | null;
+  followers: { peer: string; path: string }[];
+}
+
+/** A conflicting cell of a refused merge: the three versions of its source (null where deleted). */
+export interface IConflict {
+  index: number;
+  id: string;
+  base: string | null;
+  ours: string | null;
+  theirs: string | null;
+}
+
+/** A workspace request the hub refused: its `{message, code}` (and a merge's conflicts). */
+export class SpindelRequestError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly conflicts: IConflict[] = []
+  ) {
+    super(message);
+    this.name = 'SpindelRequestError';
+  }
+}
+
 export type Status = 'connecting' | 'connected' | 'offline';
 
 /** Delays between reconnection attempts grow from the first to the last, doubling. */
@@ -79,7 +119,16 @@ export class SpindelConnection implements IDisposable {
     return this._topics;
   }
 
-  /** Emitted whenever the status, the peers or the topics change. */
+  get workspaces(): readonly IWorkspace[] {
+    return this._workspaces;
+  }
+
+  /** Emitted whenever the workspace list changes (pushed by the hub, or fetched on connect). */
+  get workspacesChanged(): ISignal<this, void> {
+    return this._workspacesChanged;
+  }
+
+  /** Emitted whenever the status, the peers, the topics or the workspaces change. */
   get changed(): ISignal<this, void> {
     return this._changed;
   }
@@ -165,6 +214,7 @@ export class SpindelConnection implements IDisposable {
         }
         this._setStatus('connected');
         void this._fetchTopics();
+        void this._fetchWorkspaces();
         break;
       case 'error':
         this._onError(String(header.code ?? ''), String(header.message ?? ''));
@@ -177,6 +227,9 @@ export class SpindelConnection implements IDisposable {
           this._topicsVersion += 1;
           this._topics = body as ITopic[];
           this._changed.emit();
+        } else if (header.event === 'workspaces' && Array.isArray(body)) {
+          this._workspacesVersion += 1;
+          this._setWorkspaces(body as IWorkspace[]);
         }
         break;
       default:
@@ -266,6 +319,63 @@ export class SpindelConnection implements IDisposable {
     }
   }
 
+  /** The workspace list as of now; an event that arrives meanwhile is newer and wins. */
+  private async _fetchWorkspaces(): Promise<void> {
+    const version = this._workspacesVersion;
+    try {
+      const workspaces = (await this.request('GET', 'workspaces')) as IWorkspace[];
+      if (version === this._workspacesVersion && !this._disposed && Array.isArray(workspaces)) {
+        this._setWorkspaces(workspaces);
+      }
+    } catch (err) {
+      console.warn('spindel: could not list workspaces', err);
+    }
+  }
+
+  private _setWorkspaces(workspaces: IWorkspace[]): void {
+    this._workspaces = workspaces;
+    this._workspacesChanged.emit();
+    this._changed.emit();
+  }
+
+  /**
+   * A JSON request to `{base_url}spindel/api/PATH` with the page's Jupyter login.
+   *
+   * Resolves to the decoded answer; a refusal rejects with a `SpindelRequestError`
+   * carrying the hub's `{message, code}` (and a merge's conflicts).
+   */
+  async request(method: string, path: string, body?: unknown): Promise<unknown> {
+    const settings = this.serverSettings;
+    const url = URLExt.join(settings.baseUrl, 'spindel/api', path);
+    const init: RequestInit = { method };
+    if (body !== undefined) {
+      init.body = JSON.stringify(body);
+      init.headers = { 'Content-Type': 'application/json' };
+    }
+    let response: Response;
+    try {
+      response = await ServerConnection.makeRequest(url, init, settings);
+    } catch (err) {
+      throw new SpindelRequestError(0, 'network', `cannot reach the server: ${String(err)}`);
+    }
+    const text = await response.text();
+    let data: any = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = null;
+    }
+    if (!response.ok) {
+      const message =
+        (data && typeof data.message === 'string' && data.message) ||
+        `${response.status} ${response.statusText}`.trim();
+      const code = (data && typeof data.code === 'string' && data.code) || `http_${response.status}`;
+      const conflicts = data && Array.isArray(data.conflicts) ? (data.conflicts as IConflict[]) : [];
+      throw new SpindelRequestError(response.status, code, message, conflicts);
+    }
+    return data;
+  }
+
   private _name: string;
   private _socket: WebSocket | null = null;
   /** "connecting" until the first welcome or failure; retries after a failure stay "offline". */
@@ -274,6 +384,9 @@ export class SpindelConnection implements IDisposable {
   private _peers: IPeer[] = [];
   private _topics: ITopic[] = [];
   private _topicsVersion = 0;
+  private _workspaces: IWorkspace[] = [];
+  private _workspacesVersion = 0;
+  private _workspacesChanged = new Signal<this, void>(this);
   private _delay = BACKOFF_FIRST_MS;
   private _timer = 0;
   private _disposed = false;
