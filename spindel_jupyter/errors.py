@@ -174,6 +174,8 @@ PEER_LOST = "peer_lost"
 REMOTE_ERROR = "remote_error"
 UNKNOWN_OP = "unknown_op"
 TOPIC_KIND = "topic_kind"
+HUB_FULL = "hub_full"
+TOO_MANY_TOPICS = "too_many_topics"
 
 # Errors that travel as just a code and a message.
 _PLAIN: dict[str, type[SpindelError]] = {

@@ -6,8 +6,9 @@ import { refreshIcon } from '@jupyterlab/ui-components';
 import { Message } from '@lumino/messaging';
 import { Widget } from '@lumino/widgets';
 
-import { IPeer, ITopic, SpindelConnection } from './connection';
+import { IPeer, ITopic, IWorkspace, SpindelConnection } from './connection';
 import { spindelIcon } from './icon';
+import { activeOwner, WorkspaceActions } from './workspaces';
 
 /** Display names of the CRDT types of `spindel_jupyter.crdt` (the hub reports them lowercased). */
 const KIND_NAMES: Record<string, string> = {
@@ -21,6 +22,18 @@ const KIND_NAMES: Record<string, string> = {
 /** How a topic kind is shown: "LWW" for plain values, else the CRDT type's name. */
 export function kindLabel(kind: string): string {
   return KIND_NAMES[kind.toLowerCase()] ?? kind;
+}
+
+/** A local date and time for unix seconds. */
+function unixTime(seconds: number): string {
+  const date = new Date(seconds * 1000);
+  if (!seconds || isNaN(date.getTime())) {
+    return '?';
+  }
+  const today = new Date().toDateString() === date.toDateString();
+  return today
+    ? date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+    : date.toLocaleString([], { dateStyle: 'short', timeStyle: 'short' });
 }
 
 /** A local time of day for an ISO timestamp (the full timestamp goes in the tooltip). */
@@ -60,6 +73,7 @@ export class SpindelPanel extends Widget {
     this.node.setAttribute('aria-label', 'Spindel');
     this._connection = options.connection;
     this._tracker = options.tracker ?? null;
+    this._actions = options.actions ?? null;
 
     const reconnect = h('button', {
       class: 'jp-SpindelPanel-reconnect jp-Button jp-mod-minimal',
@@ -79,19 +93,18 @@ export class SpindelPanel extends Widget {
     );
     this._peerList = h('ul', { class: 'jp-SpindelPanel-list', 'aria-label': 'Peers' });
     this._topicList = h('ul', { class: 'jp-SpindelPanel-list', 'aria-label': 'Topics' });
+    this._workspaceList = h('ul', { class: 'jp-SpindelPanel-list', 'aria-label': 'Workspaces' });
+    this._workspaceList.addEventListener('focusin', event => this._selectFrom(event.target));
+    this._workspaceList.addEventListener('click', event => this._selectFrom(event.target));
     this._peerCount = h('span', { class: 'jp-SpindelPanel-count' });
     this._topicCount = h('span', { class: 'jp-SpindelPanel-count' });
+    this._workspaceCount = h('span', { class: 'jp-SpindelPanel-count' });
     const body = h(
       'div',
       { class: 'jp-SpindelPanel-body' },
       this._section('peers', 'Peers', this._peerCount, this._peerList),
       this._section('topics', 'Topics', this._topicCount, this._topicList),
-      this._section(
-        'workspaces',
-        'Workspaces',
-        null,
-        h('p', { class: 'jp-SpindelPanel-empty' }, 'Published workspaces will appear here.')
-      )
+      this._section('workspaces', 'Workspaces', this._workspaceCount, this._workspaceList)
     );
     this.node.append(header, this._status, body);
 
@@ -123,6 +136,23 @@ export class SpindelPanel extends Widget {
   focusFirst(): void {
     const first = this.node.querySelector<HTMLElement>('button, summary');
     (first ?? this.node).focus();
+  }
+
+  /** The workspace of the selected row (clicked or focused), if it still exists. */
+  get selectedWorkspace(): string | null {
+    const name = this._selected;
+    return name && this._connection.workspaces.some(w => w.name === name) ? name : null;
+  }
+
+  private _selectFrom(target: EventTarget | null): void {
+    const row = target instanceof Element ? target.closest<HTMLElement>('[data-workspace]') : null;
+    if (row && row.dataset.workspace && row.dataset.workspace !== this._selected) {
+      this._selected = row.dataset.workspace;
+      for (const item of this._workspaceList.querySelectorAll<HTMLElement>('[data-workspace]')) {
+        item.classList.toggle('jp-mod-selected', item === row);
+        item.setAttribute('aria-current', item === row ? 'true' : 'false');
+      }
+    }
   }
 
   /** The kernel id of the current notebook, if it has a kernel. */
@@ -183,6 +213,113 @@ export class SpindelPanel extends Widget {
         ? topics.map(topic => this._topicItem(topic))
         : [h('li', { class: 'jp-SpindelPanel-empty' }, 'No topics yet: sync_signal or bind_widget creates one.')])
     );
+    this._updateWorkspaces();
+  }
+
+  private _updateWorkspaces(): void {
+    const workspaces = [...this._connection.workspaces].sort((a, b) => a.name.localeCompare(b.name));
+    this._workspaceCount.textContent = `(${workspaces.length})`;
+    // Keep the keyboard focus on the same button when the list is rebuilt.
+    const active = document.activeElement;
+    const focused =
+      active instanceof HTMLElement && this._workspaceList.contains(active)
+        ? {
+            workspace: active.closest<HTMLElement>('[data-workspace]')?.dataset.workspace,
+            action: active.dataset.action
+          }
+        : null;
+    this._workspaceList.replaceChildren(
+      ...(workspaces.length
+        ? workspaces.map(workspace => this._workspaceItem(workspace))
+        : [h('li', { class: 'jp-SpindelPanel-empty' }, 'No workspaces yet: %spin_publish NAME publishes this notebook.')])
+    );
+    if (focused?.workspace) {
+      const row = this._workspaceList.querySelector<HTMLElement>(
+        `[data-workspace="${CSS.escape(focused.workspace)}"]`
+      );
+      const target = focused.action
+        ? row?.querySelector<HTMLElement>(`[data-action="${CSS.escape(focused.action)}"]`)
+        : row;
+      (target ?? row)?.focus();
+    }
+  }
+
+  private _workspaceItem(workspace: IWorkspace): HTMLElement {
+    const connected = (peer: string): boolean => this._connection.peers.some(p => p.name === peer);
+    const writer = activeOwner(workspace, connected);
+    const followers = workspace.followers?.length ?? 0;
+    const followerText = `${followers} follower${followers === 1 ? '' : 's'}`;
+    const headTime = unixTime(workspace.updated);
+    const selected = workspace.name === this._selected;
+    const item = h(
+      'li',
+      {
+        class: `jp-SpindelPanel-item jp-SpindelPanel-workspace${selected ? ' jp-mod-selected' : ''}`,
+        'data-workspace': workspace.name,
+        tabindex: '0',
+        'aria-current': selected ? 'true' : 'false',
+        'aria-label': `Workspace ${workspace.name}`,
+        title:
+          `${workspace.name}\n` +
+          (writer ? `written by ${writer}` : 'read-only: nobody holds the writer lease') +
+          `\nhead ${workspace.head.slice(0, 12)} at ${new Date(workspace.updated * 1000).toLocaleString()}` +
+          (workspace.fork_of ? `\nfork of ${workspace.fork_of.workspace}` : '') +
+          (workspace.path ? `\nnotebook ${workspace.path}` : '') +
+          `\n${followerText}` +
+          (workspace.topics?.length ? `\ntopics: ${workspace.topics.join(', ')}` : '')
+      },
+      h(
+        'div',
+        { class: 'jp-SpindelPanel-line' },
+        h('span', { class: 'jp-SpindelPanel-name' }, workspace.name),
+        h(
+          'span',
+          { class: 'jp-SpindelPanel-badge jp-SpindelPanel-owner', 'data-writable': writer ? 'true' : 'false' },
+          writer ?? 'read-only'
+        )
+      ),
+      h(
+        'div',
+        { class: 'jp-SpindelPanel-detail' },
+        h('span', { class: 'jp-SpindelPanel-head' }, `head ${headTime}`),
+        workspace.fork_of && ' · ',
+        workspace.fork_of && h('span', { class: 'jp-SpindelPanel-forkOf' }, `fork of ${workspace.fork_of.workspace}`),
+        ' · ',
+        h('span', { class: 'jp-SpindelPanel-followers' }, followerText)
+      )
+    );
+    if (this._actions) {
+      const actions = this._actions;
+      const name = workspace.name;
+      const buttons = h('div', { class: 'jp-SpindelPanel-actions', role: 'group', 'aria-label': `Actions on ${name}` });
+      const add = (action: string, label: string, title: string, run: () => Promise<void>): void => {
+        const button = h(
+          'button',
+          {
+            type: 'button',
+            class: 'jp-SpindelPanel-action',
+            'data-action': action,
+            title,
+            'aria-label': `${label} ${name}`
+          },
+          label
+        ) as HTMLButtonElement;
+        button.addEventListener('click', event => {
+          event.stopPropagation();
+          this._selectFrom(button);
+          void run();
+        });
+        buttons.append(button);
+      };
+      add('follow', 'Follow', `Get a read-only copy of ${name} that updates itself`, () => actions.follow(name));
+      add('fork', 'Fork', `Fork ${name}: your own editable copy`, () => actions.fork(name));
+      if (workspace.fork_of) {
+        add('merge', 'Merge', `Merge ${name} back into ${workspace.fork_of.workspace}`, () => actions.merge(name));
+      }
+      add('claim', 'Claim', `Take the writer lease of ${name}`, () => actions.claim(name));
+      item.append(buttons);
+    }
+    return item;
   }
 
   private _peerItem(peer: IPeer): HTMLElement {
@@ -253,11 +390,16 @@ export class SpindelPanel extends Widget {
   private _topicList: HTMLElement;
   private _peerCount: HTMLElement;
   private _topicCount: HTMLElement;
+  private _workspaceList: HTMLElement;
+  private _workspaceCount: HTMLElement;
+  private _actions: WorkspaceActions | null;
+  private _selected: string | null = null;
 }
 
 export namespace SpindelPanel {
   export interface IOptions {
     connection: SpindelConnection;
     tracker?: INotebookTracker | null;
+    actions?: WorkspaceActions | null;
   }
 }

@@ -191,9 +191,7 @@ export class WorkspaceActions {
       defaultButton: 0
     });
     const label = result.button.label.toLowerCase();
-    return result.button.accept || ['ours', 'theirs', 'union'].includes(label)
-      ? (label as Strategy)
-      : undefined;
+    return ['ours', 'theirs', 'union'].includes(label) ? (label as Strategy) : undefined;
   }
 
   private _post(name: string, action: string, body: unknown): Promise<unknown> {

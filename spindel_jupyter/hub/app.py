@@ -61,6 +61,12 @@ class SpindelHub(ExtensionApp):
         30.0, help="Seconds without a heartbeat reply after which a peer connection is closed."
     ).tag(config=True)
 
+    max_peers = Int(1000, help="Most peers connected at once; one more is refused with a clear error.").tag(
+        config=True
+    )
+
+    max_topics = Int(10_000, help="Most topics the hub holds; creating one more is refused.").tag(config=True)
+
     lease_seconds = Float(300.0, help="How long a workspace writer lease lasts without being renewed.").tag(
         config=True
     )
@@ -78,8 +84,8 @@ class SpindelHub(ExtensionApp):
         for module in self.crdt_modules:
             importlib.import_module(module)
         store_dir = Path(self.store_dir)
-        topics = TopicStore(store_dir / "topics", schedule=_call_later)
-        self.relay = Relay(self.max_frame_bytes, topics)
+        topics = TopicStore(store_dir / "topics", schedule=_call_later, max_topics=self.max_topics)
+        self.relay = Relay(self.max_frame_bytes, topics, max_peers=self.max_peers)
         self.nodes = NodeStore(store_dir / "nodes")
         self.registry = Registry(store_dir / "workspaces", self.nodes, self.lease_seconds)
         server = self.serverapp

@@ -88,8 +88,9 @@ HubOp = Callable[[Member, Any], Any]
 class Relay:
     """Registry of connected peers and router of their frames."""
 
-    def __init__(self, max_frame_bytes: int, topics: TopicStore | None = None) -> None:
+    def __init__(self, max_frame_bytes: int, topics: TopicStore | None = None, max_peers: int = 1000) -> None:
         self.max_frame_bytes = max_frame_bytes
+        self.max_peers = max_peers
         self.topics = topics or TopicStore()
         self.topics.on_change = self._broadcast_topics
         self.members: dict[str, Member] = {}
@@ -191,6 +192,11 @@ class Relay:
         except ValueError as exc:
             raise FrameError(str(exc), errors.BAD_NAME) from None
         current = self.members.get(name)
+        if current is None and len(self.members) >= self.max_peers:
+            raise FrameError(
+                f"the hub is full: {self.max_peers} peers are connected (c.SpindelHub.max_peers)",
+                errors.HUB_FULL,
+            )
         if current is not None:
             if current.session != header["session"]:
                 raise FrameError(

@@ -71,8 +71,11 @@ class Topic:
 class TopicStore:
     """Every topic of the hub; fed frames by the relay."""
 
-    def __init__(self, directory: Path | None = None, schedule: Schedule | None = None) -> None:
+    def __init__(
+        self, directory: Path | None = None, schedule: Schedule | None = None, max_topics: int = 10_000
+    ) -> None:
         self.directory = directory
+        self.max_topics = max_topics
         self.schedule = schedule
         self.topics: dict[str, Topic] = {}
         self._dirty: set[Topic] = set()
@@ -198,6 +201,12 @@ class TopicStore:
             return topic
         if not create or kind is None:
             return None
+        if len(self.topics) >= self.max_topics:
+            raise FrameError(
+                f"the hub holds {self.max_topics} topics already (c.SpindelHub.max_topics): "
+                f"cannot create {name!r}",
+                errors.TOO_MANY_TOPICS,
+            )
         if kind != LWW:
             try:
                 crdt.type_for(kind)

@@ -202,3 +202,13 @@ def test_hub_ops_peers_and_update(relay: Relay) -> None:
     assert peers[0]["contexts"] == ["default", "ctx-a"]
     send(relay, alice, {"t": "req", "id": 3, "op": "launch"})
     assert link.last("rep")["error"]["code"] == errors.UNKNOWN_OP
+
+
+def test_a_full_hub_refuses_one_more_peer_clearly() -> None:
+    relay = Relay(max_frame_bytes=1024, max_peers=2)
+    join(relay, "a")
+    join(relay, "b")
+    _, link = join(relay, "c")
+    error = link.last("error")
+    assert error["code"] == errors.HUB_FULL and "max_peers" in error["message"]
+    assert sorted(relay.members) == ["a", "b"]

@@ -178,3 +178,12 @@ def test_ui_peers_hear_of_topic_changes_with_value_summaries(relay: Relay) -> No
     before = len(a.link.frames)  # type: ignore[attr-defined]
     pub(relay, a, "level", "lww", wire.encode(7), seq=2, stamp=[2, 0, "a"])
     assert not [h for h, _ in a.link.frames[before:] if h["t"] == "event"]  # type: ignore[attr-defined]
+
+
+def test_topics_are_capped_with_a_clear_error(tmp_path: Path) -> None:
+    relay = Relay(1 << 20, TopicStore(tmp_path / "topics", max_topics=2))
+    a, link = join(relay, "a")
+    for name in ("t1", "t2", "t3"):
+        pub(relay, a, name, "gset", delta(GSet().add(1)))
+    assert link.last("error")["code"] == errors.TOO_MANY_TOPICS
+    assert sorted(relay.topics.topics) == ["t1", "t2"]
