@@ -135,11 +135,22 @@ class SpindelMagics(Magics):
     @argument("name", help="workspace name")
     @argument("--path", help="notebook to publish, relative to the server root (default: this notebook)")
     @argument("-m", "--message", default="", help="a note kept with this version")
+    @argument(
+        "--topic",
+        action="append",
+        default=[],
+        metavar="T[:bidirectional]",
+        help="a synced topic followers wire (a read-only mirror, or both ways); repeatable",
+    )
     @line_magic
     def spin_publish(self, line: str) -> None:
         """Publish this notebook (as saved) as a workspace; later saves republish it."""
         args = parse_argstring(self.spin_publish, line)
-        descriptor = _workspace_call(workspace.publish, args.name, args.path, args.message)
+        roles = {}
+        for item in args.topic:
+            topic, _, role = item.partition(":")
+            roles[topic] = role or "subscriber"
+        descriptor = _workspace_call(workspace.publish, args.name, args.path, args.message, roles)
         head, path = descriptor["head"][:12], descriptor["path"]
         print(f"spindel: published {descriptor['name']!r} at {head} from {path}")
 

@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import client
+from . import client, crdt, sync
 from .display import Table
 from .errors import SpindelError
+from .protocol import LWW
+from .signals import Signal
 
 TIMEOUT = 60.0
 
@@ -33,23 +35,42 @@ def notebook_path() -> str:
     return path
 
 
-def publish(name: str, path: str | None = None, message: str = "") -> dict[str, Any]:
-    """Publish the (saved) notebook as workspace ``name``'s new head; saves republish it."""
-    from .sync import followed_topics
+#: The signals wired for each followed or forked workspace: workspace -> topic -> Signal.
+signals: dict[str, dict[str, Signal[Any]]] = {}
 
-    topics = followed_topics()
-    return dict(_op("publish", name=name, path=path or notebook_path(), message=message, topics=topics))
+
+def publish(
+    name: str, path: str | None = None, message: str = "", topics: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Publish the (saved) notebook as workspace ``name``'s new head; saves republish it.
+
+    The states of the topics this kernel syncs go with it. ``topics`` adds
+    topics with the role followers wire them by: ``subscriber`` (a read-only
+    mirror, the default) or ``bidirectional`` (synced both ways).
+    """
+    roles = dict(topics or {})
+    names = sorted(set(sync.followed_topics()) | set(roles))
+    arguments = {"name": name, "path": path or notebook_path(), "message": message}
+    return dict(_op("publish", **arguments, topics=names, roles=roles))
 
 
 def follow(name: str, into: str | None = None) -> dict[str, Any]:
-    """A read-only copy of ``name`` (default ``following/NAME.ipynb``) that moves to every new head."""
-    return dict(_op("follow", name=name, path=_near(into or f"following/{name}.ipynb")))
+    """A read-only copy of ``name`` (default ``following/NAME.ipynb``) that moves to every new head.
+
+    The workspace's topics are wired here by role: a read-only mirror for
+    ``subscriber`` topics, synced both ways for ``bidirectional`` ones (see ``signals``).
+    """
+    descriptor = dict(_op("follow", name=name, path=_near(into or f"following/{name}.ipynb")))
+    _wire(name, descriptor, prefix="", writable=False)
+    return descriptor
 
 
 def fork(name: str, new: str | None = None, into: str | None = None) -> dict[str, Any]:
     """Your own editable copy of ``name`` (file ``forks/NEW.ipynb``), at once: no content is copied."""
     new = new or f"{name}-{client.current_peer().name}"
-    return dict(_op("fork", name=name, new=new, path=_near(into or f"forks/{new}.ipynb")))
+    descriptor = dict(_op("fork", name=name, new=new, path=_near(into or f"forks/{new}.ipynb")))
+    _wire(new, descriptor, prefix=f"{new}/", writable=True)  # the fork's own copies, yours to write
+    return descriptor
 
 
 def merge(fork_name: str, strategy: str | None = None, force: bool = False) -> dict[str, Any]:
@@ -78,6 +99,20 @@ def table(items: list[dict[str, Any]]) -> Table:
         rows.append([item["name"], owner, head, when, fork_of, len(item.get("followers") or [])])
     columns = ["workspace", "writer", "head", "head time", "fork of", "followers"]
     return Table(columns, rows, title=f"{len(rows)} workspaces")
+
+
+def _wire(name: str, descriptor: dict[str, Any], prefix: str, writable: bool) -> None:
+    roles, kinds = descriptor.get("roles") or {}, descriptor.get("kinds") or {}
+    wired: dict[str, Signal[Any]] = {}
+    for topic in descriptor.get("topics") or []:
+        kind = kinds.get(topic)
+        if writable or roles.get(topic) == "bidirectional":
+            start = crdt.type_for(kind)() if kind and kind != LWW else None
+            signal = sync.sync_signal(topic, start)
+        else:
+            signal = sync.subscribe_signal(topic)
+        wired[topic.removeprefix(prefix)] = signal
+    signals[name] = wired
 
 
 def _near(path: str) -> str:

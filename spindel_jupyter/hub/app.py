@@ -90,9 +90,7 @@ class SpindelHub(ExtensionApp):
         self.registry = Registry(store_dir / "workspaces", self.nodes, self.lease_seconds)
         server = self.serverapp
         assert server is not None
-        self.notebooks = NotebookService(
-            self.registry, server.contents_manager, server.root_dir, topic_states=topics.states
-        )
+        self.notebooks = NotebookService(self.registry, server.contents_manager, server.root_dir, topics)
         self.registry.on_head = self._head_moved
         self.registry.on_change = lambda: self.relay.broadcast_ui("workspaces", self.registry.all())
         add_workspace_ops(self.relay, self.registry, self.notebooks)

@@ -13,14 +13,15 @@ import asyncio
 import logging
 import os
 import posixpath
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nbformat
 from jupyter_server.utils import ensure_async
 
-from ..errors import SpindelError
+from ..errors import MergeConflict, SpindelError
+from ..protocol import LWW
+from .topics import TopicStore
 from .workspaces import Registry
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,10 @@ class NotebookService:
         registry: Registry,
         contents: Any,
         root_dir: str,
-        topic_states: Callable[[list[str]], dict[str, Any]] | None = None,
+        topics: TopicStore | None = None,
     ) -> None:
         self.registry = registry
-        self.topic_states = topic_states or (lambda names: {})
+        self.topics = topics or TopicStore()
         self.contents = contents
         self.root_dir = root_dir
         self._tasks: set[asyncio.Future[None]] = set()
@@ -69,16 +70,26 @@ class NotebookService:
         await asyncio.to_thread(_replace, target, text)
 
     async def publish(
-        self, name: str, path: str, peer: str, message: str = "", topics: list[str] | None = None
+        self,
+        name: str,
+        path: str,
+        peer: str,
+        message: str = "",
+        topics: list[str] | None = None,
+        roles: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Publish the notebook at ``path`` with the current state of its synced ``topics``."""
         path = self.contents_path(path)
         notebook = await self.read(path)
         notebook.get("metadata", {}).pop("spindel", None)
-        if topics is None and name in self.registry.workspaces:
-            topics = self.registry.workspaces[name].get("topics") or []
-        states = self.topic_states(list(topics or []))
-        return self.registry.publish(name, notebook, peer, message, path=path, topics=states)
+        names = set(topics or []) | set(roles or {})
+        if name in self.registry.workspaces:
+            names |= set(self.registry.workspaces[name].get("topics") or [])
+        for topic, role in (roles or {}).items():
+            if role not in ("subscriber", "bidirectional"):
+                raise SpindelError(f"topic role {role!r} for {topic!r}: use subscriber or bidirectional")
+        states = self.topics.states(sorted(names))
+        return self.registry.publish(name, notebook, peer, message, path=path, topics=states, roles=roles)
 
     async def fork(
         self, name: str, new: str, peer: str, path: str | None = None, wait: bool = True
@@ -91,6 +102,10 @@ class NotebookService:
         path = self.contents_path(path or f"forks/{new}.ipynb")
         await self._ensure_directory(posixpath.dirname(path))
         descriptor = self.registry.fork(name, new, peer, path=path)
+        for original, copy in (descriptor.get("forked_topics") or {}).items():
+            self.topics.copy(original, copy)
+        self.registry.note_fork_stamps(new, {t: self.topics.stamp_of(t) for t in descriptor["forked_topics"]})
+        descriptor = self.with_kinds(self.registry.get(new))
         writing = self._write_head(path, descriptor["head"])
         if wait:
             await writing
@@ -112,10 +127,45 @@ class NotebookService:
         descriptor = self.registry.follow(name, peer, path)
         head = descriptor["head"]
         await self.write(path, _read_only(self.registry.notebook(head), name, head))
-        return descriptor
+        return self.with_kinds(descriptor)
+
+    def with_kinds(self, descriptor: dict[str, Any]) -> dict[str, Any]:
+        """The descriptor with each topic's kind, so a follower knows how to wire it."""
+        kinds = {t: self.topics.kind_of(t) for t in descriptor.get("topics") or []}
+        return {**descriptor, "kinds": kinds}
 
     async def merge(self, fork: str, peer: str, strategy: str | None, force: bool) -> dict[str, Any]:
+        """Merge cells (registry) and topics: CRDT topics join back, plain ones follow the strategy."""
+        source = self.registry.get(fork)
+        forked = source.get("forked_topics") or {}
+        stamps = source.get("fork_stamps") or {}
+        take_theirs = force or strategy in ("theirs", "union")
+        conflicts = []
+        for original, copy in forked.items():
+            if self.topics.kind_of(original) != LWW or strategy is not None or force:
+                continue
+            at_fork = stamps.get(original)
+            ours_moved = _stamp(self.topics.stamp_of(original)) != _stamp(at_fork)
+            theirs_moved = _stamp(self.topics.stamp_of(copy)) != _stamp(at_fork)
+            if ours_moved and theirs_moved:
+                conflicts.append(
+                    {
+                        "index": None,
+                        "id": None,
+                        "topic": original,
+                        "base": None,
+                        "ours": self.topics.value_text(original),
+                        "theirs": self.topics.value_text(copy),
+                    }
+                )
+            elif theirs_moved:
+                take_theirs = True
+        if conflicts:
+            topics = ", ".join(c["topic"] for c in conflicts)
+            raise MergeConflict(f"conflicting values of topic(s) {topics}: nothing was merged", conflicts)
         result = self.registry.merge(fork, peer, strategy, force)
+        for original, copy in forked.items():
+            self.topics.fold(copy, original, take_theirs)
         parent = result.get("workspace")
         if result.get("merged") and parent and parent.get("path"):
             await self.write(parent["path"], self.registry.notebook(result["head"]))
@@ -141,6 +191,10 @@ class NotebookService:
                     await self.publish(descriptor["name"], path, publisher, "saved")
                 except Exception as exc:
                     log.info("spindel: not republishing %s on save: %s", descriptor["name"], exc)
+
+
+def _stamp(value: Any) -> tuple[Any, ...] | None:
+    return tuple(value) if value is not None else None
 
 
 def _replace(target: Path, text: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,58 @@ class TopicStore:
             out[name] = {"kind": topic.kind, "stamp": topic.stamp, "state": state}
         return out
 
+    def kind_of(self, name: str) -> str | None:
+        topic = self.topics.get(name)
+        return topic.kind if topic is not None else None
+
+    def stamp_of(self, name: str) -> Stamp | None:
+        """A plain topic's stamp (None for CRDTs and unknown topics): tells whether it changed."""
+        topic = self.topics.get(name)
+        return topic.stamp if topic is not None else None
+
+    def value_text(self, name: str) -> str | None:
+        topic = self.topics.get(name)
+        if topic is None or topic.state is None:
+            return None
+        topic.summarize()
+        return topic.summary
+
+    def copy(self, source: str, target: str) -> None:
+        """Start topic ``target`` as ``source`` is now (a fork's own copy of a workspace topic)."""
+        original = self.topics.get(source)
+        if original is None or original.state is None or target in self.topics:
+            return
+        self._topic(target, original.kind, create=True)
+        copy = self.topics[target]
+        copy.state, copy.stamp = original.state, original.stamp
+        self._mark_dirty(copy)
+
+    def fold(self, source: str, target: str, take_source: bool) -> None:
+        """Bring a fork's topic back: a CRDT joins; a plain value is taken if ``take_source``."""
+        theirs = self.topics.get(source)
+        if theirs is None or theirs.state is None:
+            return
+        ours = self._topic(target, theirs.kind, create=True)
+        assert ours is not None
+        if ours.kind == LWW:
+            if not take_source or ours.state == theirs.state:
+                return
+            previous = ours.stamp or (0, 0, "")
+            ours.state = theirs.state
+            ours.stamp = (max(previous[0], int(time.time() * 1000)), previous[1] + 1, HUB)
+            payload: Any = ours.state
+        else:
+            joined = theirs.state if ours.state is None else ours.state.merge(theirs.state)
+            if joined is ours.state:
+                return
+            ours.state = joined
+            payload = wire.encode(theirs.state.state())
+        frame: dict[str, Any] = {"t": PUB, "topic": target, "kind": ours.kind, "from": HUB}
+        if ours.stamp is not None:
+            frame["stamp"] = list(ours.stamp)
+        self._relay(ours, None, wire.pack_frame(frame, payload))
+        self._mark_dirty(ours)
+
     def list(self) -> list[dict[str, Any]]:
         return [t.info() for t in sorted(self.topics.values(), key=lambda t: t.name)]
 
@@ -248,7 +301,7 @@ class TopicStore:
         self._relay(topic, sender, wire.pack_frame(frame, payload))
         self._mark_dirty(topic)
 
-    def _relay(self, topic: Topic, sender: Member, frame: bytes) -> None:
+    def _relay(self, topic: Topic, sender: Member | None, frame: bytes) -> None:
         for member, mode in topic.followers.items():
             if member is not sender and mode != "export":
                 member.link.send(frame)

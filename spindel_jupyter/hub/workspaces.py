@@ -114,8 +114,13 @@ class Registry:
         message: str = "",
         path: str | None = None,
         topics: dict[str, Any] | None = None,
+        roles: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Store ``notebook`` as the new head of ``name`` (creating it); only the lease holder may."""
+        """Store ``notebook`` as the new head of ``name`` (creating it); only the lease holder may.
+
+        ``topics`` are the states of the notebook's synced topics, kept in the
+        commit; ``roles`` says how followers wire each (subscriber or bidirectional).
+        """
         _check_name(name)
         descriptor = self.workspaces.get(name)
         if descriptor is not None:
@@ -146,7 +151,10 @@ class Registry:
             descriptor["path"] = path
             descriptor["publisher"] = peer  # saves of that file republish as this peer
         if topics:
-            descriptor["topics"] = sorted(topics)
+            descriptor["topics"] = sorted(set(descriptor.get("topics") or []) | set(topics))
+        if roles:
+            descriptor["roles"] = {**(descriptor.get("roles") or {}), **roles}
+            descriptor["topics"] = sorted(set(descriptor.get("topics") or []) | set(roles))
         self._saved(descriptor, new_head=True)
         return self._public(descriptor)
 
@@ -162,7 +170,10 @@ class Registry:
             "owner": {"peer": peer, "expires": now + self.lease_seconds},
             "head": parent["head"],
             "fork_of": {"workspace": name, "head": parent["head"]},
-            "topics": list(parent.get("topics") or []),
+            # The fork's own topics, named under it: parent topic -> the fork's copy.
+            "forked_topics": {t: f"{new}/{t}" for t in parent.get("topics") or []},
+            "topics": [f"{new}/{t}" for t in parent.get("topics") or []],
+            "roles": {f"{new}/{t}": r for t, r in (parent.get("roles") or {}).items()},
             "created": now,
             "updated": now,
             "path": path,
@@ -184,6 +195,12 @@ class Registry:
         descriptor["owner"] = {"peer": peer, "expires": self.clock() + self.lease_seconds}
         self._saved(descriptor, new_head=False)
         return self._public(descriptor)
+
+    def note_fork_stamps(self, name: str, stamps: dict[str, Any]) -> None:
+        """Remember the plain topics' stamps at the fork: a merge tells from them who changed what."""
+        descriptor = self._descriptor(name)
+        descriptor["fork_stamps"] = {t: list(s) if s is not None else None for t, s in stamps.items()}
+        self._saved(descriptor, new_head=False)
 
     def follow(self, name: str, peer: str, path: str) -> dict[str, Any]:
         """Record that ``peer`` follows ``name`` in the notebook at ``path``."""
@@ -435,8 +452,8 @@ def add_workspace_ops(relay: Any, registry: Registry, notebooks: Any) -> None:
     op("get", lambda peer, name: registry.get(name))
     op(
         "publish",
-        lambda peer, name, path, message="", topics=None: notebooks.publish(
-            name, path, peer, message, topics
+        lambda peer, name, path, message="", topics=None, roles=None: notebooks.publish(
+            name, path, peer, message, topics, roles
         ),
     )
     op("fork", lambda peer, name, new, path=None: notebooks.fork(name, new, peer, path))

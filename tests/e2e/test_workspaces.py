@@ -208,3 +208,45 @@ def test_registry_survives_a_restart_and_corrupt_nodes_are_refused(own_hub: HubS
     node.write_bytes(node.read_bytes()[:-3] + b"xyz")
     status, body = post(own_hub, "spindel/api/workspaces/lesson/follow", {"peer": "reader"})
     assert status == 400 and body["code"] == "corrupt_node" and head[:12] in body["message"]
+
+
+def test_workspace_topics_are_wired_by_role_forked_and_merged(
+    hub: HubServer, classroom: tuple[Kernel, Kernel]
+) -> None:
+    teacher, student = classroom
+    save(hub, "class/signals.ipynb", "s = 1")
+    teacher.ok(
+        "from spindel_jupyter import sync_signal, sync\nfrom spindel_jupyter.crdt import ORSet\n"
+        "tags = sync_signal('sig/tags', ORSet())\ntags.update(lambda s: s.add('intro'))\n"
+        "level = sync_signal('sig/level', 0)\nlevel.set(3)\nsync.flush()"
+    )
+    teacher.ok(
+        "%spin_publish signals --path class/signals.ipynb --topic sig/tags:bidirectional --topic sig/level"
+    )
+    assert hub.get("spindel/api/workspaces/signals")["roles"] == {
+        "sig/tags": "bidirectional",
+        "sig/level": "subscriber",
+    }
+    student.ok(
+        "%spin_follow signals\nfrom spindel_jupyter import sync, workspace\nw = workspace.signals['signals']"
+    )
+    assert (
+        student.ok("print(sorted(w['sig/tags'].value), w['sig/level'].value)").stdout.strip() == "['intro'] 3"
+    )
+    assert student.run("w['sig/level'].set(5)").error is not None  # a subscriber topic is a read-only mirror
+    student.ok("w['sig/tags'].update(lambda s: s.add('from student'))")  # bidirectional: reaches the teacher
+    wait_until(
+        lambda: "from student" in teacher.ok("print(sorted(tags.value))").stdout, what="teacher sees it"
+    )
+
+    student.ok("%spin_fork signals signals-alice\nf = workspace.signals['signals-alice']")
+    student.ok("f['sig/tags'].update(lambda s: s.add('fork only'))\nf['sig/level'].set(9)\nsync.flush()")
+    assert "fork only" not in teacher.ok("print(sorted(tags.value))").stdout  # isolated until merged
+    teacher.ok("level.set(7)\nsync.flush()")
+    out = teacher.run("%spin_merge signals-alice")  # both changed the plain topic: a conflict
+    assert out.error is not None and "sig/level" in out.error["evalue"]
+    teacher.ok("%spin_merge signals-alice --strategy theirs")
+    wait_until(
+        lambda: "fork only" in teacher.ok("print(sorted(tags.value))").stdout, what="the CRDT joined back"
+    )
+    wait_until(lambda: teacher.ok("print(level.value)").stdout.strip() == "9", what="the fork's value taken")

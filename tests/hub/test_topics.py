@@ -187,3 +187,29 @@ def test_topics_are_capped_with_a_clear_error(tmp_path: Path) -> None:
         pub(relay, a, name, "gset", delta(GSet().add(1)))
     assert link.last("error")["code"] == errors.TOO_MANY_TOPICS
     assert sorted(relay.topics.topics) == ["t1", "t2"]
+
+
+def test_a_fork_copy_starts_from_the_original_and_folds_back(relay: Relay) -> None:
+    a, _ = join(relay, "a")
+    with replica("ra"):
+        pub(relay, a, "tags", "orset", delta(ORSet().add("x")))
+    pub(relay, a, "level", "lww", wire.encode(1), stamp=[5, 0, "a"])
+    store = relay.topics
+    store.copy("tags", "fork/tags")
+    store.copy("level", "fork/level")
+    assert store.topics["fork/tags"].state == {"x"}
+    with replica("rb"):
+        pub(relay, a, "fork/tags", "orset", delta(ORSet().add("y")))
+    assert store.topics["tags"].state == {"x"}  # isolated after the fork
+    pub(relay, a, "fork/level", "lww", wire.encode(9), stamp=[6, 0, "a"])
+    b, b_link = join(relay, "b")
+    sub(relay, b, "tags", kind="orset")
+    sub(relay, b, "level", kind="lww")
+    store.fold("fork/tags", "tags", take_source=False)
+    store.fold("fork/level", "level", take_source=False)
+    assert store.topics["tags"].state == {"x", "y"}  # CRDTs join back
+    assert wire.decode(store.topics["level"].state) == 1  # a plain value only if taken
+    store.fold("fork/level", "level", take_source=True)
+    assert wire.decode(store.topics["level"].state) == 9
+    assert store.topics["level"].stamp > (6, 0, "a")
+    assert {h["topic"] for h, _ in pubs(b_link)} == {"tags", "level"}  # followers hear both

@@ -200,3 +200,13 @@ def test_claim_by_force_takes_a_held_lease(registry: Registry) -> None:
     assert registry.claim("lec", "admin", force=True)["owner"]["peer"] == "admin"
     with pytest.raises(NotWritable):
         registry.publish("lec", notebook("b"), "teacher")
+
+
+def test_topics_keep_their_roles_and_forks_get_their_own(registry: Registry) -> None:
+    states = {"lab/tags": {"kind": "orset", "stamp": None, "state": {}}}
+    registry.publish("lec", notebook("a"), "teacher", topics=states, roles={"lab/tags": "bidirectional"})
+    assert registry.get("lec")["roles"] == {"lab/tags": "bidirectional"}
+    fork = registry.fork("lec", "lec-alice", "alice")
+    assert fork["forked_topics"] == {"lab/tags": "lec-alice/lab/tags"}
+    assert fork["topics"] == ["lec-alice/lab/tags"]
+    assert fork["roles"] == {"lec-alice/lab/tags": "bidirectional"}
