@@ -180,12 +180,13 @@ class SpindelMagics(Magics):
     @argument("fork", help="the fork to merge back into the workspace it came from")
     @argument("--strategy", choices=["ours", "theirs", "union"], help="how to settle conflicting cells")
     @argument("--force", action="store_true", help="merge even with conflicts (the fork's cells win)")
+    @argument("--into", help="the workspace to merge into (default: the one the fork came from)")
     @line_magic
     def spin_merge(self, line: str) -> None:
         """Merge a fork back (three-way); on conflicts nothing changes and they are listed."""
         args = parse_argstring(self.spin_merge, line)
         try:
-            result = workspace.merge(args.fork, args.strategy, args.force)
+            result = workspace.merge(args.fork, args.strategy, args.force, args.into)
         except MergeConflict as exc:
             display(exc)
             raise

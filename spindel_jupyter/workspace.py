@@ -73,9 +73,11 @@ def fork(name: str, new: str | None = None, into: str | None = None) -> dict[str
     return descriptor
 
 
-def merge(fork_name: str, strategy: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Merge a fork back into its parent; raises MergeConflict (changing nothing) on conflicts."""
-    return dict(_op("merge", fork=fork_name, strategy=strategy, force=force))
+def merge(
+    fork_name: str, strategy: str | None = None, force: bool = False, into: str | None = None
+) -> dict[str, Any]:
+    """Merge a fork into its parent (or ``into``); raises MergeConflict, changing nothing, on conflicts."""
+    return dict(_op("merge", fork=fork_name, strategy=strategy, force=force, into=into))
 
 
 def claim(name: str, force: bool = False) -> dict[str, Any]:

@@ -134,7 +134,9 @@ class NotebookService:
         kinds = {t: self.topics.kind_of(t) for t in descriptor.get("topics") or []}
         return {**descriptor, "kinds": kinds}
 
-    async def merge(self, fork: str, peer: str, strategy: str | None, force: bool) -> dict[str, Any]:
+    async def merge(
+        self, fork: str, peer: str, strategy: str | None, force: bool, into: str | None = None
+    ) -> dict[str, Any]:
         """Merge cells (registry) and topics: CRDT topics join back, plain ones follow the strategy."""
         source = self.registry.get(fork)
         forked = source.get("forked_topics") or {}
@@ -163,7 +165,7 @@ class NotebookService:
         if conflicts:
             topics = ", ".join(c["topic"] for c in conflicts)
             raise MergeConflict(f"conflicting values of topic(s) {topics}: nothing was merged", conflicts)
-        result = self.registry.merge(fork, peer, strategy, force)
+        result = self.registry.merge(fork, peer, strategy, force, into)
         for original, copy in forked.items():
             self.topics.fold(copy, original, take_theirs)
         parent = result.get("workspace")

@@ -210,7 +210,9 @@ class Registry:
         self._saved(descriptor, new_head=False)
         return self._public(descriptor)
 
-    def merge(self, fork: str, peer: str, strategy: str | None = None, force: bool = False) -> dict[str, Any]:
+    def merge(
+        self, fork: str, peer: str, strategy: str | None = None, force: bool = False, into: str | None = None
+    ) -> dict[str, Any]:
         """Merge ``fork`` back into the workspace it was forked from (three-way, against the fork base).
 
         Any conflict aborts the whole merge with :class:`MergeConflict` listing
@@ -222,7 +224,7 @@ class Registry:
         source = self._descriptor(fork)
         if not source.get("fork_of"):
             raise SpindelError(f"{fork!r} is not a fork: merge a fork into the workspace it came from")
-        parent = self._descriptor(source["fork_of"]["workspace"])
+        parent = self._descriptor(into or source["fork_of"]["workspace"])
         self._check_writer(parent, peer)
         base_head, ours_head, theirs_head = source["fork_of"]["head"], parent["head"], source["head"]
         if theirs_head == base_head:
@@ -458,5 +460,10 @@ def add_workspace_ops(relay: Any, registry: Registry, notebooks: Any) -> None:
     )
     op("fork", lambda peer, name, new, path=None: notebooks.fork(name, new, peer, path))
     op("follow", lambda peer, name, path=None: notebooks.follow(name, peer, path))
-    op("merge", lambda peer, fork, strategy=None, force=False: notebooks.merge(fork, peer, strategy, force))
+    op(
+        "merge",
+        lambda peer, fork, strategy=None, force=False, into=None: notebooks.merge(
+            fork, peer, strategy, force, into
+        ),
+    )
     op("claim", lambda peer, name, force=False: registry.claim(name, peer, force))

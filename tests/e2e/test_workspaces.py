@@ -142,8 +142,10 @@ def test_rest_lists_gets_and_reports_unknown_names(hub: HubServer, classroom: tu
     with pytest.raises(urllib.error.HTTPError) as info:
         hub.get("spindel/api/workspaces/nope")
     assert info.value.code == 404
+    nodes = hub.get("spindel/api/stats")["store"]["nodes"]
     status, body = post(hub, "spindel/api/workspaces/lecture3/fork", {"new": "lecture3-rest", "peer": "bob"})
     assert status == 200 and body["fork_of"]["workspace"] == "lecture3"
+    assert hub.get("spindel/api/stats")["store"]["nodes"] == nodes  # a fork adds no content node
     store = hub.get("spindel/api/stats")["store"]
     assert store["nodes"] > 0 and store["bytes"] > 0
 

@@ -210,3 +210,11 @@ def test_topics_keep_their_roles_and_forks_get_their_own(registry: Registry) -> 
     assert fork["forked_topics"] == {"lab/tags": "lec-alice/lab/tags"}
     assert fork["topics"] == ["lec-alice/lab/tags"]
     assert fork["roles"] == {"lec-alice/lab/tags": "bidirectional"}
+
+
+def test_merge_into_another_workspace(registry: Registry) -> None:
+    forked(registry, ("a",), ("a",), ("a", "b"))
+    registry.publish("other", notebook("a"), "teacher")
+    assert registry.merge("lec-alice", "teacher", into="other")["merged"]
+    assert sources(registry, "other") == ["a", "b"]
+    assert sources(registry, "lec") == ["a"]
