@@ -13,7 +13,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Float
 
-from . import client, workspace
+from . import client, invite, workspace
 from .display import peer_table
 from .errors import MergeConflict, SpindelError, UnsendableResult
 from .remote import run as run_remote
@@ -206,6 +206,25 @@ class SpindelMagics(Magics):
         args = parse_argstring(self.spin_claim, line)
         _workspace_call(workspace.claim, args.name, args.force)
         print(f"spindel: you now write {args.name!r}")
+
+    @magic_arguments()
+    @argument("--as", dest="name", help="the peer name the invite is for (default: guest-XXXX)")
+    @argument("--ttl", default="8h", help="how long it is valid: 30m, 2h, 7d... (default 8h)")
+    @argument("--revoke", metavar="NAME", help="end the invite for NAME now (disconnecting it)")
+    @line_magic
+    def spin_invite(self, line: str) -> None:
+        """Invite a teammate to this hub as one peer, without handing out the server's token."""
+        args = parse_argstring(self.spin_invite, line)
+        if args.revoke:
+            _workspace_call(invite.revoke, args.revoke)
+            print(f"spindel: the invite for {args.revoke!r} is revoked")
+            return
+        print(invite.connect_lines(_workspace_call(invite.create, args.name, args.ttl)))
+
+    @line_magic
+    def spin_invites(self, line: str) -> None:
+        """Show the live invites."""
+        display(invite.table(_workspace_call(invite.invites)))
 
     @line_magic
     def spin_workspaces(self, line: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Float, Int, List, Unicode, default
 
 from .handlers import (
@@ -24,6 +25,7 @@ from .handlers import (
     WorkspaceHandler,
     WorkspacesHandler,
 )
+from .invites import Invites, add_invite_ops, close_invited
 from .notebooks import SAVE_EVENT, NotebookService
 from .relay import Relay
 from .store import NodeStore
@@ -94,6 +96,10 @@ class SpindelHub(ExtensionApp):
         self.registry.on_head = self._head_moved
         self.registry.on_change = lambda: self.relay.broadcast_ui("workspaces", self.registry.all())
         add_workspace_ops(self.relay, self.registry, self.notebooks)
+        self.invites = Invites(store_dir / "invites.json")
+        add_invite_ops(self.relay, self.invites, self.public_peer_url)
+        self._sweeper = PeriodicCallback(lambda: close_invited(self.relay, self.invites), 1000)
+        self._sweeper.start()
         self.registry.connected = lambda peer: peer in self.relay.members
         self.relay.on_leave.append(self.registry.peer_left)
         if server.event_logger is not None:
@@ -125,6 +131,7 @@ class SpindelHub(ExtensionApp):
             self.relay.notify(follower["peer"], "workspace", descriptor)
 
     async def stop_extension(self) -> None:
+        self._sweeper.stop()
         self.relay.topics.flush()
 
     async def _on_contents_event(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
@@ -136,6 +143,16 @@ class SpindelHub(ExtensionApp):
         app = self.serverapp
         assert app is not None
         host = "127.0.0.1" if app.ip in _WILDCARD_HOSTS else app.ip
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "wss" if app.certfile else "ws"
+        return f"{scheme}://{host}:{app.port}{url_path_join(app.base_url, 'spindel/ws')}"
+
+    def public_peer_url(self) -> str:
+        """The WebSocket URL teammates on other machines use (what an invite's connect line says)."""
+        app = self.serverapp
+        assert app is not None
+        host = socket.gethostname() if app.ip in _WILDCARD_HOSTS - {"localhost"} else (app.ip or "localhost")
         if ":" in host:
             host = f"[{host}]"
         scheme = "wss" if app.certfile else "ws"

@@ -7,6 +7,7 @@ import json
 from asyncio import Future
 from typing import TYPE_CHECKING, Any
 
+from jupyter_server.auth import User
 from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
@@ -52,6 +53,22 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
     def ping_timeout(self) -> int:
         return int(self.hub.ping_timeout * 1000)
 
+    async def prepare(self, *args: Any, **kwargs: Any) -> None:
+        # A scoped invite token opens this WebSocket, and no other route of the server.
+        self.invite = self.hub.invites.find(self._presented_token())
+        if self.invite is None:
+            await super().prepare(*args, **kwargs)
+            return
+        if not self.check_host():
+            raise web.HTTPError(403)
+        self.current_user = self._jupyter_current_user = User(username=f"invite:{self.invite.name}")
+
+    def _presented_token(self) -> str:
+        header = self.request.headers.get("Authorization", "")
+        if header.lower().startswith("token "):
+            return header[6:].strip()
+        return self.get_argument("token", "")
+
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:
         allowed = await ensure_async(
@@ -66,8 +83,12 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
         # Small frames must not wait for the peer's delayed ACK (Nagle): that costs tens of ms.
         self.set_nodelay(True)
         self.member = self.hub.relay.connect(self)
+        self.member.invite = getattr(self, "invite", None)
 
     def on_message(self, message: str | bytes) -> None:
+        if self.member.invite is not None and not self.hub.invites.valid(self.member.invite):
+            self.close(4001, "the invite that let this peer in was revoked or has expired")
+            return
         data = message.encode() if isinstance(message, str) else message
         self.hub.relay.receive(self.member, data)
 

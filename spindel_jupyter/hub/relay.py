@@ -71,6 +71,8 @@ class Member:
     outstanding: int = 0
     #: Topics this peer follows.
     subscriptions: set[str] = field(default_factory=set)
+    #: The invite this connection came in with (it may then only be the invited name).
+    invite: Any = None
 
     def info(self) -> dict[str, Any]:
         return {
@@ -191,6 +193,8 @@ class Relay:
             name = check_name(header["name"])
         except ValueError as exc:
             raise FrameError(str(exc), errors.BAD_NAME) from None
+        if member.invite is not None and name != member.invite.name:
+            raise FrameError(f"this invite lets you join only as {member.invite.name!r}", errors.BAD_NAME)
         current = self.members.get(name)
         if current is None and len(self.members) >= self.max_peers:
             raise FrameError(

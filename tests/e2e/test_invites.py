@@ -1,0 +1,91 @@
+"""Invites end to end: a teammate joins as one peer with a token that opens nothing else."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from spindel_jupyter.client import Peer
+from spindel_jupyter.errors import NameTaken, NotConnected, SpindelError
+from tests.support import HubServer, wait_until
+
+
+def invite(host: Peer, name: str, ttl: str = "1h") -> dict[str, Any]:
+    return dict(host.request(None, "invite.create", {"name": name, "ttl": ttl}, timeout=10))
+
+
+def status_with(hub: HubServer, path: str, token: str) -> int:
+    request = urllib.request.Request(f"{hub.http_url}{path}")
+    request.add_header("Authorization", f"token {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.fixture
+def host(hub: HubServer) -> Any:
+    peer = Peer(hub.ws_url, "host", hub.token, session="host").start()
+    yield peer
+    peer.close()
+
+
+def test_an_invite_joins_as_its_one_name_and_opens_no_other_route(hub: HubServer, host: Peer) -> None:
+    made = invite(host, "guest")
+    assert made["url"].endswith("/spindel/ws") and made["token"].startswith("spin-")
+    guest = Peer(hub.ws_url, "guest", made["token"], session="guest").start()
+    try:
+        assert "guest" in hub.peer_names()
+        host.handle("hello", lambda req: f"hi {req.sender}")
+        assert guest.request("host", "hello", timeout=10) == "hi guest"
+        for path in ("api/contents", "api/kernels", "spindel/api/peers", "api/terminals"):
+            assert status_with(hub, path, made["token"]) == 403, path
+        with pytest.raises(SpindelError, match="cannot manage invites"):
+            guest.request(None, "invite.create", {"name": "more"}, timeout=10)  # and cannot mint more
+    finally:
+        guest.close()
+    with pytest.raises((NameTaken, NotConnected, SpindelError), match="only as 'guest'"):
+        Peer(hub.ws_url, "host2", made["token"], session="x").start()
+
+
+def test_revoking_closes_the_live_connection(hub: HubServer, host: Peer) -> None:
+    made = invite(host, "visitor")
+    visitor = Peer(hub.ws_url, "visitor", made["token"], session="visitor").start()
+    try:
+        listed = host.request(None, "invite.list", timeout=10)
+        assert [(i["name"], i["connected"]) for i in listed if i["name"] == "visitor"] == [("visitor", True)]
+        host.request(None, "invite.revoke", {"name": "visitor"}, timeout=10)
+        wait_until(lambda: "visitor" not in hub.peer_names(), timeout=5, what="the visitor to be cut off")
+        with pytest.raises(NotConnected, match="403"):
+            Peer(hub.ws_url, "visitor", made["token"], session="again").start()
+    finally:
+        visitor.close()
+
+
+def test_an_expired_invite_stops_working(hub: HubServer, host: Peer) -> None:
+    made = invite(host, "brief", ttl="2s")
+    brief = Peer(hub.ws_url, "brief", made["token"], session="brief").start()
+    try:
+        wait_until(lambda: "brief" not in hub.peer_names(), timeout=6, what="the expired invite to be closed")
+    finally:
+        brief.close()
+    with pytest.raises(NotConnected, match="403"):
+        Peer(hub.ws_url, "brief", made["token"], session="later").start()
+
+
+def test_invite_magics(hub: HubServer) -> None:
+    kernel = hub.start_notebook_kernel("inviter.ipynb")
+    try:
+        kernel.ok("%load_ext spindel_jupyter")
+        out = kernel.ok("%spin_invite --as teammate --ttl 30m")
+        assert "%spin_connect ws://" in out.stdout and "--as teammate --token spin-" in out.stdout
+        assert "teammate" in kernel.ok("%spin_invites").text()
+        assert "revoked" in kernel.ok("%spin_invite --revoke teammate").stdout
+        assert json.dumps(kernel.ok("%spin_invites").text()).count("teammate") == 0
+    finally:
+        kernel.shutdown()
