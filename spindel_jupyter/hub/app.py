@@ -97,7 +97,7 @@ class SpindelHub(ExtensionApp):
         self.registry.on_change = lambda: self.relay.broadcast_ui("workspaces", self.registry.all())
         add_workspace_ops(self.relay, self.registry, self.notebooks)
         self.invites = Invites(store_dir / "invites.json")
-        add_invite_ops(self.relay, self.invites, self.public_peer_url)
+        add_invite_ops(self.relay, self.invites, lambda: self.peer_url(public=True))
         self._sweeper = PeriodicCallback(lambda: close_invited(self.relay, self.invites), 1000)
         self._sweeper.start()
         self.registry.connected = lambda peer: peer in self.relay.members
@@ -138,21 +138,16 @@ class SpindelHub(ExtensionApp):
         if data.get("action") == "save" and data.get("path"):
             await self.notebooks.saved(str(data["path"]))
 
-    def peer_url(self) -> str:
-        """The WebSocket URL at which peers on this machine reach the hub."""
+    def peer_url(self, public: bool = False) -> str:
+        """The WebSocket URL of the hub: for peers on this machine, or ``public`` for teammates elsewhere."""
         app = self.serverapp
         assert app is not None
-        host = "127.0.0.1" if app.ip in _WILDCARD_HOSTS else app.ip
-        if ":" in host:
-            host = f"[{host}]"
-        scheme = "wss" if app.certfile else "ws"
-        return f"{scheme}://{host}:{app.port}{url_path_join(app.base_url, 'spindel/ws')}"
-
-    def public_peer_url(self) -> str:
-        """The WebSocket URL teammates on other machines use (what an invite's connect line says)."""
-        app = self.serverapp
-        assert app is not None
-        host = socket.gethostname() if app.ip in _WILDCARD_HOSTS - {"localhost"} else (app.ip or "localhost")
+        if public:
+            host = (
+                socket.gethostname() if app.ip in _WILDCARD_HOSTS - {"localhost"} else app.ip or "localhost"
+            )
+        else:
+            host = "127.0.0.1" if app.ip in _WILDCARD_HOSTS else app.ip
         if ":" in host:
             host = f"[{host}]"
         scheme = "wss" if app.certfile else "ws"

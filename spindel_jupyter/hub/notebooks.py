@@ -22,7 +22,7 @@ from jupyter_server.utils import ensure_async
 from ..errors import MergeConflict, SpindelError
 from ..protocol import LWW
 from .topics import TopicStore
-from .workspaces import Registry
+from .workspaces import Registry, plain
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class NotebookService:
 
     async def read(self, path: str) -> dict[str, Any]:
         model = await ensure_async(self.contents.get(path, type="notebook", content=True))
-        return _plain(model["content"])
+        return plain(model["content"])
 
     async def write(self, path: str, notebook: dict[str, Any]) -> None:
         """Write ``notebook`` at ``path`` whole: a temp file renamed over the old one.
@@ -205,17 +205,8 @@ def _replace(target: Path, text: str) -> None:
     os.replace(temporary, target)
 
 
-def _plain(node: Any) -> Any:
-    """nbformat's NotebookNode as plain dicts and lists."""
-    if isinstance(node, dict):
-        return {key: _plain(value) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_plain(item) for item in node]
-    return node
-
-
 def _read_only(notebook: dict[str, Any], name: str, head: str) -> dict[str, Any]:
-    copy = _plain(notebook)
+    copy = plain(notebook)
     copy.setdefault("metadata", {})["spindel"] = {"following": name, "head": head}
     for cell in copy["cells"]:
         cell.setdefault("metadata", {}).update({"editable": False, "deletable": False})

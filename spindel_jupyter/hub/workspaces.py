@@ -372,14 +372,15 @@ def _three_way(
 def normalized(notebook: Any) -> dict[str, Any]:
     """A notebook as plain JSON data with each source a single string (as the contents API gives)."""
     text = json.dumps(notebook) if isinstance(notebook, dict) else nbformat.writes(notebook)
-    return _plain(nbformat.reads(text, as_version=4))
+    return plain(nbformat.reads(text, as_version=4))
 
 
-def _plain(node: Any) -> Any:
+def plain(node: Any) -> Any:
+    """nbformat's NotebookNode (and any nested data) as plain dicts and lists."""
     if isinstance(node, dict):
-        return {key: _plain(value) for key, value in node.items()}
+        return {key: plain(value) for key, value in node.items()}
     if isinstance(node, list):
-        return [_plain(item) for item in node]
+        return [plain(item) for item in node]
     return node
 
 
