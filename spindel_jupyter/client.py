@@ -342,8 +342,18 @@ class Peer:
     async def _open(self) -> WebSocketClientConnection:
         headers = {"Authorization": f"token {self.token}"} if self.token else {}
         request = HTTPRequest(self.url, headers=headers, connect_timeout=self.connect_timeout)
+        loop = asyncio.get_running_loop()
+        self._welcome: asyncio.Future[str | bytes | None] = loop.create_future()
+        self._closed: asyncio.Future[None] = loop.create_future()
         try:
-            ws = await websocket_connect(request, max_message_size=2**31, ping_interval=10, ping_timeout=10)
+            # Frames are handled in tornado's own callback: no queue and no extra task per frame.
+            ws = await websocket_connect(
+                request,
+                max_message_size=2**31,
+                ping_interval=10,
+                ping_timeout=10,
+                on_message_callback=self._on_message,
+            )
         except HTTPClientError as exc:
             if exc.code == 403:
                 raise NotConnected(
@@ -365,7 +375,7 @@ class Peer:
             "kernel": kernel_id(),
         }
         await ws.write_message(wire.pack_frame(hello), binary=True)
-        reply = await asyncio.wait_for(ws.read_message(), self.connect_timeout)
+        reply = await asyncio.wait_for(self._welcome, self.connect_timeout)
         if reply is None:
             raise NotConnected(f"the hub at {self.url} closed the connection during hello")
         header, _ = wire.unpack_frame(_as_bytes(reply))
@@ -376,14 +386,22 @@ class Peer:
         raise errors.from_wire(header)
 
     async def _read_loop(self, ws: WebSocketClientConnection) -> int | None:
-        while True:
-            message = await ws.read_message()
-            if message is None:
-                return ws.close_code
-            try:
-                self._dispatch(_as_bytes(message))
-            except Exception:
-                log.exception("spindel: failed to handle a frame from the hub")
+        await self._closed
+        return ws.close_code
+
+    def _on_message(self, message: str | bytes | None) -> None:
+        if message is None:
+            for done in (self._welcome, self._closed):
+                if not done.done():
+                    done.set_result(None)
+            return
+        if not self._welcome.done():
+            self._welcome.set_result(message)
+            return
+        try:
+            self._dispatch(_as_bytes(message))
+        except Exception:
+            log.exception("spindel: failed to handle a frame from the hub")
 
     def _dispatch(self, data: bytes) -> None:
         header, body = wire.unpack_frame(data)
