@@ -14,6 +14,9 @@ NBVAL := --nbval --nbval-sanitize-with demo_notebooks/sanitize.cfg
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	# A link left by an earlier develop step would make pip write into the build output: drop it.
+	if [ -L $(VENV)/share/jupyter/labextensions/spindel-jupyter ]; then rm $(VENV)/share/jupyter/labextensions/spindel-jupyter; fi
+	rm -f spindel_jupyter/labextension/install.json
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/jupyter-builder develop --overwrite .
 	touch $(STAMP)
@@ -53,3 +56,8 @@ bench: $(BENCH_STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	rm -rf labextension/lib labextension/tsconfig.tsbuildinfo spindel_jupyter/labextension
+
+# The stress suite at full size (fuzzing, load, crashes, auth, limits); figures in tests/stress/figures.json.
+.PHONY: stress
+stress: install
+	$(CLEAN_ENV) SPINDEL_STRESS=full $(BIN)/pytest tests/stress -q -s

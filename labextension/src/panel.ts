@@ -218,6 +218,12 @@ export class SpindelPanel extends Widget {
 
   private _updateWorkspaces(): void {
     const workspaces = [...this._connection.workspaces].sort((a, b) => a.name.localeCompare(b.name));
+    // Rebuilt only when what it shows changed: a rebuild under a pressed button would eat its click.
+    const key = JSON.stringify([workspaces, this._connection.peers.map(p => p.name)]);
+    if (key === this._workspaceKey) {
+      return;
+    }
+    this._workspaceKey = key;
     this._workspaceCount.textContent = `(${workspaces.length})`;
     // Keep the keyboard focus on the same button when the list is rebuilt.
     const active = document.activeElement;
@@ -394,6 +400,7 @@ export class SpindelPanel extends Widget {
   private _workspaceCount: HTMLElement;
   private _actions: WorkspaceActions | null;
   private _selected: string | null = null;
+  private _workspaceKey = '';
 }
 
 export namespace SpindelPanel {

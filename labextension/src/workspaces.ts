@@ -227,8 +227,9 @@ class ConflictView extends Widget {
     const intro = document.createElement('p');
     intro.className = 'jp-SpindelMerge-intro';
     intro.textContent =
-      `${error.message}. Nothing has changed yet. Ours keeps ${parent}'s cells, ` +
-      `Theirs takes ${fork}'s, Union keeps both (${parent}'s first).`;
+      `The hub reports: ${error.message}. Pick how to settle the cells below: ` +
+      `Ours keeps ${parent}'s version, Theirs takes ${fork}'s, Union keeps both (${parent}'s first). ` +
+      'Cancel leaves both workspaces as they are.';
     this.node.append(intro);
     for (const conflict of error.conflicts) {
       this.node.append(this._conflict(conflict, parent, fork));

@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,9 +71,33 @@ class LabServer(HubServer):
         wait_until(self._ready, timeout=30, what=f"jupyter lab on port {self.port} (log: {self.log_path})")
         return self
 
-    def create_notebook(self, path: str) -> None:
-        content = {"cells": [], "metadata": {"kernelspec": KERNELSPEC}, "nbformat": 4, "nbformat_minor": 5}
+    def create_notebook(self, path: str, cells: list[dict[str, Any]] | None = None) -> None:
+        content = {
+            "cells": cells or [],
+            "metadata": {"kernelspec": KERNELSPEC},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+        self.save_notebook(path, content)
+
+    def save_notebook(self, path: str, content: dict[str, Any]) -> None:
+        """A save through the contents API, as the lab makes it (a published notebook republishes)."""
         self.request("PUT", f"api/contents/{path}", {"type": "notebook", "content": content})
+
+    def notebook(self, path: str) -> dict[str, Any]:
+        return self.get(f"api/contents/{path}?type=notebook&content=1")["content"]
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.get(f"api/contents/{path}?content=0")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return False
+            raise
+        return True
+
+    def workspace(self, name: str) -> dict[str, Any]:
+        return self.get(f"spindel/api/workspaces/{name}")
 
 
 @pytest.fixture
@@ -99,6 +124,40 @@ def run_cell(page: Page, code: str) -> None:
     editor.click()
     page.keyboard.insert_text(code)
     page.keyboard.press("Shift+Enter")
+
+
+def code_cell(cell_id: str, source: str) -> dict[str, Any]:
+    return {
+        "cell_type": "code",
+        "id": cell_id,
+        "metadata": {},
+        "source": source,
+        "outputs": [],
+        "execution_count": None,
+    }
+
+
+def with_source(notebook: dict[str, Any], cell_id: str, source: str) -> dict[str, Any]:
+    """``notebook`` with the source of the cell ``cell_id`` replaced."""
+    for cell in notebook["cells"]:
+        if cell.get("id") == cell_id:
+            cell["source"] = source
+            return notebook
+    raise AssertionError(f"no cell {cell_id!r} in {[c.get('id') for c in notebook['cells']]}")
+
+
+def sources(notebook: dict[str, Any]) -> str:
+    return "\n".join(
+        c["source"] if isinstance(c["source"], str) else "".join(c["source"]) for c in notebook["cells"]
+    )
+
+
+def show_panel(page: Page) -> Any:
+    """Show the Spindel panel from its sidebar tab (the palette is the other test's way)."""
+    page.get_by_role("tab", name="Spindel").click()
+    panel = page.locator("#spindel-panel")
+    expect(panel).to_be_visible()
+    return panel
 
 
 def value_of(kernel: Kernel, expression: str) -> Any:
@@ -180,4 +239,116 @@ def test_panel_shows_peers_and_topics_live_and_the_slider_syncs(
     finally:
         if kernel_b is not None:
             kernel_b.shutdown()
+        context.close()
+
+
+def test_workspaces_follow_fork_and_merge_with_conflicts_from_the_panel(
+    lab: LabServer, browser: Browser, request: pytest.FixtureRequest
+) -> None:
+    lab.create_notebook("lesson.ipynb", [code_cell("intro", "x = 1"), code_cell("work", "y = x + 1")])
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    lesson: Kernel | None = None
+    try:
+        # The teacher's kernel (a session of lesson.ipynb) publishes it: its peer holds the lease.
+        lesson = lab.start_notebook_kernel("lesson.ipynb")
+        lesson.ok("%load_ext spindel_jupyter\n%spin_publish lesson")
+        assert lab.workspace("lesson")["owner"]["peer"] == "lesson"
+
+        page.goto(f"{lab.http_url}lab?reset&token={lab.token}")
+        expect(page.locator(".jp-SpindelStatus")).to_have_text("Spindel: 2 peers", timeout=30_000)
+        panel = show_panel(page)
+        row = panel.locator('[data-workspace="lesson"]')
+        expect(row).to_contain_text("lesson", timeout=10_000)  # fetched at connect
+        expect(row.locator(".jp-SpindelPanel-owner")).to_have_text("lesson")
+        expect(row).to_contain_text("0 followers")
+
+        # Follow: the hub writes a read-only copy, the page opens it with the badge.
+        row.get_by_role("button", name="Follow lesson").click()
+        wait_until(lambda: lab.exists("following/lesson.ipynb"), timeout=10, what="following/lesson.ipynb")
+        badge = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-SpindelFollowing")
+        expect(badge).to_have_text("Following lesson - read-only", timeout=20_000)
+        expect(row).to_contain_text("1 follower")  # pushed by the hub
+        followed = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+        expect(followed).to_contain_text("y = x + 1")
+
+        # The teacher saves: the workspace republishes and the open copy reloads by itself.
+        lab.save_notebook("lesson.ipynb", with_source(lab.notebook("lesson.ipynb"), "intro", "x = 2  # v2"))
+        expect(followed).to_contain_text("x = 2  # v2", timeout=15_000)
+        expect(badge).to_be_visible()
+
+        # Fork, named in JupyterLab's input dialog.
+        row.get_by_role("button", name="Fork lesson").click()
+        name_input = page.locator(".jp-Dialog input")
+        expect(name_input).to_be_visible()
+        name_input.fill("lesson-fork")
+        page.locator(".jp-Dialog").get_by_role("button", name="Fork").click()
+        wait_until(lambda: lab.exists("forks/lesson-fork.ipynb"), timeout=10, what="forks/lesson-fork.ipynb")
+        fork_row = panel.locator('[data-workspace="lesson-fork"]')
+        expect(fork_row).to_contain_text("fork of lesson", timeout=10_000)
+        expect(row.get_by_role("button", name="Merge lesson")).to_have_count(0)  # only forks merge
+
+        # The page may not take the teacher's lease: the hub's refusal shows as a toast.
+        row.get_by_role("button", name="Claim lesson").click()
+        expect(page.get_by_text("Spindel: could not claim 'lesson'")).to_be_visible()
+
+        # Conflicting edits of the same cell: saves republish each (the lesson as its kernel's peer).
+        before = lab.workspace("lesson")["head"]
+        lab.save_notebook("lesson.ipynb", with_source(lab.notebook("lesson.ipynb"), "work", "y = 'teacher'"))
+        fork = lab.workspace("lesson-fork")
+        lab.save_notebook(
+            "forks/lesson-fork.ipynb",
+            with_source(lab.notebook("forks/lesson-fork.ipynb"), "work", "y = 'student'"),
+        )
+        wait_until(
+            lambda: (
+                lab.workspace("lesson")["head"] != before
+                and lab.workspace("lesson-fork")["head"] != fork["head"]
+            ),
+            timeout=10,
+            what="both saves republished",
+        )
+
+        # Merge as the teacher: lesson.ipynb is the current notebook, so its kernel's peer acts.
+        page.get_by_role("tab", name="File Browser").click()  # in the panel's place
+        listing = page.locator(".jp-FileBrowser .jp-DirListing-itemText")
+        page.locator(".jp-FileBrowser .jp-BreadCrumbs-home").click()
+        expect(listing.get_by_text("forks", exact=True)).to_be_visible()  # at the root
+        listing.get_by_text("lesson.ipynb", exact=True).dblclick()
+        expect(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")).to_contain_text(
+            "y = 'teacher'", timeout=20_000
+        )
+        show_panel(page)
+        expect(panel.locator('[data-peer="lesson"]')).to_contain_text("(this notebook)", timeout=20_000)
+        fork_row.get_by_role("button", name="Merge lesson-fork").click()
+        dialog = page.locator(".jp-Dialog")
+        conflict = dialog.locator(".jp-SpindelMerge-conflict")
+        expect(conflict).to_have_count(1, timeout=10_000)
+        expect(conflict.locator(".jp-SpindelMerge-base")).to_contain_text("y = x + 1")
+        expect(conflict.locator(".jp-SpindelMerge-ours")).to_contain_text("y = 'teacher'")
+        expect(conflict.locator(".jp-SpindelMerge-theirs")).to_contain_text("y = 'student'")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "lab-merge-conflict.png"))
+        assert "student" not in sources(lab.notebook("lesson.ipynb"))  # nothing changes before a choice
+        dialog.get_by_role("button", name="Union").click()
+        expect(dialog).to_have_count(0)
+        wait_until(
+            lambda: (
+                "y = 'student'" in (text := sources(lab.notebook("lesson.ipynb"))) and "y = 'teacher'" in text
+            ),
+            timeout=10,
+            what="lesson.ipynb with both versions of the cell",
+        )
+        assert not errors, f"errors in the page: {errors}"
+    except BaseException:
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / f"{request.node.name}-failure.png"
+        page.screenshot(path=str(shot))
+        sys.stderr.write(f"screenshot: {shot}\nserver log tail:\n{lab.log_path.read_text()[-3000:]}\n")
+        raise
+    finally:
+        if lesson is not None:
+            lesson.shutdown()
         context.close()
