@@ -298,7 +298,7 @@ class Peer:
         while not self._closing:
             try:
                 ws = await self._open()
-            except (NameTaken, NotConnected) as exc:
+            except (HubError, NotConnected) as exc:
                 if first:
                     self._ready.set_exception(exc)
                     return

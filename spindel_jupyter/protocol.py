@@ -113,7 +113,7 @@ def check_inbound(header: dict[str, Any]) -> str:
         if not isinstance(value, expected) or isinstance(value, bool):
             raise FrameError(f"{kind} frame needs field {field!r} of type {_type_names(expected)}")
     for field, expected in _OPTIONAL.get(kind, {}).items():
-        if field in header and not isinstance(header[field], expected):
+        if field in header and (not isinstance(header[field], expected) or isinstance(header[field], bool)):
             raise FrameError(f"{kind} frame field {field!r} must be of type {_type_names(expected)}")
     op = header.get("op")
     if isinstance(op, str) and not 0 < len(op) <= _MAX_OP:

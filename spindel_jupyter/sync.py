@@ -88,7 +88,15 @@ class _Topic:
         self.receive_all([(header, body)], full_state)
 
     def receive_all(self, changes: list[tuple[dict[str, Any], bytes]], full_state: bool = False) -> None:
-        """Apply changes from the hub, then tell observers once: a slow observer never falls behind."""
+        """Apply changes from the hub, then tell observers once: a slow observer never falls behind.
+
+        Read, join and write happen under the signal's lock: a local write made
+        meanwhile on another thread (a script's main thread) is never lost.
+        """
+        with self.signal._lock:
+            self._receive_all(changes, full_state)
+
+    def _receive_all(self, changes: list[tuple[dict[str, Any], bytes]], full_state: bool) -> None:
         current = start = self.signal.value
         for header, body in changes:
             kind = header.get("kind")

@@ -92,6 +92,13 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
         data = message.encode() if isinstance(message, str) else message
         self.hub.relay.receive(self.member, data)
 
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Close, and leave the relay now: a dead peer must not wait out tornado's close handshake."""
+        super().close(code, reason)
+        member = getattr(self, "member", None)
+        if member is not None:
+            self.hub.relay.disconnect(member)
+
     def on_close(self) -> None:
         member = getattr(self, "member", None)
         if member is not None:
