@@ -60,9 +60,9 @@ class SpindelHub(ExtensionApp):
     )
 
     ping_timeout = Float(
-        10.0,
+        30.0,
         help="Seconds without a heartbeat reply after which a peer connection is closed "
-        "(at most ping_interval: tornado caps it).",
+        "(keep it above ping_interval).",
     ).tag(config=True)
 
     max_peers = Int(1000, help="Most peers connected at once; one more is refused with a clear error.").tag(
