@@ -71,7 +71,7 @@ def run(shared: Shared) -> dict[str, Any]:
             )
             times.append((time.perf_counter() - started) * 1000)
             # The fork's notebook file is written after the answer; let it land before the next fork.
-            copy = hub.root / "notebooks" / f"{name}-f{i}.ipynb"
+            copy = hub.root / "notebooks" / "forks" / f"{name}-f{i}.ipynb"
             deadline = time.monotonic() + 30
             while not copy.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
