@@ -308,8 +308,3 @@ def compile_cell(source: str) -> Cell:
     expr = compile(ast.Expression(last.value), filename, "eval", flags=_FLAGS) if last is not None else None
     is_async = any(bool(c.co_flags & inspect.CO_COROUTINE) for c in (body, expr) if c is not None)
     return Cell(body, expr, is_async)
-
-
-async def run_source(source: str, namespace: dict[str, Any]) -> Any:
-    """Run ``source`` like a notebook cell in ``namespace``: top-level await, last expression's value."""
-    return await compile_cell(source).run_async(namespace)

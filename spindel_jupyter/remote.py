@@ -100,7 +100,7 @@ class _Server:
         source = _transform(str(body.get("source", "")))
         cell = compile_cell(source)
         args = dict(body.get("args") or {})
-        _check_bound(self._free(source), namespace, args, target)
+        _check_bound(_free_names(source), namespace, args, target)
         saved = {name: namespace.get(name, _MISSING) for name in args}
         namespace.update(args)
         if cell.is_async:
@@ -127,7 +127,7 @@ class _Server:
     ) -> Any:
         source, name = str(body.get("source", "")), str(body.get("name", ""))
         code = _compile_function(source)
-        _check_bound(self._free(source) - {name}, namespace, {}, target)
+        _check_bound(_free_names(source) - {name}, namespace, {}, target)
         scratch: dict[str, Any] = {}
         exec(code, namespace, scratch)
         with forward_output(output):
@@ -140,9 +140,6 @@ class _Server:
         with forward_output(output):
             result = await awaitable
         return _encoded_value(result)
-
-    def _free(self, source: str) -> set[str]:
-        return _free_names(source)
 
 
 @functools.lru_cache(maxsize=512)

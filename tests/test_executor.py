@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from spindel_jupyter.executor import Executor, Interrupted, forward_output, run_source
+from spindel_jupyter.executor import Executor, Interrupted, compile_cell, forward_output
 
 
 def run(source: str, ns: dict[str, Any]) -> Any:
-    return asyncio.run(run_source(source, ns))
+    return asyncio.run(compile_cell(source).run_async(ns))
 
 
 def test_last_expression_is_the_value() -> None:

@@ -78,10 +78,6 @@ class NodeStore:
         self.bytes += len(data)
         return key
 
-    def key_of(self, value: Any) -> str:
-        """The key ``value`` has (or would have) in the store."""
-        return node_hash(node_bytes(value))
-
     def has(self, key: str) -> bool:
         return len(key) == 64 and self._path(key).exists()
 

@@ -126,10 +126,11 @@ class Registry:
         if descriptor is not None:
             self._check_writer(descriptor, peer)
         parents = [descriptor["head"]] if descriptor and descriptor.get("head") else []
-        notebook = normalized(notebook)
-        if descriptor is not None and self._same_content(descriptor["head"], notebook, topics or {}):
+        same_as = parents[0] if parents else None
+        head = self._commit(normalized(notebook), parents, peer, message, topics or {}, same_as)
+        if head is None:
+            assert descriptor is not None
             return self._public(descriptor)  # publishing what is already there changes nothing
-        head = self._commit(notebook, parents, peer, message, topics or {})
         now = self.clock()
         if descriptor is None:
             descriptor = {
@@ -244,15 +245,6 @@ class Registry:
 
     # -- internals -----------------------------------------------------------------
 
-    def _same_content(self, head: str, notebook: dict[str, Any], topics: dict[str, Any]) -> bool:
-        commit = self.store.get(head)
-        cells = [[self.store.key_of(_content(c)), c.get("id") or ""] for c in notebook.get("cells", [])]
-        return bool(
-            commit["cells"] == cells
-            and commit["metadata"] == notebook.get("metadata", {})
-            and commit["topics"] == topics
-        )
-
     def _descriptor(self, name: str) -> dict[str, Any]:
         try:
             return self.workspaces[name]
@@ -291,15 +283,25 @@ class Registry:
                 self._saved(descriptor, new_head=False)
 
     def _commit(
-        self, notebook: dict[str, Any], parents: list[str], peer: str, message: str, topics: dict[str, Any]
-    ) -> str:
-        cells = []
-        for cell in notebook.get("cells", []):
-            cells.append([self.store.put(_content(cell)), cell.get("id") or ""])
+        self,
+        notebook: dict[str, Any],
+        parents: list[str],
+        peer: str,
+        message: str,
+        topics: dict[str, Any],
+        same_as: str | None = None,
+    ) -> str | None:
+        """Store the cells, then the commit; None (no commit) if ``same_as`` has exactly this content."""
+        cells = [[self.store.put(_content(cell)), cell.get("id") or ""] for cell in notebook.get("cells", [])]
+        metadata = notebook.get("metadata", {})
+        if same_as is not None:
+            head = self.store.get(same_as)
+            if head["cells"] == cells and head["metadata"] == metadata and head["topics"] == topics:
+                return None
         commit = {
             "parents": parents,
             "cells": cells,
-            "metadata": notebook.get("metadata", {}),
+            "metadata": metadata,
             "nbformat": notebook.get("nbformat", 4),
             "nbformat_minor": notebook.get("nbformat_minor", 5),
             "topics": topics,

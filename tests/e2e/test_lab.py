@@ -126,6 +126,14 @@ def run_cell(page: Page, code: str) -> None:
     page.keyboard.press("Shift+Enter")
 
 
+def _keep_evidence(page: Any, lab: LabServer, request: pytest.FixtureRequest) -> None:
+    """On failure: a screenshot of the page and the tail of the server's log."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / f"{request.node.name}-failure.png"
+    page.screenshot(path=str(shot))
+    sys.stderr.write(f"screenshot: {shot}\nserver log tail:\n{lab.log_path.read_text()[-3000:]}\n")
+
+
 def code_cell(cell_id: str, source: str) -> dict[str, Any]:
     return {
         "cell_type": "code",
@@ -231,10 +239,7 @@ def test_panel_shows_peers_and_topics_live_and_the_slider_syncs(
         expect(status).to_have_text("Spindel: 2 peers")
         assert not errors, f"errors in the page: {errors}"
     except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / f"{request.node.name}-failure.png"
-        page.screenshot(path=str(shot))
-        sys.stderr.write(f"screenshot: {shot}\nserver log tail:\n{lab.log_path.read_text()[-3000:]}\n")
+        _keep_evidence(page, lab, request)
         raise
     finally:
         if kernel_b is not None:
@@ -343,10 +348,7 @@ def test_workspaces_follow_fork_and_merge_with_conflicts_from_the_panel(
         )
         assert not errors, f"errors in the page: {errors}"
     except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / f"{request.node.name}-failure.png"
-        page.screenshot(path=str(shot))
-        sys.stderr.write(f"screenshot: {shot}\nserver log tail:\n{lab.log_path.read_text()[-3000:]}\n")
+        _keep_evidence(page, lab, request)
         raise
     finally:
         if lesson is not None:
