@@ -478,10 +478,10 @@ class RateWindow:
         self.rate: float | None = None
         self.done = threading.Event()
 
-    def tick(self) -> None:
-        """One event, now."""
+    def tick(self, events: int = 1) -> None:
+        """``events`` events, now."""
         now = time.perf_counter()
-        self.count += 1
+        self.count += events
         self.last = now
         if self.first is None:
             self.first = now

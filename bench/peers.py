@@ -138,10 +138,22 @@ def role_writer(args: argparse.Namespace) -> None:
 
 
 def role_reader(args: argparse.Namespace) -> None:
-    """Count updates observed: the rate over ``--seconds`` after ``--warmup`` s from the first."""
+    """Count updates delivered: the rate over ``--seconds`` after ``--warmup`` s from the first.
+
+    The writer sets 0, 1, 2...: an observed value ``n`` means every update up to
+    ``n`` has arrived (the observer sees the newest of updates that arrive
+    together, as last-writer-wins allows), so the count is the writer's progress.
+    """
     signal = subscribe_signal(args.topic)
     window = RateWindow(args.warmup, args.seconds)
-    signal.observe(lambda _: window.tick())
+    newest = [-1]
+
+    def delivered(value: int) -> None:
+        if value > newest[0]:
+            window.tick(value - newest[0])
+            newest[0] = value
+
+    signal.observe(delivered)
     emit("READY")
     window.done.wait(args.max_seconds)
     emit("RESULT", window.result())

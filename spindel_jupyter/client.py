@@ -1,10 +1,11 @@
-"""The peer connection: one WebSocket to the hub, owned by a background thread.
+"""The peer connection: one WebSocket to the hub, read by a background thread.
 
-The connection runs its own asyncio loop on a daemon thread, so it keeps
+The connection reads on its own asyncio loop, on a daemon thread, so it keeps
 working whatever the caller's thread is doing (a kernel busy in a cell, a
-script blocked on a call). Calls from other threads hop onto that loop; replies
-come back through futures. After the hub goes away the connection fails every
-pending call at once and reconnects with backoff, announcing the same name.
+script blocked on a call); frames are written straight from the thread that
+makes them. Replies come back through futures. After the hub goes away the
+connection fails every pending call at once and reconnects with backoff,
+announcing the same name.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import secrets
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,12 +29,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
-
 from . import errors, wire
 from .errors import HubError, NameTaken, NotConnected, PeerLost, RemoteTimeout, SpindelError
 from .protocol import CANCEL, ERROR, EVENT, HELLO, MSG, REP, REQ, WELCOME, check_name, error_dict, name_from
+from .transport import HandshakeError, WebSocket, open_websocket
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ SESSION = secrets.token_hex(8)
 _REPLACED = 4000
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 2.0
+#: Ping the hub after this many quiet seconds; reconnect when it stays silent this much longer.
+_PING_INTERVAL = 10.0
+_PING_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class Incoming:
 
 
 Handler = Callable[[Incoming], Any]
+#: A reply as it arrived: its header and its still encoded body.
+Reply = tuple[dict[str, Any], memoryview]
 FrameHandler = Callable[[dict[str, Any], memoryview], None]
 Listener = Callable[[Any], None]
 
@@ -97,9 +102,9 @@ class Peer:
         self._on_connect: list[Callable[[], None]] = []
         self._frame_handlers: dict[str, FrameHandler] = {}
         self._tasks: set[asyncio.Future[None]] = set()
-        self._pending: dict[int, concurrent.futures.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._pending: dict[int, concurrent.futures.Future[Reply]] = {}
         self._peers: list[dict[str, Any]] = []
-        self._ws: WebSocketClientConnection | None = None
+        self._ws: WebSocket | None = None
         self._closing = False
         self._connected = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -194,31 +199,37 @@ class Peer:
 
     def submit(
         self, to: str | None, op: str, body: Any = None, rid: int | None = None
-    ) -> tuple[int, concurrent.futures.Future[tuple[dict[str, Any], bytes]]]:
+    ) -> tuple[int, concurrent.futures.Future[Reply]]:
         """Send a request; return its id and a future of the raw reply (header, body)."""
         rid = self.next_id() if rid is None else rid
         header: dict[str, Any] = {"t": REQ, "id": rid, "op": op}
         if to is not None:
             header["to"] = to
         frame = self._frame(header, body)
-        future: concurrent.futures.Future[tuple[dict[str, Any], bytes]] = concurrent.futures.Future()
-        self._loop.call_soon_threadsafe(self._send_request, rid, frame, future)
+        future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
+        ws = self._ws
+        if ws is None:
+            future.set_exception(NotConnected(f"not connected to the hub at {self.url} (reconnecting)"))
+            return rid, future
+        self._pending[rid] = future
+        if self._ws is not ws and self._pending.pop(rid, None) is not None:
+            # The connection dropped in between, after failing what was pending then.
+            future.set_exception(
+                PeerLost("hub", f"lost the connection to the hub at {self.url}; reconnecting")
+            )
+            return rid, future
+        self._write(frame, ws)
         return rid, future
 
     def cancel(self, to: str | None, request_id: int) -> None:
         """Give up on a request: forget it here and tell the target (which may interrupt it)."""
-
-        def forget() -> None:
-            self._pending.pop(request_id, None)
-            if to is not None:
-                self._write(wire.pack_frame({"t": CANCEL, "id": request_id, "to": to}))
-
-        self._call_soon(forget)
+        self._pending.pop(request_id, None)
+        if to is not None:
+            self._write(wire.frame_parts({"t": CANCEL, "id": request_id, "to": to}))
 
     def send(self, to: str, op: str, body: Any = None) -> None:
         """One-way message ``op`` to peer ``to``; dropped if either side is disconnected."""
-        frame = self._frame({"t": MSG, "op": op, "to": to}, body)
-        self._call_soon(self._write, frame)
+        self._write(self._frame({"t": MSG, "op": op, "to": to}, body))
 
     def handle(self, op: str, handler: Handler | None) -> None:
         """Serve requests and messages ``op`` from other peers (None stops serving it).
@@ -248,16 +259,15 @@ class Peer:
 
     def send_frame(self, header: dict[str, Any], body: bytes | None = None) -> None:
         """Send a frame as is, from any thread; dropped while disconnected."""
-        frame = wire.pack_frame(header, body)
-        if len(frame) > self.max_frame_bytes:
-            raise SpindelError(
-                f"message of {len(frame)} bytes is over the hub's limit of {self.max_frame_bytes} bytes"
-            )
-        self._call_soon(self._write, frame)
+        self._write(self._checked(wire.frame_parts(header, body)))
 
     def on_connect(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the connection thread after every (re)connection."""
         self._on_connect.append(callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the connection thread in ``delay`` seconds (unless it closed)."""
+        self._call_soon(self._loop.call_later, delay, callback)
 
     # -- hub requests ---------------------------------------------------------------
 
@@ -271,26 +281,39 @@ class Peer:
         if self.connected:
             self.request(None, "update", {"contexts": self.contexts}, timeout=timeout)
 
-    # -- the connection thread ------------------------------------------------------
+    # -- frames out (any thread) -----------------------------------------------------
 
-    def _frame(self, header: dict[str, Any], body: Any) -> bytes:
-        if isinstance(body, wire.Encoded):
-            payload: bytes | None = body.data
-        else:
-            payload = None if body is None else wire.encode(body, where="the request")
-        frame = wire.pack_frame(header, payload)
-        if len(frame) > self.max_frame_bytes:
+    def _frame(self, header: dict[str, Any], body: Any) -> list[wire.Buffer]:
+        if body is not None and not isinstance(body, wire.Encoded):
+            body = wire.encode_buffers(body, where="the request")
+        return self._checked(wire.frame_parts(header, body))
+
+    def _checked(self, parts: list[wire.Buffer]) -> list[wire.Buffer]:
+        size = sum(len(part) for part in parts)
+        if size > self.max_frame_bytes:
             raise SpindelError(
-                f"message of {len(frame)} bytes is over the hub's limit of {self.max_frame_bytes} bytes; "
+                f"message of {size} bytes is over the hub's limit of {self.max_frame_bytes} bytes; "
                 "send less at once, or raise c.SpindelHub.max_frame_bytes on the server"
             )
-        return frame
+        return parts
+
+    def _write(self, parts: list[wire.Buffer], ws: WebSocket | None = None) -> None:
+        """Write a frame from this thread; dropped while disconnected (the reader notices a dead socket)."""
+        ws = ws or self._ws
+        if ws is None:
+            return
+        try:
+            ws.send(parts)
+        except OSError:
+            pass
 
     def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
             self._loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # loop closed: the peer was closed
             pass
+
+    # -- the connection thread ------------------------------------------------------
 
     async def _run(self) -> None:
         delay = _BACKOFF_FIRST
@@ -326,7 +349,7 @@ class Peer:
                             {"t": REQ, "id": next(self._ids), "op": "update"}, {"contexts": self.contexts}
                         )
                     )
-                code = await self._read_loop(ws)
+                code = await self._closed
                 self._ws = None
                 self._connected.clear()
                 self._fail_pending(
@@ -339,33 +362,31 @@ class Peer:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
 
-    async def _open(self) -> WebSocketClientConnection:
+    async def _open(self) -> WebSocket:
         headers = {"Authorization": f"token {self.token}"} if self.token else {}
-        request = HTTPRequest(self.url, headers=headers, connect_timeout=self.connect_timeout)
         loop = asyncio.get_running_loop()
-        self._welcome: asyncio.Future[str | bytes | None] = loop.create_future()
-        self._closed: asyncio.Future[None] = loop.create_future()
+        self._welcome: asyncio.Future[wire.Buffer | None] = loop.create_future()
+        self._closed: asyncio.Future[int | None] = loop.create_future()
         try:
-            # Frames are handled in tornado's own callback: no queue and no extra task per frame.
-            ws = await websocket_connect(
-                request,
-                max_message_size=2**31,
-                ping_interval=10,
-                ping_timeout=10,
-                on_message_callback=self._on_message,
+            ws = await asyncio.wait_for(
+                asyncio.to_thread(open_websocket, self.url, headers, self.connect_timeout),
+                self.connect_timeout,
             )
-        except HTTPClientError as exc:
-            if exc.code == 403:
+        except HandshakeError as exc:
+            if exc.status == 403:
                 raise NotConnected(
                     f"the hub at {self.url} refused the token (403): check SPINDEL_TOKEN or --token"
                 ) from None
-            if exc.code == 404:
+            if exc.status == 404:
                 raise NotConnected(
                     f"no Spindel hub at {self.url} (404): is the spindel_jupyter server extension enabled?"
                 ) from None
             raise NotConnected(f"cannot reach the hub at {self.url}: {exc}") from None
-        if ws.protocol is not None:
-            ws.protocol.set_nodelay(True)  # no Nagle delay on small frames
+        except (OSError, asyncio.TimeoutError, TimeoutError, ValueError) as exc:
+            raise NotConnected(f"cannot reach the hub at {self.url}: {type(exc).__name__}: {exc}") from None
+        ws.start(loop, self._on_message, self._on_close)
+        heartbeat = asyncio.ensure_future(self._heartbeat(ws))
+        self._closed.add_done_callback(lambda _: heartbeat.cancel())
         hello = {
             "t": HELLO,
             "name": self.name,
@@ -374,42 +395,50 @@ class Peer:
             "contexts": self.contexts,
             "kernel": kernel_id(),
         }
-        await ws.write_message(wire.pack_frame(hello), binary=True)
-        reply = await asyncio.wait_for(self._welcome, self.connect_timeout)
+        self._write(wire.frame_parts(hello), ws)
+        reply = await asyncio.wait_for(asyncio.shield(self._welcome), self.connect_timeout)
         if reply is None:
             raise NotConnected(f"the hub at {self.url} closed the connection during hello")
-        header, _ = wire.unpack_frame(_as_bytes(reply))
+        header, _ = wire.unpack_frame(reply)
         if header.get("t") == WELCOME:
             self.max_frame_bytes = int(header.get("max_frame_bytes", self.max_frame_bytes))
             return ws
         ws.close()
         raise errors.from_wire(header)
 
-    async def _read_loop(self, ws: WebSocketClientConnection) -> int | None:
-        await self._closed
-        return ws.close_code
+    async def _heartbeat(self, ws: WebSocket) -> None:
+        """Ping the hub when it has been quiet; drop a connection silent for too long."""
+        while not ws.closed:
+            await asyncio.sleep(_PING_INTERVAL)
+            quiet = time.monotonic() - ws.last_seen
+            if quiet > _PING_INTERVAL + _PING_TIMEOUT:
+                log.info("spindel: no word from the hub at %s for %.0f s; reconnecting", self.url, quiet)
+                ws.close(1011)
+            elif quiet >= _PING_INTERVAL:
+                ws.ping()
 
-    def _on_message(self, message: str | bytes | None) -> None:
-        if message is None:
-            for done in (self._welcome, self._closed):
-                if not done.done():
-                    done.set_result(None)
-            return
+    def _on_close(self, code: int | None) -> None:
+        if not self._welcome.done():
+            self._welcome.set_result(None)
+        if not self._closed.done():
+            self._closed.set_result(code)
+
+    def _on_message(self, message: wire.Buffer) -> None:
         if not self._welcome.done():
             self._welcome.set_result(message)
             return
         try:
-            self._dispatch(_as_bytes(message))
+            self._dispatch(message)
         except Exception:
             log.exception("spindel: failed to handle a frame from the hub")
 
-    def _dispatch(self, data: bytes) -> None:
+    def _dispatch(self, data: wire.Buffer) -> None:
         header, body = wire.unpack_frame(data)
         kind = header.get("t")
         if kind == REP:
             future = self._pending.pop(header.get("re", -1), None)
             if future is not None and not future.done():
-                future.set_result((header, body.tobytes()))
+                future.set_result((header, body))
         elif kind in (REQ, MSG):
             self._incoming(header, body)
         elif kind == CANCEL:
@@ -446,8 +475,7 @@ class Peer:
         if rid is None:
             return
         if isinstance(result, concurrent.futures.Future):
-            # Finished on another thread (served code runs on the home thread):
-            # the reply is encoded there and only written here.
+            # Finished on another thread (served code runs on the home thread): the reply leaves from there.
             result.add_done_callback(functools.partial(self._reply_when_done, sender, rid))
         elif isinstance(result, Awaitable):
             task = asyncio.ensure_future(self._finish(sender, rid, result))
@@ -467,46 +495,22 @@ class Peer:
     def _reply_when_done(self, to: str, rid: int, future: concurrent.futures.Future[Any]) -> None:
         if future.cancelled():
             error = errors.to_wire(errors.Interrupted("the call was dropped: the caller stopped waiting"))
-            frame = self._reply_frame(to, rid, error=error)
+            self._reply(to, rid, error=error)
         elif (failure := future.exception()) is not None:
-            frame = self._reply_frame(to, rid, error=remote_error(failure, self.name))
+            self._reply(to, rid, error=remote_error(failure, self.name))
         else:
-            frame = self._reply_frame(to, rid, future.result())
-        self._call_soon(self._write, frame)
+            self._reply(to, rid, future.result())
 
     def _reply(self, to: str, rid: int, result: Any = None, error: dict[str, Any] | None = None) -> None:
-        self._write(self._reply_frame(to, rid, result, error))
-
-    def _reply_frame(
-        self, to: str, rid: int, result: Any = None, error: dict[str, Any] | None = None
-    ) -> bytes:
         header: dict[str, Any] = {"t": REP, "re": rid, "to": to}
-        if error is not None:
-            header["error"] = error
-            return wire.pack_frame(header)
-        try:
-            return self._frame(header, result)
-        except SpindelError as exc:
-            header["error"] = remote_error(exc, self.name)
-            return wire.pack_frame(header)
-
-    def _send_request(
-        self, rid: int, frame: bytes, future: concurrent.futures.Future[tuple[dict[str, Any], bytes]]
-    ) -> None:
-        if self._ws is None:
-            future.set_exception(NotConnected(f"not connected to the hub at {self.url} (reconnecting)"))
-            return
-        self._pending[rid] = future
-        self._write(frame)
-
-    def _write(self, frame: bytes) -> None:
-        ws = self._ws
-        if ws is None:
-            return
-        try:
-            ws.write_message(frame, binary=True).add_done_callback(_retrieve)
-        except WebSocketClosedError:
-            pass
+        if error is None:
+            try:
+                self._write(self._frame(header, result))
+                return
+            except SpindelError as exc:
+                error = remote_error(exc, self.name)
+        header["error"] = error
+        self._write(wire.frame_parts(header))
 
     def _fail_pending(self, exc: SpindelError) -> None:
         pending, self._pending = self._pending, {}
@@ -551,7 +555,7 @@ def _user_frames(tb: TracebackType | None) -> TracebackType | None:
     return tb
 
 
-def reply_value(header: dict[str, Any], payload: bytes, to: str | None) -> Any:
+def reply_value(header: dict[str, Any], payload: memoryview, to: str | None) -> Any:
     """The decoded body of a reply, or the exception its error stands for."""
     error = header.get("error")
     if error is not None:
@@ -561,15 +565,6 @@ def reply_value(header: dict[str, Any], payload: bytes, to: str | None) -> Any:
 
 def _target(to: str | None) -> str:
     return f"peer {to!r}" if to else "the hub"
-
-
-def _as_bytes(message: str | bytes) -> bytes:
-    return message.encode() if isinstance(message, str) else message
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 # -- the process-wide peer ---------------------------------------------------------

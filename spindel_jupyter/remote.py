@@ -185,12 +185,12 @@ def _check_bound(free: Iterable[str], namespace: dict[str, Any], args: dict[str,
 
 def _encoded_value(value: Any, with_bundle: bool = False) -> wire.Encoded:
     try:
-        return wire.Encoded(wire.encode({"value": value}, where="the result"))
+        return wire.encode_buffers({"value": value}, where="the result")
     except EncodeError as exc:
         kind = f"{type(value).__module__}.{type(value).__qualname__}"
         bundle = rich_bundle(value) if with_bundle else {}
         message = f"the result, a {kind}, cannot be sent back: {exc}"
-        return wire.Encoded(wire.encode({"unsendable": message, "bundle": bundle}))
+        return wire.encode_buffers({"unsendable": message, "bundle": bundle})
 
 
 def _send_output(to: str, request_id: int | None, item: dict[str, Any]) -> None:
@@ -361,7 +361,7 @@ def _timed_out(target: str, timeout: float | None) -> RemoteTimeout:
     return RemoteTimeout(f"{target} did not finish within {timeout} s; the call was interrupted there")
 
 
-def _result(header: dict[str, Any], payload: bytes, peer_name: str) -> Any:
+def _result(header: dict[str, Any], payload: memoryview, peer_name: str) -> Any:
     reply = client.reply_value(header, payload, peer_name)
     if isinstance(reply, dict) and "value" in reply:
         return reply["value"]

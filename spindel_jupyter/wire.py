@@ -16,6 +16,7 @@ optional encoded value (the body, opaque to the hub unless it needs it).
 from __future__ import annotations
 
 import datetime as _dt
+import re
 import struct
 from decimal import Decimal
 from enum import IntEnum
@@ -30,7 +31,19 @@ try:  # numpy is optional: arrays are supported when it is importable
 except ImportError:  # pragma: no cover - exercised only without numpy
     np = None  # type: ignore[assignment]
 
-__all__ = ["MAX_HEADER_BYTES", "Encoded", "decode", "encode", "pack_frame", "unpack_frame"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "Buffer",
+    "Encoded",
+    "decode",
+    "encode",
+    "encode_buffers",
+    "frame_parts",
+    "pack_frame",
+    "unpack_frame",
+]
+
+Buffer = bytes | bytearray | memoryview
 
 #: A header larger than this is refused before it is parsed.
 MAX_HEADER_BYTES = 64 * 1024
@@ -41,12 +54,18 @@ _OOB_PREFIX = struct.Struct("<BQ")
 
 
 class Encoded:
-    """A value already encoded with :func:`encode`, to be sent as is."""
+    """A value already encoded, to be sent as is: its bytes as buffers, arrays left uncopied."""
 
-    __slots__ = ("data",)
+    __slots__ = ("parts",)
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    def __init__(self, *parts: Buffer) -> None:
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts)
+
+    def tobytes(self) -> bytes:
+        return b"".join(self.parts)
 
 
 class Ext(IntEnum):
@@ -154,14 +173,20 @@ def encode(value: Any, where: str = "value") -> bytes:
     ``where`` names the value in that error, so a caller can say ``args``
     and the user reads ``args['df'][3]``.
     """
+    encoded = encode_buffers(value, where)
+    return encoded.parts[0] if len(encoded.parts) == 1 else encoded.tobytes()  # type: ignore[return-value]
+
+
+def encode_buffers(value: Any, where: str = "value") -> Encoded:
+    """:func:`encode`, keeping the arrays' buffers as they are (for sending at once, without a copy)."""
     encoder = _Encoder()
     try:
         body = encoder.pack(value)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise _locate(value, where, exc) from None
     if not encoder.buffers:
-        return body
-    return b"".join([_OOB_PREFIX.pack(_OUT_OF_BAND, len(body)), body, *encoder.buffers])
+        return Encoded(body)
+    return Encoded(_OOB_PREFIX.pack(_OUT_OF_BAND, len(body)), body, *encoder.buffers)
 
 
 def _locate(value: Any, where: str, exc: BaseException) -> EncodeError:
@@ -224,11 +249,11 @@ class _Decoder:
             real, imag = _COMPLEX.unpack(data)
             return complex(real, imag)
         if code == Ext.DATETIME:
-            return _dt.datetime.fromisoformat(data.decode())
+            return _from_iso(_dt.datetime, data.decode())
         if code == Ext.DATE:
             return _dt.date.fromisoformat(data.decode())
         if code == Ext.TIME:
-            return _dt.time.fromisoformat(data.decode())
+            return _from_iso(_dt.time, data.decode())
         if code == Ext.TIMEDELTA:
             days, seconds, micros = _TIMEDELTA.unpack(data)
             return _dt.timedelta(days=days, seconds=seconds, microseconds=micros)
@@ -263,6 +288,22 @@ class _Decoder:
         # Zero-copy when the received buffer is writable; otherwise one copy, so
         # users always get an ordinary writable array.
         return arr if not chunk.readonly else arr.copy()
+
+
+_SECONDS_OFFSET = re.compile(r"([+-])(\d\d):(\d\d):(\d\d)(?:\.(\d{6}))?$")
+
+
+def _from_iso(kind: Any, text: str) -> Any:
+    """``kind.fromisoformat``, keeping a UTC offset's microseconds (which Python 3.11 drops)."""
+    match = _SECONDS_OFFSET.search(text)
+    if match is None:
+        return kind.fromisoformat(text)
+    sign, hours, minutes, seconds, micros = match.groups()
+    offset = _dt.timedelta(
+        hours=int(hours), minutes=int(minutes), seconds=int(seconds), microseconds=int(micros or 0)
+    )
+    naive = kind.fromisoformat(text[: match.start()])
+    return naive.replace(tzinfo=_dt.timezone(-offset if sign == "-" else offset))
 
 
 def _numpy() -> Any:
@@ -309,7 +350,17 @@ def pack_frame(header: dict[str, Any], body: bytes | memoryview | None = None) -
     return head + body if body else head
 
 
-def unpack_frame(data: bytes | memoryview) -> tuple[dict[str, Any], memoryview]:
+def frame_parts(header: dict[str, Any], body: Encoded | Buffer | None = None) -> list[Buffer]:
+    """:func:`pack_frame` as buffers to write one after the other (a large body is not copied)."""
+    head: bytes = msgpack.packb(header, use_bin_type=True)
+    if body is None:
+        return [head]
+    if isinstance(body, Encoded):
+        return [head, *body.parts]
+    return [head, body]
+
+
+def unpack_frame(data: Buffer) -> tuple[dict[str, Any], memoryview]:
     """Split a frame into its header (a dict with str keys) and its raw body."""
     view = memoryview(data)
     unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_HEADER_BYTES, strict_map_key=True)

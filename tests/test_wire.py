@@ -241,3 +241,10 @@ def test_array_shape_must_match_its_bytes() -> None:
     lying = wire.encode(np.arange(4, dtype=np.int32))[:-4]  # drop one element's bytes
     with pytest.raises(DecodeError):
         wire.decode(lying)
+
+
+def test_utc_offsets_keep_their_seconds_and_microseconds() -> None:
+    odd = dt.timezone(-dt.timedelta(hours=3, seconds=7, microseconds=1))
+    for value in (dt.datetime(2000, 1, 1, tzinfo=odd), dt.time(1, 2, tzinfo=odd)):
+        back = wire.decode(wire.encode(value))
+        assert back == value and back.utcoffset() == value.utcoffset()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import struct
 from asyncio import Future
 from typing import TYPE_CHECKING, Any
 
@@ -13,9 +14,11 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.utils import ensure_async
 from tornado import web
+from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ..errors import MergeConflict, NotWritable, SpindelError
+from ..wire import Buffer
 from .workspaces import WorkspaceExists, WorkspaceNotFound
 
 if TYPE_CHECKING:
@@ -104,14 +107,36 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
         if member is not None:
             self.hub.relay.disconnect(member)
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, body: Buffer = b"") -> None:
         """Relay :class:`Link`: queue a frame; a closed connection drops it."""
-        if self.ws_connection is None or self.ws_connection.is_closing():
+        protocol = self.ws_connection
+        if protocol is None or protocol.is_closing():
             return
         try:
-            self.write_message(frame, binary=True).add_done_callback(_retrieve)
-        except WebSocketClosedError:
+            if len(body) < _UNCOPIED_BODY:
+                self.write_message(frame + body if body else frame, binary=True).add_done_callback(_retrieve)
+                return
+            # A large body (an array) is written as it arrived, after one WebSocket header for the
+            # whole message: tornado's write_message would copy it twice.
+            stream = protocol.stream
+            assert stream is not None
+            stream.write(_binary_header(len(frame) + len(body)) + frame)
+            stream.write(memoryview(body)).add_done_callback(_retrieve)
+        except (WebSocketClosedError, StreamClosedError):
             pass
+
+
+#: A relayed body at least this large is written without copying it into the frame.
+_UNCOPIED_BODY = 64 * 1024
+
+
+def _binary_header(length: int) -> bytes:
+    """The header of one unmasked, unfragmented binary WebSocket frame (RFC 6455, 5.2)."""
+    if length < 126:
+        return struct.pack("!BB", 0x82, length)
+    if length <= 0xFFFF:
+        return struct.pack("!BBH", 0x82, 126, length)
+    return struct.pack("!BBQ", 0x82, 127, length)
 
 
 def _retrieve(future: Future[None]) -> None:

@@ -46,8 +46,8 @@ MAX_PENDING_PER_PEER = 10_000
 class Link(Protocol):
     """What the relay needs of one peer connection."""
 
-    def send(self, frame: bytes) -> None:
-        """Queue ``frame`` for the peer; never raises if the peer is gone."""
+    def send(self, frame: bytes, body: wire.Buffer = b"") -> None:
+        """Queue ``frame`` followed by ``body`` for the peer; never raises if the peer is gone."""
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection."""
@@ -278,7 +278,7 @@ class Relay:
         if target is None:
             return  # one-way message to a peer that left: nothing waits for it
         header["from"] = member.name  # stamped: a peer cannot speak as another
-        target.link.send(wire.pack_frame(header, body))
+        target.link.send(wire.pack_frame(header), body)
 
     def _hub_request(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
         op = self._hub_ops.get(header["op"])

@@ -18,8 +18,8 @@ class RecordingLink:
         self.frames: list[tuple[dict[str, Any], Any]] = []
         self.closed: tuple[int, str] | None = None
 
-    def send(self, frame: bytes) -> None:
-        header, body = wire.unpack_frame(frame)
+    def send(self, frame: bytes, body: wire.Buffer = b"") -> None:
+        header, body = wire.unpack_frame(frame + body)
         self.frames.append((header, wire.decode(body) if body else None))
 
     def close(self, code: int, reason: str) -> None:

@@ -1,0 +1,202 @@
+"""The client WebSocket against a real tornado WebSocket server (plain and TLS)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application, HTTPError
+from tornado.websocket import WebSocketHandler
+
+from spindel_jupyter.transport import HandshakeError, WebSocket, open_websocket
+
+
+class Echo(WebSocketHandler):
+    """Echoes binary messages; ``close:CODE`` closes with CODE; ``big:N`` answers N bytes."""
+
+    def prepare(self) -> None:
+        if self.request.headers.get("Authorization") != "token good":
+            raise HTTPError(403)
+
+    def on_message(self, message: str | bytes) -> None:
+        if isinstance(message, str) and message.startswith("close:"):
+            self.close(int(message[6:]))
+        elif isinstance(message, str) and message.startswith("big:"):
+            self.write_message(os.urandom(int(message[4:])), binary=True)
+        elif isinstance(message, str) and message == "ping-me":
+            self.ping(b"are you there")
+        else:
+            self.write_message(message, binary=isinstance(message, bytes))
+
+    def on_pong(self, data: bytes) -> None:
+        self.write_message(b"pong:" + data, binary=True)
+
+
+class Server:
+    """A tornado server on its own thread; ``url`` is ws:// or wss://."""
+
+    def __init__(self, certfile: Path | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        sockets = bind_sockets(0, "127.0.0.1")
+        port = sockets[0].getsockname()[1]
+        tls = None
+        if certfile is not None:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(certfile)
+
+        async def serve() -> None:
+            app = Application([("/ws", Echo)], websocket_max_message_size=2**30)
+            HTTPServer(app, ssl_options=tls, max_buffer_size=2**30).add_sockets(sockets)
+
+        asyncio.run_coroutine_threadsafe(serve(), self.loop).result(5)
+        self.url = f"{'wss' if tls else 'ws'}://localhost:{port}/ws"
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class Client:
+    """An open WebSocket read on its own loop thread; messages land in a queue."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self.ws = ws
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.messages: asyncio.Queue[Any] = asyncio.Queue()
+        self.closed: concurrent.futures.Future[int | None] = concurrent.futures.Future()
+        self.loop.call_soon_threadsafe(ws.start, self.loop, self._message, self.closed.set_result)
+
+    def _message(self, message: Any) -> None:
+        self.messages.put_nowait(bytes(message))
+
+    def next(self, timeout: float = 10) -> bytes:
+        return asyncio.run_coroutine_threadsafe(self._next(timeout), self.loop).result(timeout + 1)
+
+    async def _next(self, timeout: float) -> bytes:
+        return await asyncio.wait_for(self.messages.get(), timeout)
+
+    def stop(self) -> None:
+        self.ws.close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    made = Server()
+    yield made
+    made.stop()
+
+
+@pytest.fixture
+def connect() -> Iterator[Any]:
+    clients: list[Client] = []
+
+    def make(url: str, token: str = "good", tls: ssl.SSLContext | None = None) -> Client:
+        client = Client(open_websocket(url, {"Authorization": f"token {token}"}, 5, tls))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.stop()
+
+
+def test_small_and_large_messages_both_ways(server: Server, connect: Any) -> None:
+    client = connect(server.url)
+    for size in (0, 1, 125, 126, 65_535, 65_536, 3_000_001):
+        data = os.urandom(size)
+        client.ws.send(data)
+        assert client.next() == data, size
+
+
+def test_a_message_of_several_parts_arrives_as_one(server: Server, connect: Any) -> None:
+    client = connect(server.url)
+    array = np.arange(100_003, dtype=np.int64)
+    parts = [b"abc", array.data, b"", b"z"]  # lengths not multiples of 4 shift the mask
+    client.ws.send(parts)
+    assert client.next() == b"abc" + array.tobytes() + b"z"
+
+
+def test_large_messages_from_the_server_arrive_whole(server: Server, connect: Any) -> None:
+    client = connect(server.url)
+    for size in (70_000, 5_000_000):
+        client.ws.send(f"big:{size}".encode(), opcode=0x1)
+        assert len(client.next()) == size
+
+
+def test_writes_from_many_threads_never_interleave(server: Server, connect: Any) -> None:
+    client = connect(server.url)
+    sent = {bytes([i]) * (100_000 + i) for i in range(16)}
+    threads = [threading.Thread(target=client.ws.send, args=(data,)) for data in sent]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {client.next() for _ in sent} == sent
+
+
+def test_pings_from_the_server_are_answered(server: Server, connect: Any) -> None:
+    client = connect(server.url)
+    client.ws.send(b"ping-me", opcode=0x1)
+    assert client.next() == b"pong:are you there"
+
+
+def test_the_close_code_reaches_the_callback(server: Server, connect: Any) -> None:
+    client = connect(server.url)
+    client.ws.send(b"close:4000", opcode=0x1)
+    assert client.closed.result(5) == 4000
+    with pytest.raises(OSError):
+        client.ws.send(b"after the close")
+
+
+def test_a_refused_upgrade_names_the_status(server: Server) -> None:
+    with pytest.raises(HandshakeError) as refused:
+        open_websocket(server.url, {"Authorization": "token bad"}, 5)
+    assert refused.value.status == 403
+    with pytest.raises(HandshakeError) as missing:
+        open_websocket(server.url.replace("/ws", "/nothing"), {}, 5)
+    assert missing.value.status == 404
+
+
+def test_not_a_websocket_url() -> None:
+    with pytest.raises(ValueError, match="ws:// or wss://"):
+        open_websocket("http://localhost/ws", {}, 5)
+
+
+def test_tls(tmp_path: Path, connect: Any) -> None:
+    pem = tmp_path / "localhost.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", pem, "-out", pem],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = Server(certfile=pem)
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            open_websocket(server.url, {"Authorization": "token good"}, 5)
+        trusted = ssl.create_default_context(cafile=str(pem))
+        client = connect(server.url, tls=trusted)
+        for size in (5, 200_000, 3_000_000):
+            data = os.urandom(size)
+            client.ws.send(data)
+            assert client.next() == data
+        client.ws.send(b"big:1000000", opcode=0x1)
+        assert len(client.next()) == 1_000_000
+    finally:
+        server.stop()
