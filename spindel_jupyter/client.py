@@ -31,6 +31,7 @@ from typing import Any
 
 from . import errors, wire
 from .errors import HubError, NameTaken, NotConnected, PeerLost, RemoteTimeout, SpindelError
+from .home import in_kernel
 from .protocol import CANCEL, ERROR, EVENT, HELLO, MSG, REP, REQ, WELCOME, check_name, error_dict, name_from
 from .transport import HandshakeError, WebSocket, open_websocket
 
@@ -607,14 +608,6 @@ def default_name() -> str:
     return name_from(f"{socket.gethostname().split('.')[0]}-{os.getpid()}")
 
 
-def _in_kernel() -> bool:
-    if "IPython" not in sys.modules:
-        return False
-    from IPython import get_ipython
-
-    return getattr(get_ipython(), "kernel", None) is not None
-
-
 def connect(
     url: str | None = None,
     name: str | None = None,
@@ -637,7 +630,7 @@ def connect(
             "(a Jupyter server with spindel_jupyter sets it for the kernels it starts)"
         )
     token = os.environ.get(ENV_TOKEN, "") if token is None else token
-    kind = kind or ("kernel" if _in_kernel() else "script")
+    kind = kind or ("kernel" if in_kernel() else "script")
     explicit = name is not None or bool(os.environ.get(ENV_PEER))
     base = check_name(name) if name is not None else default_name()
     with _current_lock:

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .home import shell
+
 DEFAULT = "default"
 
 _lock = threading.Lock()
@@ -25,13 +27,8 @@ def on_register(listener: Callable[[str], None]) -> None:
 
 
 def _user_namespace() -> dict[str, Any]:
-    if "IPython" in sys.modules:
-        from IPython import get_ipython
-
-        ip = get_ipython()
-        if ip is not None:
-            return ip.user_ns
-    return sys.modules["__main__"].__dict__
+    ip = shell()
+    return ip.user_ns if ip is not None else sys.modules["__main__"].__dict__
 
 
 def register_context(name: str, namespace: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from types import CodeType
 from typing import Any
 
 from .errors import Interrupted
-from .home import home
+from .home import home, shell
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -198,12 +198,12 @@ class _Forward(io.TextIOBase):
 @contextlib.contextmanager
 def forward_output(send: Send) -> Iterator[None]:
     """Send stdout, stderr and ``display()`` output to the caller instead of this kernel's cell."""
-    shell = _shell()
+    ip = shell()
     previous = None
-    if shell is not None:
-        publisher = _forwarding_publisher(shell)
+    if ip is not None:
+        publisher = _forwarding_publisher(ip)
         publisher.send = send
-        previous, shell.display_pub = shell.display_pub, publisher
+        previous, ip.display_pub = ip.display_pub, publisher
     out, err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Forward("stdout", send), _Forward("stderr", send)
     try:
@@ -214,7 +214,7 @@ def forward_output(send: Send) -> Iterator[None]:
         sys.stderr.flush()
         sys.stdout, sys.stderr = out, err
         if previous is not None:
-            shell.display_pub = previous
+            ip.display_pub = previous
 
 
 _publishers: dict[int, Any] = {}
@@ -246,27 +246,19 @@ def _flush_figures() -> None:
         backend.flush_figures()
 
 
-def _shell() -> Any:
-    if "IPython" not in sys.modules:
-        return None
-    from IPython import get_ipython
-
-    return get_ipython()
-
-
 def rich_bundle(value: Any) -> dict[str, Any]:
     """The mimebundle a notebook would show for ``value`` (text only outside IPython)."""
-    shell = _shell()
-    if shell is not None:
-        data, metadata = shell.display_formatter.format(value)
+    ip = shell()
+    if ip is not None:
+        data, metadata = ip.display_formatter.format(value)
         return {"data": data, "metadata": metadata}
     return {"data": {"text/plain": repr(value)}, "metadata": {}}
 
 
 def transform(source: str) -> str:
     """IPython's input transforms (magics, ``!cmd``) when running in IPython; else the source."""
-    shell = _shell()
-    return str(shell.transform_cell(source)) if shell is not None else source
+    ip = shell()
+    return str(ip.transform_cell(source)) if ip is not None else source
 
 
 _FLAGS = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT

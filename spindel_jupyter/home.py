@@ -9,6 +9,7 @@ of our own with its own loop.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -49,3 +50,14 @@ def home() -> Home:
                 thread.start()
                 _home = Home(loop, thread)
         return _home
+
+
+def shell() -> Any:
+    """The IPython shell of this process, or None (plain Python, or IPython not started)."""
+    module = sys.modules.get("IPython.core.getipython")
+    return module.get_ipython() if module is not None else None
+
+
+def in_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (output then goes to a notebook)."""
+    return getattr(shell(), "kernel", None) is not None

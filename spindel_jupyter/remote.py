@@ -27,6 +27,7 @@ from . import client, contexts, wire
 from .errors import EncodeError, NotServed, RemoteTimeout, SpindelError, UnboundNames, UnsendableResult
 from .executor import Cell, Executor, compile_cell, forward_output, rich_bundle, transform
 from .freenames import free_names
+from .home import in_kernel, shell
 
 OP_CALL = "call"
 #: One-way messages from the serving peer to the caller while a call runs.
@@ -69,17 +70,16 @@ class _Server:
             raise NotServed(f"peer {me!r} does not serve context {context!r} (it serves: {served})")
         target = me if context == contexts.DEFAULT else f"{me}/{context}"
         output = functools.partial(_send_output, call.sender, call.id)
-        started = threading.Event()
-        queued = threading.Event()
+        state = {"started": False, "queued": False}
 
         def on_start() -> None:
-            started.set()
-            if queued.is_set():
+            state["started"] = True
+            if state["queued"]:
                 output({"status": "running"})
 
         def report_queued() -> None:
-            if not started.is_set():
-                queued.set()
+            if not state["started"]:
+                state["queued"] = True
                 output({"status": "queued"})
 
         asyncio.get_running_loop().call_later(QUEUED_AFTER, report_queued)
@@ -312,7 +312,7 @@ class _Display:
             self._handle.update({"text/plain": ""}, raw=True)
 
     def _status_line(self, text: str) -> None:
-        if text == self._shown or not _in_kernel():
+        if text == self._shown or not in_kernel():
             return
         from IPython.display import display
 
@@ -324,29 +324,18 @@ class _Display:
             self._handle.update(bundle, raw=True)
 
 
-def _in_kernel() -> bool:
-    if "IPython" not in sys.modules:
-        return False
-    from IPython import get_ipython
-
-    return getattr(get_ipython(), "kernel", None) is not None
-
-
 def _publish(display: dict[str, Any]) -> None:
     data, metadata = display.get("data") or {}, display.get("metadata") or {}
-    if "IPython" in sys.modules:
-        from IPython import get_ipython
+    if shell() is not None:
+        from IPython.display import publish_display_data
 
-        if get_ipython() is not None:
-            from IPython.display import publish_display_data
-
-            publish_display_data(data, metadata)
-            return
+        publish_display_data(data, metadata)
+        return
     print(data.get("text/plain", ""))
 
 
 def _clear_output(wait: bool) -> None:
-    if _in_kernel():
+    if in_kernel():
         from IPython.display import clear_output
 
         clear_output(wait=wait)
