@@ -98,6 +98,10 @@ class _Topic:
 
     def _receive_all(self, changes: list[tuple[dict[str, Any], bytes]], full_state: bool) -> None:
         current = start = self.signal.value
+        # Deltas that arrived together are joined first (small) and applied once: joining
+        # into a large value costs time in proportion to it, so a backlog is never applied
+        # one delta at a time (the join is associative, the result is the same).
+        joined: Any = None
         for header, body in changes:
             kind = header.get("kind")
             if self.kind is None and isinstance(kind, str):
@@ -112,10 +116,12 @@ class _Topic:
                     current = wire.decode(body)
                 continue
             incoming = crdt.type_for(str(kind)).from_state(wire.decode(body))
+            joined = incoming if joined is None else joined.merge(incoming)
+        if joined is not None:
             if current is None:
-                current = incoming
+                current = joined
             else:
-                current = current.merge(incoming) if full_state else current.apply_delta(incoming)
+                current = current.merge(joined) if full_state else current.apply_delta(joined)
         if current is not start:  # a no-op apply changes nothing: no observer call, no re-publish
             self.signal._apply_remote(current)
 

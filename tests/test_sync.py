@@ -50,6 +50,26 @@ def test_deltas_arriving_together_join_into_one_change() -> None:
     wait_until(lambda: len(calls) == 1, what="one observer call")
 
 
+def test_a_backlog_of_deltas_joins_the_large_value_once(monkeypatch: Any) -> None:
+    large = GSet()
+    for i in range(1000):
+        large = large.add(i)
+    signal: Signal[Any] = Signal(large.clear_delta())
+    topic = _Topic("t", signal, "sync", "gset")
+    joins_into_large: list[int] = []
+    merge = GSet.merge
+
+    def counting(self: GSet[Any], other: GSet[Any]) -> GSet[Any]:
+        if len(self) >= 1000:
+            joins_into_large.append(len(other))
+        return merge(self, other)
+
+    monkeypatch.setattr(GSet, "merge", counting)
+    topic.receive_all([gset_delta(1000 + i) for i in range(50)])
+    assert len(signal.value) == 1050
+    assert joins_into_large == [50]  # one join of the 50 deltas, not 50 joins of 1,000+ elements
+
+
 def test_a_delta_that_adds_nothing_changes_nothing() -> None:
     signal: Signal[Any] = Signal(GSet().add(1).clear_delta())
     topic = _Topic("t", signal, "sync", "gset")
