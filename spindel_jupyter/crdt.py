@@ -403,6 +403,17 @@ class _Context:
     def covers(self, dot: Dot) -> bool:
         return dot[1] <= self.vv.get(dot[0], 0) or dot in self.cloud
 
+    def size(self) -> int:
+        """How many dots this context holds."""
+        return sum(self.vv.values()) + len(self.cloud)
+
+    def dots(self) -> Iterator[Dot]:
+        """Every dot this context holds (as many as :meth:`size`)."""
+        for writer, top in self.vv.items():
+            for seq in range(1, top + 1):
+                yield (writer, seq)
+        yield from self.cloud
+
     def seen(self, writer: str) -> int:
         """The highest sequence number seen from ``writer``."""
         return max([self.vv.get(writer, 0), *(seq for w, seq in self.cloud if w == writer)])
@@ -418,6 +429,20 @@ class _Context:
 
 
 _EMPTY_CONTEXT = _Context({}, ())
+_NOBODY: Any = object()
+
+
+def _surviving(mine_value: ORSet[Any], other_value: ORSet[Any], element: Any) -> frozenset[Dot]:
+    """The dots of ``element`` after a join: kept if both sides have them, or if the other never saw them."""
+    mine = mine_value._entries.get(element, _NO_DOTS)
+    theirs = other_value._entries.get(element, _NO_DOTS)
+    if mine == theirs:
+        return mine
+    return frozenset(
+        (mine & theirs)
+        | {dot for dot in mine - theirs if not other_value._context.covers(dot)}
+        | {dot for dot in theirs - mine if not mine_value._context.covers(dot)}
+    )
 
 
 @register
@@ -429,23 +454,30 @@ class ORSet(_DeltaState, AbstractSet[T]):
     """
 
     type_name = "orset"
-    __slots__ = ("_context", "_entries", "_lease")
+    __slots__ = ("_context", "_dot_owners", "_entries", "_lease")
 
     _entries: dict[T, frozenset[Dot]]  # visible element -> the dots of the adds that made it
     _context: _Context
     _lease: _Lease | None
+    _dot_owners: dict[Dot, T] | None  # dot -> element, see _owners()
 
     def __init__(self: Self, iterable: Iterable[T] = ()) -> None:
         built = self._make({}, _EMPTY_CONTEXT, None, None)._added(list(dict.fromkeys(iterable)))
         self._entries, self._context = built._entries, built._context
-        self._delta, self._lease = built._delta, built._lease
+        self._delta, self._lease, self._dot_owners = built._delta, built._lease, None
 
     @classmethod
     def _make(
-        cls, entries: dict[T, frozenset[Dot]], context: _Context, delta: Self | None, lease: _Lease | None
+        cls,
+        entries: dict[T, frozenset[Dot]],
+        context: _Context,
+        delta: Self | None,
+        lease: _Lease | None,
+        owners: dict[Dot, T] | None = None,
     ) -> Self:
         value = cls.__new__(cls)
         value._entries, value._context, value._delta, value._lease = entries, context, delta, lease
+        value._dot_owners = owners
         return value
 
     def add(self, element: T) -> Self:
@@ -462,7 +494,13 @@ class ORSet(_DeltaState, AbstractSet[T]):
         context = _Context({}, [*covered, *(dot for dots in added.values() for dot in dots)])
         change = self._make(added, context, None, None)
         entries = {**self._entries, **added}
-        return self._make(entries, self._context.join(context), self._pending_with(change), lease)
+        owners = None
+        if self._dot_owners is not None:
+            owners = dict(self._dot_owners)
+            for dot in covered:
+                owners.pop(dot, None)
+            owners.update((dot, x) for x, dots in added.items() for dot in dots)
+        return self._make(entries, self._context.join(context), self._pending_with(change), lease, owners)
 
     def remove(self, element: T) -> Self:
         """This set without ``element`` (``self`` if it is absent)."""
@@ -472,28 +510,71 @@ class ORSet(_DeltaState, AbstractSet[T]):
         change = self._make({}, _Context({}, dots), None, None)
         entries = dict(self._entries)
         del entries[element]
-        return self._make(entries, self._context, self._pending_with(change), self._lease)
+        owners = None
+        if self._dot_owners is not None:
+            owners = dict(self._dot_owners)
+            for dot in dots:
+                owners.pop(dot, None)
+        return self._make(entries, self._context, self._pending_with(change), self._lease, owners)
 
     def _join(self, other: Self) -> Self | None:
+        if other._context.size() + len(other._entries) < len(self._entries) // 2:
+            return self._join_small(other)
+        return self._join_all(other)
+
+    def _join_all(self, other: Self) -> Self | None:
         entries: dict[T, frozenset[Dot]] = {}
         for element in {**self._entries, **other._entries}:
-            mine = self._entries.get(element, _NO_DOTS)
-            theirs = other._entries.get(element, _NO_DOTS)
-            # A dot survives if both have it, or if the side without it has never seen it.
-            dots = (
-                (mine & theirs)
-                | {dot for dot in mine - theirs if not other._context.covers(dot)}
-                | {dot for dot in theirs - mine if not self._context.covers(dot)}
-            )
+            dots = _surviving(self, other, element)
             if dots:
-                entries[element] = frozenset(dots)
+                entries[element] = dots
         context = self._context.join(other._context)
         if entries == self._entries and context == self._context:
             return None
         return self._make(entries, context, self._delta, self._lease)
 
+    def _join_small(self, other: Self) -> Self | None:
+        """The join with a value much smaller than this one (a delta): time in proportion to it.
+
+        Only elements ``other`` names, or whose dots its context covers, can change.
+        """
+        owners = self._owners()
+        affected = dict.fromkeys(other._entries)
+        for dot in other._context.dots():
+            owner = owners.get(dot, _NOBODY)
+            if owner is not _NOBODY:
+                affected[owner] = None
+        entries = new_owners = None
+        for element in affected:
+            mine = self._entries.get(element, _NO_DOTS)
+            dots = _surviving(self, other, element)
+            if dots == mine:
+                continue
+            if entries is None or new_owners is None:
+                entries, new_owners = dict(self._entries), dict(owners)
+            for dot in mine - dots:
+                del new_owners[dot]
+            for dot in dots - mine:
+                new_owners[dot] = element
+            if dots:
+                entries[element] = dots
+            else:
+                del entries[element]
+        context = self._context.join(other._context)
+        if entries is None and context == self._context:
+            return None
+        if entries is None:
+            return self._make(self._entries, context, self._delta, self._lease, owners)
+        return self._make(entries, context, self._delta, self._lease, new_owners)
+
+    def _owners(self) -> dict[Dot, T]:
+        """Which element each dot belongs to (built on first use, then kept up to date by joins)."""
+        if self._dot_owners is None:
+            self._dot_owners = {dot: element for element, dots in self._entries.items() for dot in dots}
+        return self._dot_owners
+
     def _with_delta(self, delta: Self | None) -> Self:
-        return self._make(self._entries, self._context, delta, self._lease)
+        return self._make(self._entries, self._context, delta, self._lease, self._dot_owners)
 
     def state(self) -> dict[str, Any]:
         """``{"entries": {element: frozenset of dots}, "vv": {writer: seq}, "cloud": frozenset of dots}``.

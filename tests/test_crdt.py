@@ -216,6 +216,40 @@ def test_pending_delta_rules(empty: Callable[[], Any], mutate: Callable[[Any], A
     assert local.merge(changed).delta().state() == local.delta().state()
 
 
+@PROPERTY
+@given(data=st.data())
+def test_orset_joins_touching_only_what_the_other_names_equal_full_joins(data: st.DataObject) -> None:
+    run = data.draw(runs(KINDS["orset"], low=2))
+    pool = run.replicas + run.deltas
+    for _ in range(10):
+        a, b = data.draw(st.sampled_from(pool)), data.draw(st.sampled_from(pool))
+        small, full = a._join_small(b), a._join_all(b)
+        assert (small is None) == (full is None)
+        if small is not None and full is not None:
+            assert small.state() == full.state()
+            rebuilt = {dot: x for x, dots in small._entries.items() for dot in dots}
+            assert small._owners() == rebuilt  # the dot index stays true to the entries
+
+
+def test_applying_a_small_delta_to_a_large_orset_looks_at_the_delta_only(monkeypatch: Any) -> None:
+    large = ORSet(range(5000)).clear_delta()
+    other = large.add("new").remove(17)
+    delta = other.delta()
+    assert delta is not None
+    large.apply_delta(ORSet([0]))  # builds the dot index once
+    looked_at: list[Any] = []
+    surviving = crdt._surviving
+
+    def counting(mine: Any, theirs: Any, element: Any) -> Any:
+        looked_at.append(element)
+        return surviving(mine, theirs, element)
+
+    monkeypatch.setattr(crdt, "_surviving", counting)
+    joined = large.apply_delta(delta)
+    assert "new" in joined and 17 not in joined and len(joined) == 5000
+    assert sorted(looked_at, key=str) == [17, "new"]
+
+
 def test_merging_different_types_is_refused() -> None:
     with pytest.raises(TypeError, match="cannot merge GSet into ORSet"):
         ORSet().merge(GSet())  # type: ignore[arg-type]
