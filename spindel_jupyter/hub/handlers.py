@@ -14,8 +14,9 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.utils import ensure_async
 from tornado import web
+from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketHandler
 
 from ..errors import MergeConflict, NotWritable, SpindelError
 from ..wire import Buffer
@@ -108,21 +109,42 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
             self.hub.relay.disconnect(member)
 
     def send(self, frame: bytes, body: Buffer = b"") -> None:
-        """Relay :class:`Link`: queue a frame; a closed connection drops it."""
+        """Relay :class:`Link`: queue a frame; a closed connection drops it.
+
+        The first frame in a pass of the event loop leaves at once; the ones that
+        follow in the same pass go out together at its end, in one write: a peer
+        following a busy topic gets its frames in batches, not one packet each.
+        A large body (an array) is written as it arrived, never copied into a frame.
+        """
         protocol = self.ws_connection
-        if protocol is None or protocol.is_closing():
+        if protocol is None or protocol.is_closing() or protocol.stream is None:
+            return
+        stream = protocol.stream
+        head = _binary_header(len(frame) + len(body)) + frame
+        try:
+            if len(body) >= _UNCOPIED_BODY:
+                self._flush_outbox()
+                stream.write(head)
+                stream.write(memoryview(body)).add_done_callback(_retrieve)
+            elif self._outbox is None:
+                stream.write(head + body if body else head).add_done_callback(_retrieve)
+                self._outbox = []
+                IOLoop.current().add_callback(self._flush_outbox)
+            else:
+                self._outbox.append(head + body if body else head)
+        except StreamClosedError:
+            pass
+
+    _outbox: list[bytes] | None = None
+
+    def _flush_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, None
+        protocol = self.ws_connection
+        if not outbox or protocol is None or protocol.is_closing() or protocol.stream is None:
             return
         try:
-            if len(body) < _UNCOPIED_BODY:
-                self.write_message(frame + body if body else frame, binary=True).add_done_callback(_retrieve)
-                return
-            # A large body (an array) is written as it arrived, after one WebSocket header for the
-            # whole message: tornado's write_message would copy it twice.
-            stream = protocol.stream
-            assert stream is not None
-            stream.write(_binary_header(len(frame) + len(body)) + frame)
-            stream.write(memoryview(body)).add_done_callback(_retrieve)
-        except (WebSocketClosedError, StreamClosedError):
+            protocol.stream.write(b"".join(outbox)).add_done_callback(_retrieve)
+        except StreamClosedError:
             pass
 
 
