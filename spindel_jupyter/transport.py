@@ -38,6 +38,8 @@ _MAX_RESPONSE = 64 * 1024
 _CHUNK = 256 * 1024
 #: A frame at least this large is read straight into a buffer of its own.
 _DIRECT = 64 * 1024
+#: A larger frame from the server closes the connection (the hub's own limit is far lower).
+MAX_MESSAGE = 2**31
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -362,6 +364,9 @@ class WebSocket:
                 if available < head:
                     break
                 (length,) = struct.unpack_from("!Q", buffer, self._start + 2)
+            if length > MAX_MESSAGE:
+                self._finish(1009, ProtocolError(f"the server sent a frame of {length} bytes"))
+                return
             fin, opcode = bool(first & 0x80), first & 0x0F
             body_start = self._start + head
             if length >= _DIRECT and self._end - body_start < length:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
+import hashlib
 import os
+import socket
 import ssl
+import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError
 from tornado.websocket import WebSocketHandler
 
-from spindel_jupyter.transport import HandshakeError, WebSocket, open_websocket
+from spindel_jupyter.transport import MAX_MESSAGE, HandshakeError, ProtocolError, WebSocket, open_websocket
 
 
 class Echo(WebSocketHandler):
@@ -200,3 +205,56 @@ def test_tls(tmp_path: Path, connect: Any) -> None:
         assert len(client.next()) == 1_000_000
     finally:
         server.stop()
+
+
+def raw_server(frames: bytes) -> tuple[str, threading.Thread]:
+    """A bare TCP server that accepts one WebSocket upgrade and then sends ``frames`` as they are."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += conn.recv(4096)
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + frames
+        )
+        time.sleep(2)
+        conn.close()
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return f"ws://127.0.0.1:{port}/", thread
+
+
+def test_a_fragmented_message_is_put_back_together(connect: Any) -> None:
+    first = bytes([0x02, 3]) + b"abc"  # binary, not final
+    middle = bytes([0x00, 2]) + b"de"  # continuation
+    ping = bytes([0x89, 0])  # a control frame may come between fragments
+    last = bytes([0x80, 1]) + b"f"  # continuation, final
+    url, _ = raw_server(first + middle + ping + last + bytes([0x82, 2]) + b"gh")
+    client = connect(url)
+    assert client.next() == b"abcdef"
+    assert client.next() == b"gh"
+
+
+def test_a_frame_over_the_limit_closes_the_connection(connect: Any) -> None:
+    url, _ = raw_server(bytes([0x82, 127]) + struct.pack("!Q", MAX_MESSAGE + 1))
+    client = connect(url)
+    assert client.closed.result(5) == 1009
+    assert isinstance(client.ws.error, ProtocolError)
+
+
+def test_a_masked_frame_from_the_server_is_refused(connect: Any) -> None:
+    url, _ = raw_server(bytes([0x82, 0x81]) + b"\x00\x00\x00\x00x")
+    client = connect(url)
+    assert client.closed.result(5) == 1002
