@@ -184,7 +184,7 @@ def test_not_a_websocket_url() -> None:
         open_websocket("http://localhost/ws", {}, 5)
 
 
-def test_tls(tmp_path: Path, connect: Any) -> None:
+def test_tls(tmp_path: Path, connect: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     pem = tmp_path / "localhost.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
@@ -203,6 +203,10 @@ def test_tls(tmp_path: Path, connect: Any) -> None:
             assert client.next() == data
         client.ws.send(b"big:1000000", opcode=0x1)
         assert len(client.next()) == 1_000_000
+        monkeypatch.setenv("SSL_CERT_FILE", str(pem))  # as the README says for self-signed certificates
+        trusted_by_env = connect(server.url)
+        trusted_by_env.ws.send(b"trusted through SSL_CERT_FILE")
+        assert trusted_by_env.next() == b"trusted through SSL_CERT_FILE"
     finally:
         server.stop()
 
