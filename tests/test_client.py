@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from pathlib import Path
@@ -210,5 +211,29 @@ def test_pending_calls_fail_at_once_when_the_hub_dies_and_peers_reconnect(own_hu
         )
         assert alice.request("bob", "ping", timeout=10) == "pong"
     finally:
+        alice.close()
+        bob.close()
+
+
+def test_a_hub_that_stops_answering_is_left_by_heartbeat(own_hub: HubServer, monkeypatch: Any) -> None:
+    monkeypatch.setattr(client, "_PING_INTERVAL", 0.3)
+    monkeypatch.setattr(client, "_PING_TIMEOUT", 0.6)
+    alice = Peer(own_hub.ws_url, "alice", own_hub.token, session="a").start()
+    bob = Peer(own_hub.ws_url, "bob", own_hub.token, session="b").start()
+    bob.handle("hang", lambda req: asyncio.sleep(60))
+    assert own_hub.proc is not None
+    try:
+        _, waiting = alice.submit("bob", "hang")
+        time.sleep(0.2)
+        own_hub.proc.send_signal(signal.SIGSTOP)  # alive, but silent: no close, no reset
+        started = time.monotonic()
+        with pytest.raises(PeerLost, match="lost the connection to the hub"):
+            waiting.result(10)
+        assert time.monotonic() - started < 0.3 + 0.6 + 0.6  # one interval, the timeout, one check late
+        assert not alice.connected
+        own_hub.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: alice.connected, timeout=15, what="alice back once the hub answers again")
+    finally:
+        own_hub.proc.send_signal(signal.SIGCONT)
         alice.close()
         bob.close()
