@@ -266,10 +266,6 @@ class Peer:
         """Run ``callback`` on the connection thread after every (re)connection."""
         self._on_connect.append(callback)
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
-        """Run ``callback`` on the connection thread in ``delay`` seconds (unless it closed)."""
-        self._call_soon(self._loop.call_later, delay, callback)
-
     # -- hub requests ---------------------------------------------------------------
 
     def peers(self, timeout: float = 10.0) -> list[dict[str, Any]]:
@@ -306,12 +302,6 @@ class Peer:
         try:
             ws.send(parts)
         except OSError:
-            pass
-
-    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # loop closed: the peer was closed
             pass
 
     # -- the connection thread ------------------------------------------------------

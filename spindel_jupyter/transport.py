@@ -38,6 +38,8 @@ _MAX_RESPONSE = 64 * 1024
 _CHUNK = 256 * 1024
 #: A frame at least this large is read straight into a buffer of its own.
 _DIRECT = 64 * 1024
+#: Seconds a control frame (pong, close) waits for another thread's write before it is skipped.
+_CONTROL_WAIT = 0.5
 #: A larger frame from the server closes the connection (the hub's own limit is far lower).
 MAX_MESSAGE = 2**31
 
@@ -116,7 +118,9 @@ class _Stream:
         if self.tls is not None:
             with self._tls_lock:
                 for part in parts:
-                    self.tls.write(part)
+                    view = memoryview(part).cast("B")
+                    while view:
+                        view = view[self.tls.write(view) :]
                 data = self._out.read()
             parts = [data]
         views = [memoryview(part).cast("B") for part in parts if len(part)]
@@ -227,6 +231,7 @@ class WebSocket:
     def __init__(self, stream: _Stream, initial: bytes = b"") -> None:
         self._stream = stream
         self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._buffer = bytearray(max(_CHUNK, len(initial)))
         self._buffer[: len(initial)] = initial
         self._start, self._end = 0, len(initial)
@@ -259,8 +264,13 @@ class WebSocket:
 
     # -- writing (any thread) ------------------------------------------------------------
 
-    def send(self, parts: Buffer | Sequence[Buffer], opcode: int = OP_BINARY) -> None:
-        """Send one message made of ``parts`` (masked, as a client must); OSError if the socket is gone."""
+    def send(
+        self, parts: Buffer | Sequence[Buffer], opcode: int = OP_BINARY, wait: float | None = None
+    ) -> None:
+        """Send one message made of ``parts`` (masked, as a client must); OSError if the socket is gone.
+
+        ``wait`` bounds how long to wait for another thread's write to finish (TimeoutError after it).
+        """
         if isinstance(parts, (bytes, bytearray, memoryview)):
             parts = [parts]
         parts = [memoryview(part).cast("B") for part in parts]  # lengths in bytes, whatever the item type
@@ -280,10 +290,14 @@ class WebSocket:
             turn = offset % 4
             out.append(_mask(mask[turn:] + mask[:turn], part))
             offset += len(part)
-        with self._write_lock:
+        if not self._write_lock.acquire(timeout=-1 if wait is None else wait):
+            raise TimeoutError("another write is still under way")
+        try:
             if self.closed:
                 raise ConnectionResetError("the WebSocket is closed")
             self._stream.sendall(out)
+        finally:
+            self._write_lock.release()
 
     def ping(self) -> None:
         """Ask the server for a pong (any bytes from it count as alive)."""
@@ -297,8 +311,9 @@ class WebSocket:
         self._finish(None)
 
     def _send_quietly(self, payload: bytes, opcode: int) -> None:
+        """A control frame from the loop's thread: skipped rather than stuck behind a write that hangs."""
         try:
-            self.send(payload, opcode)
+            self.send(payload, opcode, wait=_CONTROL_WAIT)
         except OSError:
             pass
 
@@ -408,13 +423,17 @@ class WebSocket:
             self._finish(1002, ProtocolError(f"unknown WebSocket opcode {opcode}"))
 
     def _finish(self, code: int | None, error: BaseException | None = None) -> None:
-        with self._write_lock:
+        with self._state_lock:
             if self.closed:
                 return
             self.closed = True
         self.close_code = code
         #: Why the connection ended, when it was not a close from either side.
         self.error = error
+        try:  # a write blocked on a peer that stopped reading fails now and lets go of the lock
+            self._stream.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._detach)
         else:

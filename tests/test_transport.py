@@ -211,8 +211,8 @@ def test_tls(tmp_path: Path, connect: Any, monkeypatch: pytest.MonkeyPatch) -> N
         server.stop()
 
 
-def raw_server(frames: bytes) -> tuple[str, threading.Thread]:
-    """A bare TCP server that accepts one WebSocket upgrade and then sends ``frames`` as they are."""
+def raw_server(frames: bytes, hold: float = 2) -> tuple[str, threading.Thread]:
+    """A bare TCP server: accepts one WebSocket upgrade, sends ``frames`` as they are, reads nothing more."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
@@ -231,7 +231,7 @@ def raw_server(frames: bytes) -> tuple[str, threading.Thread]:
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + frames
         )
-        time.sleep(2)
+        time.sleep(hold)
         conn.close()
         listener.close()
 
@@ -262,3 +262,25 @@ def test_a_masked_frame_from_the_server_is_refused(connect: Any) -> None:
     url, _ = raw_server(bytes([0x82, 0x81]) + b"\x00\x00\x00\x00x")
     client = connect(url)
     assert client.closed.result(5) == 1002
+
+
+def test_closing_unblocks_a_write_the_server_never_reads(connect: Any) -> None:
+    url, _ = raw_server(b"", hold=20)
+    client = connect(url)
+    outcome: concurrent.futures.Future[BaseException | None] = concurrent.futures.Future()
+
+    def write() -> None:
+        try:
+            client.ws.send(bytes(50_000_000))
+            outcome.set_result(None)
+        except OSError as exc:
+            outcome.set_result(exc)
+
+    threading.Thread(target=write, daemon=True).start()
+    time.sleep(0.5)
+    assert not outcome.done(), "the write should be waiting for a reader"
+    started = time.monotonic()
+    client.ws.close()  # its close frame cannot get in: it is skipped, and the socket shut
+    assert isinstance(outcome.result(5), OSError)
+    assert time.monotonic() - started < 3
+    assert client.closed.result(5) is None
