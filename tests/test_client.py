@@ -229,7 +229,7 @@ def test_a_hub_that_stops_answering_is_left_by_heartbeat(own_hub: HubServer, mon
         started = time.monotonic()
         with pytest.raises(PeerLost, match="lost the connection to the hub"):
             waiting.result(10)
-        assert time.monotonic() - started < 0.3 + 0.6 + 0.6  # one interval, the timeout, one check late
+        assert time.monotonic() - started < 5  # the heartbeat, well before the 10 s the call would wait
         assert not alice.connected
         own_hub.proc.send_signal(signal.SIGCONT)
         wait_until(lambda: alice.connected, timeout=15, what="alice back once the hub answers again")

@@ -282,5 +282,5 @@ def test_closing_unblocks_a_write_the_server_never_reads(connect: Any) -> None:
     started = time.monotonic()
     client.ws.close()  # its close frame cannot get in: it is skipped, and the socket shut
     assert isinstance(outcome.result(5), OSError)
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 5
     assert client.closed.result(5) is None
