@@ -215,9 +215,7 @@ class Peer:
         self._pending[rid] = future
         if self._ws is not ws and self._pending.pop(rid, None) is not None:
             # The connection dropped in between, after failing what was pending then.
-            future.set_exception(
-                PeerLost("hub", f"lost the connection to the hub at {self.url}; reconnecting")
-            )
+            future.set_exception(self._hub_lost())
             return rid, future
         self._write(frame, ws)
         return rid, future
@@ -343,9 +341,7 @@ class Peer:
                 code = await self._closed
                 self._ws = None
                 self._connected.clear()
-                self._fail_pending(
-                    PeerLost("hub", f"lost the connection to the hub at {self.url}; reconnecting")
-                )
+                self._fail_pending(self._hub_lost())
                 if code == _REPLACED:
                     log.info("spindel: peer %r was replaced by a newer connection", self.name)
                     return
@@ -502,6 +498,9 @@ class Peer:
                 error = remote_error(exc, self.name)
         header["error"] = error
         self._write(wire.frame_parts(header))
+
+    def _hub_lost(self) -> PeerLost:
+        return PeerLost("hub", f"lost the connection to the hub at {self.url}; reconnecting")
 
     def _fail_pending(self, exc: SpindelError) -> None:
         pending, self._pending = self._pending, {}

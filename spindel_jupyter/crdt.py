@@ -494,12 +494,7 @@ class ORSet(_DeltaState, AbstractSet[T]):
         context = _Context({}, [*covered, *(dot for dots in added.values() for dot in dots)])
         change = self._make(added, context, None, None)
         entries = {**self._entries, **added}
-        owners = None
-        if self._dot_owners is not None:
-            owners = dict(self._dot_owners)
-            for dot in covered:
-                owners.pop(dot, None)
-            owners.update((dot, x) for x, dots in added.items() for dot in dots)
+        owners = self._owners_after(covered, added) if self._dot_owners is not None else None
         return self._make(entries, self._context.join(context), self._pending_with(change), lease, owners)
 
     def remove(self, element: T) -> Self:
@@ -510,11 +505,7 @@ class ORSet(_DeltaState, AbstractSet[T]):
         change = self._make({}, _Context({}, dots), None, None)
         entries = dict(self._entries)
         del entries[element]
-        owners = None
-        if self._dot_owners is not None:
-            owners = dict(self._dot_owners)
-            for dot in dots:
-                owners.pop(dot, None)
+        owners = self._owners_after(dots, {}) if self._dot_owners is not None else None
         return self._make(entries, self._context, self._pending_with(change), self._lease, owners)
 
     def _join(self, other: Self) -> Self | None:
@@ -544,34 +535,36 @@ class ORSet(_DeltaState, AbstractSet[T]):
             owner = owners.get(dot, _NOBODY)
             if owner is not _NOBODY:
                 affected[owner] = None
-        entries = new_owners = None
+        changed: dict[T, frozenset[Dot]] = {}
         for element in affected:
-            mine = self._entries.get(element, _NO_DOTS)
             dots = _surviving(self, other, element)
-            if dots == mine:
-                continue
-            if entries is None or new_owners is None:
-                entries, new_owners = dict(self._entries), dict(owners)
-            for dot in mine - dots:
-                del new_owners[dot]
-            for dot in dots - mine:
-                new_owners[dot] = element
-            if dots:
-                entries[element] = dots
-            else:
-                del entries[element]
+            if dots != self._entries.get(element, _NO_DOTS):
+                changed[element] = dots
         context = self._context.join(other._context)
-        if entries is None and context == self._context:
+        if not changed and context == self._context:
             return None
-        if entries is None:
+        if not changed:
             return self._make(self._entries, context, self._delta, self._lease, owners)
-        return self._make(entries, context, self._delta, self._lease, new_owners)
+        entries = {**self._entries, **changed}
+        for element, dots in changed.items():
+            if not dots:
+                del entries[element]
+        gone = [dot for element in changed for dot in self._entries.get(element, _NO_DOTS)]
+        return self._make(entries, context, self._delta, self._lease, self._owners_after(gone, changed))
 
     def _owners(self) -> dict[Dot, T]:
-        """Which element each dot belongs to (built on first use, then kept up to date by joins)."""
+        """Which element each dot belongs to (built on first use, then kept up to date by changes)."""
         if self._dot_owners is None:
             self._dot_owners = {dot: element for element, dots in self._entries.items() for dot in dots}
         return self._dot_owners
+
+    def _owners_after(self, gone: Iterable[Dot], new: Mapping[T, frozenset[Dot]]) -> dict[Dot, T]:
+        """The dot index once the dots ``gone`` are dropped and the elements ``new`` hold their dots."""
+        owners = dict(self._owners())
+        for dot in gone:
+            owners.pop(dot, None)
+        owners.update((dot, element) for element, dots in new.items() for dot in dots)
+        return owners
 
     def _with_delta(self, delta: Self | None) -> Self:
         return self._make(self._entries, self._context, delta, self._lease, self._dot_owners)

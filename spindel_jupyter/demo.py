@@ -222,6 +222,22 @@ def _server_request(method: str, path: str, body: Any = None) -> Any:
     return json.loads(text) if text else None
 
 
+def code_notebook(*sources: str) -> dict[str, Any]:
+    """The content of a notebook (nbformat 4.5) of unexecuted code cells with these sources."""
+    cells: list[dict[str, Any]] = [
+        {
+            "id": f"cell-{i}",
+            "cell_type": "code",
+            "source": s,
+            "metadata": {},
+            "outputs": [],
+            "execution_count": None,
+        }
+        for i, s in enumerate(sources)
+    ]
+    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
 def write_notebook(path: str, sources: list[str]) -> None:
     """Save a notebook of code cells at ``path`` (relative to the server root), as the lab would."""
     ensure_hub()
@@ -234,18 +250,7 @@ def write_notebook(path: str, sources: list[str]) -> None:
                 _server_request("GET", f"api/contents/{sub}?content=0")
             except urllib.error.HTTPError:
                 _server_request("PUT", f"api/contents/{sub}", {"type": "directory"})
-    cells: list[dict[str, Any]] = [
-        {
-            "id": f"cell-{i}",
-            "cell_type": "code",
-            "source": s,
-            "metadata": {},
-            "outputs": [],
-            "execution_count": None,
-        }
-        for i, s in enumerate(sources)
-    ]
-    content = {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    content = code_notebook(*sources)
     _server_request("PUT", f"api/contents/{path}", {"type": "notebook", "format": "json", "content": content})
 
 

@@ -26,12 +26,14 @@ from urllib.parse import urlsplit
 
 from tornado.util import _websocket_mask  # tornado's C masking routine (Python fallback without it)
 
+from .wire import Buffer
+
 try:  # masks large payloads (arrays) in one pass when available
     import numpy as np
 except ImportError:  # pragma: no cover - exercised only without numpy
     np = None  # type: ignore[assignment]
 
-__all__ = ["HandshakeError", "WebSocket", "open_websocket"]
+__all__ = ["HandshakeError", "WebSocket", "frame_header", "open_websocket"]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_RESPONSE = 64 * 1024
@@ -44,8 +46,6 @@ _CONTROL_WAIT = 0.5
 MAX_MESSAGE = 2**31
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-
-Buffer = bytes | bytearray | memoryview
 
 
 class HandshakeError(ConnectionError):
@@ -165,6 +165,18 @@ def _mask(key: bytes, data: Buffer) -> Buffer:
     return out.data
 
 
+def frame_header(opcode: int, length: int, mask: bytes = b"") -> bytes:
+    """The header of one final frame of ``length`` bytes (RFC 6455, 5.2); a client's carries its mask."""
+    masked = 0x80 if mask else 0
+    if length < 126:
+        head = struct.pack("!BB", 0x80 | opcode, masked | length)
+    elif length <= 0xFFFF:
+        head = struct.pack("!BBH", 0x80 | opcode, masked | 126, length)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, masked | 127, length)
+    return head + mask
+
+
 def _wait_writable(sock: socket.socket) -> None:
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
@@ -238,7 +250,6 @@ class WebSocket:
         #: A large frame being read straight into its own buffer: (opcode, fin, buffer, bytes so far).
         self._direct: tuple[int, bool, bytearray, int] | None = None
         self._fragments: list[Buffer] = []
-        self._fragment_op = OP_BINARY
         self._on_message: Callable[[Buffer], None] = lambda message: None
         self._on_close: Callable[[int | None], None] = lambda code: None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -274,15 +285,8 @@ class WebSocket:
         if isinstance(parts, (bytes, bytearray, memoryview)):
             parts = [parts]
         parts = [memoryview(part).cast("B") for part in parts]  # lengths in bytes, whatever the item type
-        length = sum(len(part) for part in parts)
         mask = os.urandom(4)
-        if length < 126:
-            head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-        elif length <= 0xFFFF:
-            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-        else:
-            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-        out: list[Buffer] = [head + mask]
+        out: list[Buffer] = [frame_header(opcode, sum(len(part) for part in parts), mask)]
         offset = 0
         for part in parts:
             if not len(part):
@@ -413,8 +417,6 @@ class WebSocket:
         elif opcode in (OP_TEXT, OP_BINARY) and fin and not self._fragments:
             self._on_message(payload)
         elif opcode in (OP_TEXT, OP_BINARY, OP_CONTINUATION):
-            if opcode != OP_CONTINUATION:
-                self._fragment_op = opcode
             self._fragments.append(payload)
             if fin:
                 message, self._fragments = b"".join(self._fragments), []

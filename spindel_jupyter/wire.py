@@ -61,9 +61,6 @@ class Encoded:
     def __init__(self, *parts: Buffer) -> None:
         self.parts = parts
 
-    def __len__(self) -> int:
-        return sum(len(part) for part in self.parts)
-
     def tobytes(self) -> bytes:
         return b"".join(self.parts)
 
@@ -346,8 +343,7 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
 
 def pack_frame(header: dict[str, Any], body: bytes | memoryview | None = None) -> bytes:
     """A frame: the header map, then the already-encoded body if there is one."""
-    head = msgpack.packb(header, use_bin_type=True)
-    return head + body if body else head
+    return b"".join(frame_parts(header, body or None))
 
 
 def frame_parts(header: dict[str, Any], body: Encoded | Buffer | None = None) -> list[Buffer]:

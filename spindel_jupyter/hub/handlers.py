@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import struct
 from asyncio import Future
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
 from ..errors import MergeConflict, NotWritable, SpindelError
+from ..transport import OP_BINARY, frame_header
 from ..wire import Buffer
 from .workspaces import WorkspaceExists, WorkspaceNotFound
 
@@ -120,18 +120,20 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
         if protocol is None or protocol.is_closing() or protocol.stream is None:
             return
         stream = protocol.stream
-        head = _binary_header(len(frame) + len(body)) + frame
+        head = frame_header(OP_BINARY, len(frame) + len(body)) + frame
         try:
             if len(body) >= _UNCOPIED_BODY:
                 self._flush_outbox()
                 stream.write(head)
                 stream.write(memoryview(body)).add_done_callback(_retrieve)
-            elif self._outbox is None:
-                stream.write(head + body if body else head).add_done_callback(_retrieve)
+                return
+            data = head + body if body else head
+            if self._outbox is None:
+                stream.write(data).add_done_callback(_retrieve)
                 self._outbox = []
                 IOLoop.current().add_callback(self._flush_outbox)
             else:
-                self._outbox.append(head + body if body else head)
+                self._outbox.append(data)
         except StreamClosedError:
             pass
 
@@ -150,15 +152,6 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
 
 #: A relayed body at least this large is written without copying it into the frame.
 _UNCOPIED_BODY = 64 * 1024
-
-
-def _binary_header(length: int) -> bytes:
-    """The header of one unmasked, unfragmented binary WebSocket frame (RFC 6455, 5.2)."""
-    if length < 126:
-        return struct.pack("!BB", 0x82, length)
-    if length <= 0xFFFF:
-        return struct.pack("!BBH", 0x82, 126, length)
-    return struct.pack("!BBQ", 0x82, 127, length)
 
 
 def _retrieve(future: Future[None]) -> None:

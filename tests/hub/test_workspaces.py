@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from spindel_jupyter.demo import code_notebook as notebook
 from spindel_jupyter.errors import MergeConflict, NotWritable
 from spindel_jupyter.hub.store import NodeStore
 from spindel_jupyter.hub.workspaces import Registry, WorkspaceExists, WorkspaceNotFound
-
-
-def notebook(*sources: str) -> dict[str, Any]:
-    cells = [
-        {
-            "id": f"c{i}",
-            "cell_type": "code",
-            "source": s,
-            "metadata": {},
-            "outputs": [],
-            "execution_count": None,
-        }
-        for i, s in enumerate(sources)
-    ]
-    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 
 
 class Clock:
