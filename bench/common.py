@@ -551,6 +551,8 @@ class Shared:
 
     def __init__(self, quick: bool) -> None:
         self.quick = quick
+        #: Reference measures taken beside a family's own (the ``floors`` section of the results).
+        self.floors: dict[str, Any] = {}
         self._hub: HubServer | None = None
         self._bob: Kernel | None = None
 

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import os
+import socket
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
+from tornado.util import _websocket_mask
 from tornado.web import Application
 from tornado.websocket import (
     WebSocketClientConnection,
@@ -19,6 +24,8 @@ from tornado.websocket import (
     WebSocketHandler,
     websocket_connect,
 )
+
+from spindel_jupyter.transport import OP_BINARY, frame_header
 
 from .common import Block, Proc, RateWindow, aserve_blocks, emit, free_port, start, watchdog, worker_blocks
 
@@ -119,6 +126,42 @@ async def sink(url: str, warmup: float, seconds: float, timeout: float) -> None:
     except asyncio.TimeoutError:
         pass
     emit("RESULT", window.result())
+
+
+class BlockingClient:
+    """A bare blocking WebSocket client for a round trip from inside a kernel cell.
+
+    The floor of a remote cell: the same frames through the same relay, with
+    nothing but a socket between the cell and the wire.
+    """
+
+    def __init__(self, url: str, size: int, reply_size: int) -> None:
+        parts = urlsplit(url)
+        self.sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += self.sock.recv(4096)
+        if response.split(b" ", 2)[1] != b"101":
+            raise ConnectionError(f"relay refused the upgrade: {response[:80]!r}")
+        self.payload = bytes(size)
+        self.expect = len(frame_header(OP_BINARY, reply_size)) + reply_size
+
+    def round_trip(self) -> None:
+        """Send one frame, wait for the whole answer."""
+        mask = os.urandom(4)
+        self.sock.sendall(frame_header(OP_BINARY, len(self.payload), mask) + _websocket_mask(mask, self.payload))
+        got = 0
+        while got < self.expect:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("relay closed the connection")
+            got += len(chunk)
 
 
 def main() -> None:

@@ -71,43 +71,51 @@ PLAN: dict[str, tuple[Callable[[Shared], Block], int, int]] = {
 }
 
 
-def magic_overhead(shared: Shared) -> dict[str, Any]:
-    """``%%spin_remote bob\\n1`` minus a local ``1``, both execute -> idle on the kernel alice.
-
-    Cells alternate in pairs (the order flips every pair) so that both see the
-    same machine noise. ``median`` is the difference of the two medians; ``p90``
-    and ``p99`` are percentiles of the pairwise differences (remote_i - local_i).
-    """
-    hub, _ = shared.hub(), shared.bob()
-    hub.wait_gone("alice")  # the script of the same name has left
-    alice = spindel_kernel(hub, "alice")
-    n, warmup = shared.count(600), shared.count(50)
-    local: list[float] = []
-    remote: list[float] = []
-    try:
-        for i in range(warmup + n):
-            if i % 2:
-                t_remote = alice.timed("%%spin_remote bob\n1")
-                t_local = alice.timed("1")
-            else:
-                t_local = alice.timed("1")
-                t_remote = alice.timed("%%spin_remote bob\n1")
-            if i >= warmup:
-                local.append(t_local)
-                remote.append(t_remote)
-    finally:
-        alice.shutdown()
-    diffs = [r - c for r, c in zip(remote, local, strict=True)]
-    print(
-        f"bench: magic overhead: local '1' median {percentile(local, 50):.3f} ms, "
-        f"'%%spin_remote bob' median {percentile(remote, 50):.3f} ms"
-    )
+def _overhead(cells: list[float], local: list[float]) -> dict[str, Any]:
+    """Median = difference of the medians; p90/p99 = percentiles of the pairwise differences."""
+    diffs = [c - l for c, l in zip(cells, local, strict=True)]
     return {
-        "median": round(percentile(remote, 50) - percentile(local, 50), 4),
+        "median": round(percentile(cells, 50) - percentile(local, 50), 4),
         "p90": round(percentile(diffs, 90), 4),
         "p99": round(percentile(diffs, 99), 4),
         "n": len(diffs),
     }
+
+
+def magic_overhead(shared: Shared) -> dict[str, Any]:
+    """``%%spin_remote bob\n1`` minus a local ``1``, both execute -> idle on the kernel alice.
+
+    A third cell, a round trip through the bare relay from inside the cell and
+    then ``1``, is that measure's floor on this machine (``shared.floors``).
+    The three cells take turns in a rotating order so that all see the same
+    machine noise.
+    """
+    hub, _ = shared.hub(), shared.bob()
+    hub.wait_gone("alice")  # the script of the same name has left
+    _, url = raw_relay.start_hub()
+    size, reply_size = call_frame_sizes()
+    start("raw-echo", "bench.raw_relay", "echo", "--url", url, "--size", reply_size).expect("READY", 30)
+    alice = spindel_kernel(hub, "alice")
+    alice.ok(f"from bench.raw_relay import BlockingClient\n_raw = BlockingClient({url!r}, {size}, {reply_size})")
+    cells = {"local": "1", "spindel": "%%spin_remote bob\n1", "raw": "_raw.round_trip()\n1"}
+    n, warmup = shared.count(600), shared.count(50)
+    samples: dict[str, list[float]] = {name: [] for name in cells}
+    names = list(cells)
+    try:
+        for i in range(warmup + n):
+            turn = names[i % 3 :] + names[: i % 3]
+            times = {name: alice.timed(cells[name]) for name in turn}
+            if i >= warmup:
+                for name in names:
+                    samples[name].append(times[name])
+    finally:
+        alice.shutdown()
+    print(
+        "bench: magic overhead: "
+        + ", ".join(f"{cells[k]!r} median {percentile(v, 50):.3f} ms" for k, v in samples.items())
+    )
+    shared.floors["raw_ws_relay_in_cell_overhead"] = _overhead(samples["raw"], samples["local"])
+    return _overhead(samples["spindel"], samples["local"])
 
 
 def run(shared: Shared) -> dict[str, Any]:
