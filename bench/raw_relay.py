@@ -155,7 +155,8 @@ class BlockingClient:
     def round_trip(self) -> None:
         """Send one frame, wait for the whole answer."""
         mask = os.urandom(4)
-        self.sock.sendall(frame_header(OP_BINARY, len(self.payload), mask) + _websocket_mask(mask, self.payload))
+        frame = frame_header(OP_BINARY, len(self.payload), mask) + _websocket_mask(mask, self.payload)
+        self.sock.sendall(frame)
         got = 0
         while got < self.expect:
             chunk = self.sock.recv(65536)

@@ -73,7 +73,7 @@ PLAN: dict[str, tuple[Callable[[Shared], Block], int, int]] = {
 
 def _overhead(cells: list[float], local: list[float]) -> dict[str, Any]:
     """Median = difference of the medians; p90/p99 = percentiles of the pairwise differences."""
-    diffs = [c - l for c, l in zip(cells, local, strict=True)]
+    diffs = [cell - here for cell, here in zip(cells, local, strict=True)]
     return {
         "median": round(percentile(cells, 50) - percentile(local, 50), 4),
         "p90": round(percentile(diffs, 90), 4),
@@ -96,7 +96,8 @@ def magic_overhead(shared: Shared) -> dict[str, Any]:
     size, reply_size = call_frame_sizes()
     start("raw-echo", "bench.raw_relay", "echo", "--url", url, "--size", reply_size).expect("READY", 30)
     alice = spindel_kernel(hub, "alice")
-    alice.ok(f"from bench.raw_relay import BlockingClient\n_raw = BlockingClient({url!r}, {size}, {reply_size})")
+    alice.ok("from bench.raw_relay import BlockingClient")
+    alice.ok(f"_raw = BlockingClient({url!r}, {size}, {reply_size})")
     cells = {"local": "1", "spindel": "%%spin_remote bob\n1", "raw": "_raw.round_trip()\n1"}
     n, warmup = shared.count(600), shared.count(50)
     samples: dict[str, list[float]] = {name: [] for name in cells}
