@@ -97,6 +97,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
+from immutables import Map
+
 from .clock import HybridClock, Stamp, as_stamp
 
 if TYPE_CHECKING:
@@ -311,14 +313,14 @@ class GSet(_DeltaState, AbstractSet[T]):
     type_name = "gset"
     __slots__ = ("_elements",)
 
-    _elements: frozenset[T]
+    _elements: Map[T, None]  # persistent, like ORSet's entries
 
     def __init__(self: Self, iterable: Iterable[T] = ()) -> None:
-        self._elements = frozenset(iterable)
+        self._elements = Map(dict.fromkeys(iterable))
         self._delta = self._make(self._elements, None) if self._elements else None
 
     @classmethod
-    def _make(cls, elements: frozenset[T], delta: Self | None) -> Self:
+    def _make(cls, elements: Map[T, None], delta: Self | None) -> Self:
         value = cls.__new__(cls)
         value._elements, value._delta = elements, delta
         return value
@@ -327,27 +329,28 @@ class GSet(_DeltaState, AbstractSet[T]):
         """This set with ``element``."""
         if element in self._elements:
             return self
-        change = self._make(frozenset([element]), None)
-        return self._make(self._elements | change._elements, self._pending_with(change))
+        change = self._make(Map({element: None}), None)
+        return self._make(self._elements.set(element, None), self._pending_with(change))
 
     def _join(self, other: Self) -> Self | None:
-        if other._elements <= self._elements:
+        new = [element for element in other._elements if element not in self._elements]
+        if not new:
             return None
-        return self._make(self._elements | other._elements, self._delta)
+        return self._make(self._elements.update(dict.fromkeys(new)), self._delta)
 
     def _with_delta(self, delta: Self | None) -> Self:
         return self._make(self._elements, delta)
 
     def state(self) -> frozenset[T]:
         """The elements."""
-        return self._elements
+        return frozenset(self._elements)
 
     @classmethod
     def from_state(cls, data: Any) -> Self:
         if not _is_collection(data):
             raise _malformed("gset", f"expected a collection of elements, got {type(data).__name__}")
         try:
-            return cls._make(frozenset(data), None)
+            return cls._make(Map(dict.fromkeys(data)), None)
         except TypeError as exc:
             raise _malformed("gset", f"an element is not hashable ({exc})") from None
 
@@ -361,7 +364,7 @@ class GSet(_DeltaState, AbstractSet[T]):
         return len(self._elements)
 
     def __hash__(self) -> int:
-        return hash(self._elements)
+        return hash(frozenset(self._elements))
 
     def __repr__(self) -> str:
         return _set_repr(self)
@@ -371,8 +374,17 @@ class GSet(_DeltaState, AbstractSet[T]):
         return frozenset(it)  # set operators (|, &, -, ^) give plain frozensets
 
 
+def _ordered(items: Iterable[Any]) -> list[Any]:
+    """Sorted if the items compare: a repr then reads the same whatever the order of arrival."""
+    shown = list(items)
+    try:
+        return sorted(shown)
+    except TypeError:
+        return shown
+
+
 def _set_repr(value: AbstractSet[Any]) -> str:
-    inner = "{" + ", ".join(map(repr, value)) + "}" if value else ""
+    inner = "{" + ", ".join(map(repr, _ordered(value))) + "}" if value else ""
     return f"{type(value).__name__}({inner})"
 
 
@@ -456,24 +468,25 @@ class ORSet(_DeltaState, AbstractSet[T]):
     type_name = "orset"
     __slots__ = ("_context", "_dot_owners", "_entries", "_lease")
 
-    _entries: dict[T, frozenset[Dot]]  # visible element -> the dots of the adds that made it
+    # Persistent maps: a change makes a new value in time in proportion to the change, not the set.
+    _entries: Map[T, frozenset[Dot]]  # visible element -> the dots of the adds that made it
     _context: _Context
     _lease: _Lease | None
-    _dot_owners: dict[Dot, T] | None  # dot -> element, see _owners()
+    _dot_owners: Map[Dot, T] | None  # dot -> element, see _owners()
 
     def __init__(self: Self, iterable: Iterable[T] = ()) -> None:
-        built = self._make({}, _EMPTY_CONTEXT, None, None)._added(list(dict.fromkeys(iterable)))
+        built = self._make(Map(), _EMPTY_CONTEXT, None, None)._added(list(dict.fromkeys(iterable)))
         self._entries, self._context = built._entries, built._context
         self._delta, self._lease, self._dot_owners = built._delta, built._lease, None
 
     @classmethod
     def _make(
         cls,
-        entries: dict[T, frozenset[Dot]],
+        entries: Map[T, frozenset[Dot]],
         context: _Context,
         delta: Self | None,
         lease: _Lease | None,
-        owners: dict[Dot, T] | None = None,
+        owners: Map[Dot, T] | None = None,
     ) -> Self:
         value = cls.__new__(cls)
         value._entries, value._context, value._delta, value._lease = entries, context, delta, lease
@@ -492,8 +505,8 @@ class ORSet(_DeltaState, AbstractSet[T]):
         # The change's context holds the elements' old dots too, so receivers drop them.
         covered = [dot for x in elements for dot in self._entries.get(x, _NO_DOTS)]
         context = _Context({}, [*covered, *(dot for dots in added.values() for dot in dots)])
-        change = self._make(added, context, None, None)
-        entries = {**self._entries, **added}
+        change = self._make(Map(added), context, None, None)
+        entries = self._entries.update(added)
         owners = self._owners_after(covered, added) if self._dot_owners is not None else None
         return self._make(entries, self._context.join(context), self._pending_with(change), lease, owners)
 
@@ -502,9 +515,8 @@ class ORSet(_DeltaState, AbstractSet[T]):
         dots = self._entries.get(element)
         if dots is None:
             return self
-        change = self._make({}, _Context({}, dots), None, None)
-        entries = dict(self._entries)
-        del entries[element]
+        change = self._make(Map(), _Context({}, dots), None, None)
+        entries = self._entries.delete(element)
         owners = self._owners_after(dots, {}) if self._dot_owners is not None else None
         return self._make(entries, self._context, self._pending_with(change), self._lease, owners)
 
@@ -520,9 +532,10 @@ class ORSet(_DeltaState, AbstractSet[T]):
             if dots:
                 entries[element] = dots
         context = self._context.join(other._context)
-        if entries == self._entries and context == self._context:
+        joined = Map(entries)
+        if joined == self._entries and context == self._context:
             return None
-        return self._make(entries, context, self._delta, self._lease)
+        return self._make(joined, context, self._delta, self._lease)
 
     def _join_small(self, other: Self) -> Self | None:
         """The join with a value much smaller than this one (a delta): time in proportion to it.
@@ -545,26 +558,32 @@ class ORSet(_DeltaState, AbstractSet[T]):
             return None
         if not changed:
             return self._make(self._entries, context, self._delta, self._lease, owners)
-        entries = {**self._entries, **changed}
-        for element, dots in changed.items():
-            if not dots:
-                del entries[element]
+        with self._entries.mutate() as entries:
+            for element, dots in changed.items():
+                if dots:
+                    entries[element] = dots
+                else:
+                    del entries[element]
+            joined = entries.finish()
         gone = [dot for element in changed for dot in self._entries.get(element, _NO_DOTS)]
-        return self._make(entries, context, self._delta, self._lease, self._owners_after(gone, changed))
+        return self._make(joined, context, self._delta, self._lease, self._owners_after(gone, changed))
 
-    def _owners(self) -> dict[Dot, T]:
+    def _owners(self) -> Map[Dot, T]:
         """Which element each dot belongs to (built on first use, then kept up to date by changes)."""
         if self._dot_owners is None:
-            self._dot_owners = {dot: element for element, dots in self._entries.items() for dot in dots}
+            self._dot_owners = Map((dot, element) for element, dots in self._entries.items() for dot in dots)
         return self._dot_owners
 
-    def _owners_after(self, gone: Iterable[Dot], new: Mapping[T, frozenset[Dot]]) -> dict[Dot, T]:
+    def _owners_after(self, gone: Iterable[Dot], new: Mapping[T, frozenset[Dot]]) -> Map[Dot, T]:
         """The dot index once the dots ``gone`` are dropped and the elements ``new`` hold their dots."""
-        owners = dict(self._owners())
-        for dot in gone:
-            owners.pop(dot, None)
-        owners.update((dot, element) for element, dots in new.items() for dot in dots)
-        return owners
+        with self._owners().mutate() as owners:
+            for dot in gone:
+                owners.pop(dot, None)
+            for element, dots in new.items():
+                for dot in dots:
+                    owners[dot] = element
+            index = owners.finish()
+        return index
 
     def _with_delta(self, delta: Self | None) -> Self:
         return self._make(self._entries, self._context, delta, self._lease, self._dot_owners)
@@ -595,7 +614,7 @@ class ORSet(_DeltaState, AbstractSet[T]):
             entries[element] = frozenset(_dot(d) for d in dots)
             if not all(context.covers(dot) for dot in entries[element]):
                 raise _malformed("orset", f"element {element!r:.100} has a dot outside the context")
-        return cls._make(entries, context, None, None)
+        return cls._make(Map(entries), context, None, None)
 
     def __contains__(self, element: object) -> bool:
         return element in self._entries
@@ -755,15 +774,15 @@ class LWWMap(_DeltaState, Mapping[K, V]):
     type_name = "lwwmap"
     __slots__ = ("_entries",)
 
-    _entries: dict[K, _Entry]
+    _entries: Map[K, _Entry]  # persistent, like ORSet's
 
     def __init__(self: Self, mapping: Mapping[K, V] | None = None) -> None:
         node = current_replica()
-        self._entries = {key: (_clock.now(node), True, value) for key, value in (mapping or {}).items()}
+        self._entries = Map({key: (_clock.now(node), True, value) for key, value in (mapping or {}).items()})
         self._delta = self._make(self._entries, None) if self._entries else None
 
     @classmethod
-    def _make(cls, entries: dict[K, _Entry], delta: Self | None) -> Self:
+    def _make(cls, entries: Map[K, _Entry], delta: Self | None) -> Self:
         value = cls.__new__(cls)
         value._entries, value._delta = entries, delta
         return value
@@ -779,19 +798,17 @@ class LWWMap(_DeltaState, Mapping[K, V]):
         return self._written(key, (_clock.now(current_replica()), False, None))
 
     def _written(self, key: K, entry: _Entry) -> Self:
-        change = self._make({key: entry}, None)
-        return self._make({**self._entries, key: entry}, self._pending_with(change))
+        change = self._make(Map({key: entry}), None)
+        return self._make(self._entries.set(key, entry), self._pending_with(change))
 
     def _join(self, other: Self) -> Self | None:
         _observe(other._entries)
-        entries: dict[K, _Entry] | None = None
+        newer = {}
         for key, theirs in other._entries.items():
             mine = self._entries.get(key)
             if mine is None or _wins(theirs, mine):
-                if entries is None:
-                    entries = dict(self._entries)
-                entries[key] = theirs
-        return None if entries is None else self._make(entries, self._delta)
+                newer[key] = theirs
+        return self._make(self._entries.update(newer), self._delta) if newer else None
 
     def _with_delta(self, delta: Self | None) -> Self:
         return self._make(self._entries, delta)
@@ -817,7 +834,7 @@ class LWWMap(_DeltaState, Mapping[K, V]):
                 raise _malformed("lwwmap", f"deleted key {key!r:.100} has a value")
             entries[key] = (stamp, live, value)
         _observe(entries)
-        return cls._make(entries, None)
+        return cls._make(Map(entries), None)
 
     def __getitem__(self, key: K) -> V:
         _, live, value = self._entries[key]
@@ -832,7 +849,8 @@ class LWWMap(_DeltaState, Mapping[K, V]):
         return sum(1 for _, live, _ in self._entries.values() if live)
 
     def __repr__(self) -> str:
-        return f"LWWMap({dict(self)!r})" if self else "LWWMap()"
+        shown = {key: self[key] for key in _ordered(self)}
+        return f"LWWMap({shown!r})" if shown else "LWWMap()"
 
 
 def _observe(entries: Mapping[Any, _Entry]) -> None:
