@@ -70,6 +70,24 @@ def test_a_backlog_of_deltas_joins_the_large_value_once(monkeypatch: Any) -> Non
     assert joins_into_large == [50]  # one join of the 50 deltas, not 50 joins of 1,000+ elements
 
 
+def test_a_backlog_is_joined_in_pairs_of_like_size(monkeypatch: Any) -> None:
+    """Never one growing delta joined with each next one: that costs n^2 for an ORSet's context."""
+    signal: Signal[Any] = Signal(GSet(range(1000)).clear_delta())
+    topic = _Topic("t", signal, "sync", "gset")
+    among_deltas: list[tuple[int, int]] = []
+    merge = GSet.merge
+
+    def recording(self: GSet[Any], other: GSet[Any]) -> GSet[Any]:
+        if len(self) < 1000:
+            among_deltas.append((len(self), len(other)))
+        return merge(self, other)
+
+    monkeypatch.setattr(GSet, "merge", recording)
+    topic.receive_all([gset_delta(1000 + i) for i in range(64)])
+    assert len(signal.value) == 1064
+    assert len(among_deltas) == 63 and all(a == b for a, b in among_deltas)
+
+
 def test_a_delta_that_adds_nothing_changes_nothing() -> None:
     signal: Signal[Any] = Signal(GSet().add(1).clear_delta())
     topic = _Topic("t", signal, "sync", "gset")
