@@ -8,7 +8,8 @@ same type that the receiver joins into its own.
 
 Built in: :class:`GSet` (grow-only set), :class:`ORSet` (add-wins observed-remove
 set), :class:`PNCounter` (counter) and :class:`LWWMap` (last-writer-wins map).
-Values are immutable: a mutator returns a new value.
+Values are immutable: a mutator returns a new value, which shares the unchanged
+part of the old one (persistent maps), so a change costs in proportion to itself.
 
 The protocol
 ------------
