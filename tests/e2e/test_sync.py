@@ -103,9 +103,9 @@ def test_late_joiner_converges_with_every_writer_gone(hub: HubServer, kernels: l
     late = kernels[4]
     out = late.ok(
         "g = sync_signal('t5/late', GSet())\nm = sync_signal('t5/map', LWWMap())\n"
-        "p = subscribe_signal('t5/plain')\nprint(sorted(map(str, g.value)), dict(m.value), p.value)"
+        "p = subscribe_signal('t5/plain')\nprint(sorted(map(str, g.value)), m.value, p.value)"
     )
-    assert out.stdout.strip() == "['0', '1', 'w0', 'w1'] {'k0': 0, 'k1': 1} last"
+    assert out.stdout.strip() == "['0', '1', 'w0', 'w1'] LWWMap({'k0': 0, 'k1': 1}) last"
 
 
 def test_mirror_is_read_only_and_export_takes_nothing(kernels: list[Kernel]) -> None:
