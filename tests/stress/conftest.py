@@ -42,14 +42,26 @@ _started = time.monotonic()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Show the figures; a full-size run also keeps them in figures.json (a short one leaves it be)."""
     if not FIGURES:
         return
-    payload = {"mode": "full" if FULL else "short", "seconds": round(time.monotonic() - _started, 1)}
-    FIGURES_PATH.write_text(json.dumps({**payload, "scenarios": FIGURES}, indent=1, default=str) + "\n")
+    mode = "full" if FULL else "short"
     write = terminalreporter.write_line
-    terminalreporter.section(f"spindel stress figures ({payload['mode']})")
+    terminalreporter.section(f"spindel stress figures ({mode})")
     width = max(len(f"{s}.{k}") for s, figures in FIGURES.items() for k in figures)
     for scenario, figures in FIGURES.items():
         for key, value in figures.items():
             write(f"{scenario + '.' + key:<{width}}  {value}")
+    if not FULL:
+        write(f"(a short run: {FIGURES_PATH.name} keeps the figures of the last full-size run)")
+        return
+    try:  # scenarios this run did not cover keep their last full-size figures
+        last = json.loads(FIGURES_PATH.read_text())
+        kept, last_seconds = dict(last["scenarios"]), last["seconds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        kept, last_seconds = {}, None
+    # "seconds" is the time of a run of every scenario, not of a partial one.
+    seconds = last_seconds if set(kept) - set(FIGURES) else round(time.monotonic() - _started, 1)
+    payload = {"mode": mode, "seconds": seconds, "scenarios": {**kept, **FIGURES}}
+    FIGURES_PATH.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     write(f"(written to {FIGURES_PATH})")
