@@ -91,8 +91,8 @@ def table(results: dict[str, Any]) -> str:
             "  (spindel_magic_overhead: median = difference of medians; p90/p99 of pairwise differences)"
         )
     if "floors" in results:
-        beside = {"spindel_magic_overhead": (results.get("remote_call") or {}).get("spindel_magic_overhead")}
-        section = {**{k: v for k, v in beside.items() if v}, **results["floors"]}
+        magic = (results.get("remote_call") or {}).get("spindel_magic_overhead")
+        section = {**({"spindel_magic_overhead": magic} if magic else {}), **results["floors"]}
         lines += ["", *_latency_table("floors (ms, in the same run)", section, "spindel_magic_overhead")]
     if "signal_latency" in results:
         lines += ["", *_latency_table("signal_latency (ms, one-way)", results["signal_latency"], "spindel")]

@@ -74,16 +74,11 @@ PLAN: dict[str, tuple[Callable[[Shared], Block], int, int]] = {
 def _overhead(cells: list[float], local: list[float]) -> dict[str, Any]:
     """Median = difference of the medians; p90/p99 = percentiles of the pairwise differences."""
     diffs = [cell - here for cell, here in zip(cells, local, strict=True)]
-    return {
-        "median": round(percentile(cells, 50) - percentile(local, 50), 4),
-        "p90": round(percentile(diffs, 90), 4),
-        "p99": round(percentile(diffs, 99), 4),
-        "n": len(diffs),
-    }
+    return {**latency(diffs), "median": round(percentile(cells, 50) - percentile(local, 50), 4)}
 
 
 def magic_overhead(shared: Shared) -> dict[str, Any]:
-    """``%%spin_remote bob\n1`` minus a local ``1``, both execute -> idle on the kernel alice.
+    """``%%spin_remote bob\\n1`` minus a local ``1``, both execute -> idle on the kernel alice.
 
     A third cell, a round trip through the bare relay from inside the cell and
     then ``1``, is that measure's floor on this machine (``shared.floors``).

@@ -46,8 +46,10 @@ def _join_pairwise(values: list[Any]) -> Any:
     scales with both sides (an ORSet's causal context); pairs of like size cost n log n.
     """
     while len(values) > 1:
-        pairs = range(0, len(values) - 1, 2)
-        values = [values[i].merge(values[i + 1]) for i in pairs] + values[len(values) - len(values) % 2 :]
+        joined = [values[i].merge(values[i + 1]) for i in range(0, len(values) - 1, 2)]
+        if len(values) % 2:
+            joined.append(values[-1])
+        values = joined
     return values[0]
 
 
