@@ -59,7 +59,7 @@ def run(shared: Shared) -> dict[str, Any]:
     for cells in SIZES:
         name = f"bench-fork-{cells}"
         (hub.root / "notebooks" / f"{name}.ipynb").write_text(json.dumps(_notebook(cells)))
-        _post(hub, "spindel/api/workspaces", {"name": name, "path": f"{name}.ipynb", "peer": "teacher"})
+        _post(hub, "spindel/api/workspaces", {"name": name, "path": f"{name}.ipynb"})
         before = hub.get("spindel/api/stats")["store"]["nodes"]
         times = []
         for i in range(repeats):
@@ -67,7 +67,7 @@ def run(shared: Shared) -> dict[str, Any]:
             _post(
                 hub,
                 f"spindel/api/workspaces/{name}/fork",
-                {"new": f"{name}-f{i}", "peer": "s", "wait": False},
+                {"new": f"{name}-f{i}", "wait": False},
             )
             times.append((time.perf_counter() - started) * 1000)
             # The fork's notebook file is written after the answer; let it land before the next fork.

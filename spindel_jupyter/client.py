@@ -17,6 +17,7 @@ import functools
 import itertools
 import logging
 import os
+import random
 import secrets
 import socket
 import sys
@@ -32,7 +33,21 @@ from typing import Any
 from . import errors, wire
 from .errors import HubError, NameTaken, NotConnected, PeerLost, RemoteTimeout, SpindelError
 from .home import in_kernel
-from .protocol import CANCEL, ERROR, EVENT, HELLO, MSG, REP, REQ, WELCOME, check_name, error_dict, name_from
+from .protocol import (
+    CANCEL,
+    ERROR,
+    EVENT,
+    HELLO,
+    INVITED,
+    MSG,
+    OWN,
+    REP,
+    REQ,
+    WELCOME,
+    check_name,
+    error_dict,
+    name_from,
+)
 from .transport import HandshakeError, WebSocket, open_websocket
 
 log = logging.getLogger(__name__)
@@ -63,6 +78,8 @@ class Incoming:
     body: Any
     #: The request id (None for one-way messages): replies and streamed output refer to it.
     id: int | None
+    #: Where the sender comes from, as the hub stamped it: the server's own peer, or invited.
+    scope: str = INVITED
 
 
 Handler = Callable[[Incoming], Any]
@@ -95,6 +112,8 @@ class Peer:
         self.session = session
         self.connect_timeout = connect_timeout
         self.contexts: list[str] = []
+        #: Whether the hub counts this peer as one of the server's own or as invited (from its welcome).
+        self.scope = OWN
         #: Largest frame the hub accepts (learned from its welcome).
         self.max_frame_bytes = 64 * 1024 * 1024
         self._ids = itertools.count(1)
@@ -346,7 +365,7 @@ class Peer:
                     log.info("spindel: peer %r was replaced by a newer connection", self.name)
                     return
             first = False
-            await asyncio.sleep(delay)
+            await asyncio.sleep(jittered(delay))
             delay = min(delay * 2, _BACKOFF_MAX)
 
     async def _open(self) -> WebSocket:
@@ -389,6 +408,7 @@ class Peer:
         header, _ = wire.unpack_frame(reply)
         if header.get("t") == WELCOME:
             self.max_frame_bytes = int(header.get("max_frame_bytes", self.max_frame_bytes))
+            self.scope = str(header.get("scope", OWN))
             return ws
         ws.close()
         raise errors.from_wire(header)
@@ -447,6 +467,8 @@ class Peer:
         op = str(header.get("op"))
         rid = header.get("id") if header["t"] == REQ else None
         handler = self._handlers.get(op)
+        # A frame the hub did not stamp (an older hub) is taken as the less trusted kind.
+        scope = OWN if header.get("scope") == OWN else INVITED
         if handler is None:
             if rid is not None:
                 what = "remote calls; run %spin_serve there" if op == "call" else f"{op!r}"
@@ -454,7 +476,7 @@ class Peer:
                 self._reply(sender, rid, error=error_dict(errors.UNKNOWN_OP, message, peer=self.name))
             return
         try:
-            result = handler(Incoming(sender, op, wire.decode(body) if body else None, rid))
+            result = handler(Incoming(sender, op, wire.decode(body) if body else None, rid, scope))
         except Exception as exc:
             if rid is not None:
                 self._reply(sender, rid, error=remote_error(exc, self.name))
@@ -513,6 +535,12 @@ class Peer:
             fn(*args)
         except Exception:
             log.exception("spindel: callback %r failed", fn)
+
+
+def jittered(delay: float) -> float:
+    """A reconnection delay of between half and all of ``delay``, at random: after a hub restart
+    its peers come back spread out, not all at the same instant."""
+    return delay * random.uniform(0.5, 1.0)
 
 
 def remote_error(exc: BaseException, peer: str) -> dict[str, Any]:

@@ -21,6 +21,10 @@ class SpindelError(Exception):
         return [f"{type(self).__name__}: {self}"]
 
 
+class SpindelWarning(UserWarning):
+    """Something works, but maybe not as the user meant: e.g. serving every peer of the hub."""
+
+
 class EncodeError(SpindelError, TypeError):
     """A value has no wire encoding; names its type and where it sits."""
 
@@ -176,6 +180,7 @@ UNKNOWN_OP = "unknown_op"
 TOPIC_KIND = "topic_kind"
 HUB_FULL = "hub_full"
 TOO_MANY_TOPICS = "too_many_topics"
+HUB_ERROR = "hub_error"
 
 # Errors that travel as just a code and a message.
 _PLAIN: dict[str, type[SpindelError]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import warnings
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -15,7 +16,7 @@ from traitlets import Float
 
 from . import client, invite, workspace
 from .display import peer_table
-from .errors import MergeConflict, SpindelError, UnsendableResult
+from .errors import MergeConflict, SpindelError, SpindelWarning, UnsendableResult
 from .remote import run as run_remote
 from .remote import serve, unserve
 
@@ -58,18 +59,28 @@ class SpindelMagics(Magics):
 
     @magic_arguments()
     @argument("--context", help="serve this context (created if new) instead of the kernel's namespace")
-    @argument("--allow", help="comma-separated peer names allowed to call (default: any peer)")
+    @argument(
+        "--allow",
+        help="comma-separated peer names allowed to call, or '*' for every peer, invited ones included "
+        "(default: this server's own peers)",
+    )
     @line_magic
     def spin_serve(self, line: str) -> None:
         """Opt in to serving remote calls from other peers (nothing is served before this)."""
         args = parse_argstring(self.spin_serve, line)
-        allow = None if args.allow is None else [p.strip() for p in args.allow.split(",") if p.strip()]
+        # IPython keeps the quotes of --allow '*' or --allow 'a,b': they are not part of the names.
+        names = None if args.allow is None else args.allow.strip().strip("'\"")
+        allow = None if names is None else [p.strip() for p in names.split(",") if p.strip()]
         _peer()
         try:
-            summary = serve(args.context, allow)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SpindelWarning)
+                summary = serve(args.context, allow)
         except (SpindelError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         print(f"spindel: {summary}")
+        for warning in caught:
+            print(f"spindel: warning: {warning.message}", file=sys.stderr)
 
     @line_magic
     def spin_unserve(self, line: str) -> None:
@@ -162,8 +173,7 @@ class SpindelMagics(Magics):
         """Get a read-only copy of a workspace that moves to every new head."""
         args = parse_argstring(self.spin_follow, line)
         descriptor = _workspace_call(workspace.follow, args.name, args.into)
-        path = descriptor["followers"][-1]["path"]
-        print(f"spindel: following {args.name!r} in {path} (read-only, updates itself)")
+        print(f"spindel: following {args.name!r} in {descriptor['copy']} (read-only, updates itself)")
 
     @magic_arguments()
     @argument("name", help="workspace to fork")

@@ -12,8 +12,9 @@ its type, optionally followed by an encoded body. Peers send:
 ``unsub``  ``{topic}``               - stop following it.
 ``pub``    ``{topic, kind, seq, stamp?}`` - a local change: a CRDT delta or a stamped value (body).
 
-The hub sends ``welcome``, relays ``req``/``rep``/``msg`` with ``from`` stamped to
-the real sender, answers a request it cannot route with a ``rep`` carrying an
+The hub sends ``welcome`` ``{name, scope, max_frame_bytes}``, relays
+``req``/``rep``/``msg``/``cancel`` with ``from`` and ``scope`` stamped for the
+real sender, answers a request it cannot route with a ``rep`` carrying an
 ``error``, reports a bad frame with ``error`` ``{code, message, re?}``, and
 broadcasts ``event`` frames (``{event: "peers"}`` with the peer list as body).
 For topics it answers ``sub`` with ``snap`` ``{re, topic, kind, stamp?, error?}`` (its
@@ -54,6 +55,11 @@ HUB = "@hub"
 
 #: What a peer is: a kernel, a browser UI, or a plain Python process.
 KINDS = ("kernel", "ui", "script")
+
+#: Where a peer comes from, as the hub stamps it on what it relays: the server's own
+#: (joined with the server's token or login) or invited (joined with an invite token).
+OWN = "own"
+INVITED = "invited"
 
 _NAME = re.compile(r"\w[\w.\-]{0,63}")
 _MAX_OP = 64

@@ -20,16 +20,28 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from . import client, contexts, wire
-from .errors import EncodeError, NotServed, RemoteTimeout, SpindelError, UnboundNames, UnsendableResult
+from .errors import (
+    EncodeError,
+    NotServed,
+    RemoteTimeout,
+    SpindelError,
+    SpindelWarning,
+    UnboundNames,
+    UnsendableResult,
+)
 from .executor import Cell, Executor, compile_cell, forward_output, rich_bundle, transform
 from .freenames import free_names
 from .home import in_kernel, shell
+from .protocol import OWN
 
 OP_CALL = "call"
+#: ``--allow`` entry that lets every peer call, invited ones included.
+EVERYONE = "*"
 #: One-way messages from the serving peer to the caller while a call runs.
 OP_OUTPUT = "output"
 
@@ -52,17 +64,39 @@ class _Server:
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
         self.contexts: set[str] = set()
+        #: Callers allowed by name (``*``: every peer); None: the server's own peers only.
         self.allow: set[str] | None = None
 
     def describe(self) -> str:
-        who = "everyone" if self.allow is None else ", ".join(sorted(self.allow)) or "no one"
-        return f"serving {', '.join(sorted(self.contexts))} to {who}"
+        if self.allow is None:
+            who = "this server's own peers (invited peers need --allow NAME)"
+        elif EVERYONE in self.allow:
+            who = "every peer of the hub, invited ones included"
+        else:
+            who = ", ".join(sorted(self.allow)) + " only" if self.allow else "no one"
+        served = [
+            "this kernel's namespace" if c == contexts.DEFAULT else f"context {c!r}" for c in sorted(self.contexts)
+        ]
+        return f"serving {', '.join(served)} to {who}"
+
+    def check_caller(self, me: str, call: client.Incoming) -> None:
+        """Refuse a caller this kernel does not serve, before anything runs."""
+        if self.allow is None:
+            if call.scope != OWN:
+                raise NotServed(
+                    f"peer {me!r} serves only this server's own peers, and {call.sender!r} joined with "
+                    f"an invite: to let it call, run %spin_serve --allow {call.sender} on {me}"
+                )
+        elif EVERYONE not in self.allow and call.sender not in self.allow:
+            allowed = ", ".join(sorted(self.allow)) or "no one"
+            raise NotServed(
+                f"peer {me!r} does not serve calls from {call.sender!r} (it allows: {allowed}); "
+                f"to let it call, add it: %spin_serve --allow {','.join(sorted({*self.allow, call.sender}))}"
+            )
 
     def handle_call(self, call: client.Incoming) -> Any:
         me = client.current_peer().name
-        if self.allow is not None and call.sender not in self.allow:
-            allowed = ", ".join(sorted(self.allow)) or "no one"
-            raise NotServed(f"peer {me!r} does not serve calls from {call.sender!r} (it allows: {allowed})")
+        self.check_caller(me, call)
         body = call.body if isinstance(call.body, dict) else {}
         context = str(body.get("context") or contexts.DEFAULT)
         if context not in self.contexts:
@@ -205,9 +239,19 @@ def serve(context: str | None = None, allow: Iterable[str] | None = None) -> str
     """Opt in to serving remote calls; nothing is served before this.
 
     ``context`` names a context to serve (created empty if it does not exist);
-    by default the kernel's own namespace. ``allow`` limits callers to those
-    peer names (None: any peer of this hub). Returns a one-line summary.
+    by default the kernel's own namespace. ``allow`` names the peers that may
+    call (``"*"``: every peer of the hub, invited ones included, with a warning);
+    by default only the server's own peers may, never invited ones. Returns a
+    one-line summary.
     """
+    if allow is not None:
+        allow = {str(p) for p in allow}
+        if EVERYONE in allow:
+            warnings.warn(
+                "serving every peer of the hub: invited teammates too can run any code in this kernel",
+                SpindelWarning,
+                stacklevel=2,
+            )
     global _server
     peer = client.current_peer()
     with _server_lock:
@@ -218,7 +262,7 @@ def serve(context: str | None = None, allow: Iterable[str] | None = None) -> str
             contexts.register_context(name)
         _server.contexts.add(name)
         if allow is not None:
-            _server.allow = {str(p) for p in allow}
+            _server.allow = set(allow)
         peer.handle(OP_CALL, _server.handle_call)
         peer.handle("cancel", _server.handle_cancel)
         peer.set_contexts(sorted(_server.contexts))

@@ -3,10 +3,17 @@
 The hub is the registry (see :mod:`spindel_jupyter.hub.workspaces`); these calls
 travel over the peer's connection, so the hub knows for sure which peer asks,
 and the lease is enforced per peer.
+
+A peer of the hub's own server lets the hub read and write the notebook files
+there. An invited peer (which may run anywhere) sends its notebook's content
+when it publishes, and writes the copies it follows or forks itself, where it
+runs; its followed copies are rewritten here at every new head.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -15,8 +22,10 @@ from typing import Any
 from . import client, crdt, sync
 from .display import Table
 from .errors import SpindelError
-from .protocol import LWW
+from .protocol import LWW, OWN
 from .signals import Signal
+
+log = logging.getLogger(__name__)
 
 TIMEOUT = 60.0
 
@@ -50,8 +59,13 @@ def publish(
     """
     roles = dict(topics or {})
     names = sorted(set(sync.followed_topics()) | set(roles))
-    arguments = {"name": name, "path": path or notebook_path(), "message": message}
-    return dict(_op("publish", **arguments, topics=names, roles=roles))
+    arguments: dict[str, Any] = {"name": name, "message": message, "topics": names, "roles": roles}
+    source = path or notebook_path()
+    if _on_hub_server():
+        arguments["path"] = source
+    else:
+        arguments["notebook"] = json.loads(Path(source).read_text(encoding="utf-8"))
+    return dict(_op("publish", **arguments))
 
 
 def follow(name: str, into: str | None = None) -> dict[str, Any]:
@@ -60,15 +74,28 @@ def follow(name: str, into: str | None = None) -> dict[str, Any]:
     The workspace's topics are wired here by role: a read-only mirror for
     ``subscriber`` topics, synced both ways for ``bidirectional`` ones (see ``signals``).
     """
-    descriptor = dict(_op("follow", name=name, path=_near(into or f"following/{name}.ipynb")))
+    path = _near(into or f"following/{name}.ipynb")
+    if _on_hub_server():
+        descriptor = dict(_op("follow", name=name, path=path))
+    else:
+        descriptor = dict(_op("follow", name=name, deliver=True))
+        _following[name] = Path(path)
+        write_notebook(Path(path), descriptor.pop("notebook"))
+        descriptor["copy"] = path
     _wire(name, descriptor, prefix="", writable=False)
     return descriptor
 
 
 def fork(name: str, new: str | None = None, into: str | None = None) -> dict[str, Any]:
     """Your own editable copy of ``name`` (file ``forks/NEW.ipynb``), at once: no content is copied."""
-    new = new or f"{name}-{client.current_peer().name}"
-    descriptor = dict(_op("fork", name=name, new=new, path=_near(into or f"forks/{new}.ipynb")))
+    new = new or f"{name}-{_me()}"
+    path = _near(into or f"forks/{new}.ipynb")
+    if _on_hub_server():
+        descriptor = dict(_op("fork", name=name, new=new, path=path))
+    else:
+        descriptor = dict(_op("fork", name=name, new=new, deliver=True))
+        write_notebook(Path(path), descriptor.pop("notebook"), exclusive=True)
+        descriptor["path"] = path
     _wire(new, descriptor, prefix=f"{new}/", writable=True)  # the fork's own copies, yours to write
     return descriptor
 
@@ -77,7 +104,7 @@ def merge(
     fork_name: str, strategy: str | None = None, force: bool = False, into: str | None = None
 ) -> dict[str, Any]:
     """Merge a fork into its parent (or ``into``); raises MergeConflict, changing nothing, on conflicts."""
-    return dict(_op("merge", fork=fork_name, strategy=strategy, force=force, into=into))
+    return dict(_op("merge", name=fork_name, strategy=strategy, force=force, into=into))
 
 
 def claim(name: str, force: bool = False) -> dict[str, Any]:
@@ -115,6 +142,48 @@ def _wire(name: str, descriptor: dict[str, Any], prefix: str, writable: bool) ->
             signal = sync.subscribe_signal(topic)
         wired[topic.removeprefix(prefix)] = signal
     signals[name] = wired
+
+
+def _me() -> str:
+    return client.current_peer().name
+
+
+def _on_hub_server() -> bool:
+    """Whether the hub reads and writes notebooks for this peer (it is one of its server's own)."""
+    return client.current_peer().scope == OWN
+
+
+#: Copies this peer keeps of workspaces it follows (invited peers write them themselves).
+_following: dict[str, Path] = {}
+
+
+def write_notebook(path: Path, notebook: dict[str, Any], exclusive: bool = False) -> None:
+    """Write a notebook whole (a temporary file renamed over the old one); ``exclusive``: only a new file."""
+    if exclusive and path.exists():
+        raise SpindelError(f"{path} already exists: nothing was written; pick another file with --into")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _refresh(descriptor: Any) -> None:
+    """A followed workspace has a new head: rewrite this peer's own copy of it."""
+    if not isinstance(descriptor, dict) or "notebook" not in descriptor:
+        return
+    path = _following.get(str(descriptor.get("name")))
+    if path is not None:
+        try:
+            write_notebook(path, descriptor["notebook"])
+        except OSError as exc:
+            log.warning("spindel: could not update %s: %s", path, exc)
+
+
+def _listen(peer: client.Peer) -> None:
+    peer.listen("workspace", _refresh)
+
+
+client.on_new_peer(_listen)
 
 
 def _near(path: str) -> str:

@@ -4,7 +4,8 @@
  * Everything is pushed by the hub (no polling): the peer list on every join,
  * leave or change, the topic list whenever topics change. The topic list is
  * also fetched once per connection over REST, since the hub only pushes
- * changes.
+ * changes. Actions (follow, fork, merge, claim) are requests over this
+ * WebSocket, where the hub knows who sends them.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
@@ -21,6 +22,10 @@ export interface IPeer {
   since: string;
   /** The Jupyter kernel id of a kernel peer, else "". */
   kernel: string;
+  /** "own" for peers of this server, "invited" for peers that joined with an invite. */
+  scope?: string;
+  /** The user the peer acts for. */
+  user?: string;
 }
 
 /** A topic held by the hub, as `{base_url}spindel/api/topics` lists it. */
@@ -48,7 +53,10 @@ export interface IWorkspace {
   /** The notebook it is published from, relative to the server root, or null. */
   path: string | null;
   publisher: string | null;
-  followers: { peer: string; path: string }[];
+  /** Who follows it, and the server file the hub keeps for each (null: a copy of the follower's own). */
+  followers: { peer: string; path: string | null }[];
+  /** In the answer to a follow: the followed copy's path. */
+  copy?: string;
 }
 
 /** A conflicting cell of a refused merge: the three versions of its source (null where deleted). */
@@ -60,9 +68,10 @@ export interface IConflict {
   theirs: string | null;
 }
 
-/** A workspace request the hub refused: its `{message, code}` (and a merge's conflicts). */
+/** A request the hub refused: its `{message, code}` (and a merge's conflicts). */
 export class SpindelRequestError extends Error {
   constructor(
+    /** The HTTP status of a refused REST request; 0 for a request over the WebSocket. */
     readonly status: number,
     readonly code: string,
     message: string,
@@ -78,6 +87,13 @@ export type Status = 'connecting' | 'connected' | 'offline';
 /** Delays between reconnection attempts grow from the first to the last, doubling. */
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 15000;
+/** How long a request over the WebSocket waits for the hub's answer. */
+const REQUEST_TIMEOUT_MS = 60000;
+
+/** Between half and all of `delay`, at random: after a hub restart, pages come back spread out. */
+export function jittered(delay: number): number {
+  return delay * (0.5 + Math.random() * 0.5);
+}
 
 function randomId(length: number): string {
   const bytes = new Uint8Array(length);
@@ -206,6 +222,9 @@ export class SpindelConnection implements IDisposable {
       return;
     }
     switch (header.t) {
+      case 'rep':
+        this._onReply(header, body);
+        break;
       case 'welcome':
         this._delay = BACKOFF_FIRST_MS;
         this._lastError = '';
@@ -269,6 +288,65 @@ export class SpindelConnection implements IDisposable {
       this._socket = null;
     }
     this._peers = [];
+    const pending = [...this._pending.values()];
+    this._pending.clear();
+    for (const waiting of pending) {
+      waiting.reject(
+        new SpindelRequestError(0, 'peer_lost', 'lost the connection to the hub before it answered; try again')
+      );
+    }
+  }
+
+  /**
+   * Ask the hub for operation `op` (e.g. `workspace.follow`) over this peer's WebSocket.
+   *
+   * Resolves to the hub's answer; a refusal rejects with a `SpindelRequestError`
+   * carrying its `{message, code}` (and a merge's conflicts).
+   */
+  call(op: string, body: unknown): Promise<unknown> {
+    const socket = this._socket;
+    if (!socket || this._status !== 'connected') {
+      return Promise.reject(
+        new SpindelRequestError(0, 'not_connected', 'not connected to the hub; wait for it to reconnect')
+      );
+    }
+    const id = this._nextId++;
+    return new Promise<unknown>((resolve, reject) => {
+      const timer = window.setTimeout(() => {
+        if (this._pending.delete(id)) {
+          reject(new SpindelRequestError(0, 'timeout', `the hub did not answer ${op} within ${REQUEST_TIMEOUT_MS / 1000} s`));
+        }
+      }, REQUEST_TIMEOUT_MS);
+      this._pending.set(id, {
+        resolve: value => {
+          window.clearTimeout(timer);
+          resolve(value);
+        },
+        reject: error => {
+          window.clearTimeout(timer);
+          reject(error);
+        }
+      });
+      socket.send(packFrame({ t: 'req', id, op }, body));
+    });
+  }
+
+  private _onReply(header: { [key: string]: unknown }, body: unknown): void {
+    const id = typeof header.re === 'number' ? header.re : -1;
+    const waiting = this._pending.get(id);
+    if (!waiting) {
+      return;
+    }
+    this._pending.delete(id);
+    const error = header.error as { code?: unknown; message?: unknown; conflicts?: unknown } | undefined;
+    if (error) {
+      const conflicts = Array.isArray(error.conflicts) ? (error.conflicts as IConflict[]) : [];
+      waiting.reject(
+        new SpindelRequestError(0, String(error.code ?? 'error'), String(error.message ?? 'refused'), conflicts)
+      );
+    } else {
+      waiting.resolve(body);
+    }
   }
 
   private _scheduleReconnect(): void {
@@ -277,7 +355,7 @@ export class SpindelConnection implements IDisposable {
       return;
     }
     this._clearTimer();
-    const delay = this._delay;
+    const delay = jittered(this._delay);
     this._delay = Math.min(this._delay * 2, BACKOFF_MAX_MS);
     this._timer = window.setTimeout(() => {
       this._timer = 0;
@@ -389,6 +467,8 @@ export class SpindelConnection implements IDisposable {
   private _workspacesChanged = new Signal<this, void>(this);
   private _delay = BACKOFF_FIRST_MS;
   private _timer = 0;
+  private _nextId = 1;
+  private _pending = new Map<number, { resolve: (value: unknown) => void; reject: (error: Error) => void }>();
   private _disposed = false;
   private _changed = new Signal<this, void>(this);
 }

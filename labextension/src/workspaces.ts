@@ -1,6 +1,7 @@
 /**
- * Workspaces in the lab: follow, fork, merge and claim through the hub's REST
- * API, the merge-conflict dialog, and followed notebooks that reload themselves.
+ * Workspaces in the lab: follow, fork, merge and claim as requests to the hub
+ * over the panel's WebSocket, the merge-conflict dialog, and followed notebooks
+ * that reload themselves.
  */
 import { Dialog, InputDialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
@@ -50,7 +51,7 @@ function toast(what: string, err: unknown): void {
   Notification.error(`Spindel: could not ${what}: ${errorMessage(err)}`, { autoClose: 10000 });
 }
 
-/** The workspace actions, acting as the peer `actingPeer()` names. */
+/** The workspace actions, acting as the peer `actingPeer()` names (the hub checks that it may). */
 export class WorkspaceActions {
   constructor(options: WorkspaceActions.IOptions) {
     this._connection = options.connection;
@@ -70,16 +71,14 @@ export class WorkspaceActions {
 
   /** Follow `name`: the hub writes a read-only copy; open it. */
   async follow(name: string): Promise<void> {
-    const peer = this.actingPeer();
     let descriptor: IWorkspace;
     try {
-      descriptor = (await this._post(name, 'follow', { peer })) as IWorkspace;
+      descriptor = (await this._post(name, 'follow', {})) as IWorkspace;
     } catch (err) {
       toast(`follow '${name}'`, err);
       return;
     }
-    const mine = [...(descriptor.followers ?? [])].reverse().find(f => f.peer === peer);
-    const path = mine?.path ?? `following/${name}.ipynb`;
+    const path = descriptor.copy ?? `following/${name}.ipynb`;
     this._open(path);
     Notification.success(`Spindel: following '${name}' in ${path} (read-only, updates itself)`, {
       autoClose: 4000
@@ -102,7 +101,7 @@ export class WorkspaceActions {
     let descriptor: IWorkspace;
     try {
       // The hub answers once the fork's notebook is written.
-      descriptor = (await this._post(name, 'fork', { new: fork, peer })) as IWorkspace;
+      descriptor = (await this._post(name, 'fork', { new: fork })) as IWorkspace;
     } catch (err) {
       toast(`fork '${name}'`, err);
       return;
@@ -117,12 +116,11 @@ export class WorkspaceActions {
    * the conflicting cells and merges again only with the strategy chosen.
    */
   async merge(name: string): Promise<void> {
-    const peer = this.actingPeer();
     let strategy: Strategy | undefined;
     for (;;) {
       let result: { merged?: boolean; head?: string; reason?: string };
       try {
-        result = (await this._post(name, 'merge', strategy ? { peer, strategy } : { peer })) as typeof result;
+        result = (await this._post(name, 'merge', strategy ? { strategy } : {})) as typeof result;
       } catch (err) {
         if (
           !strategy &&
@@ -156,7 +154,7 @@ export class WorkspaceActions {
   async claim(name: string): Promise<void> {
     const peer = this.actingPeer();
     try {
-      await this._post(name, 'claim', { peer });
+      await this._post(name, 'claim', {});
     } catch (err) {
       toast(`claim '${name}'`, err);
       return;
@@ -194,8 +192,11 @@ export class WorkspaceActions {
     return ['ours', 'theirs', 'union'].includes(label) ? (label as Strategy) : undefined;
   }
 
-  private _post(name: string, action: string, body: unknown): Promise<unknown> {
-    return this._connection.request('POST', `workspaces/${encodeURIComponent(name)}/${action}`, body);
+  /** Ask the hub for workspace operation `action` on `name`, as the acting peer. */
+  private _post(name: string, action: string, body: { [key: string]: unknown }): Promise<unknown> {
+    const peer = this.actingPeer();
+    const as = peer === this._connection.name ? {} : { as: peer };
+    return this._connection.call(`workspace.${action}`, { ...body, ...as, name });
   }
 
   private _open(path: string): void {
@@ -286,12 +287,10 @@ class FollowingBadge extends Widget {
   }
 }
 
-const RELOAD_RETRIES = 20;
-const RELOAD_RETRY_MS = 250;
-
 /**
  * Followed copies: a read-only badge in their toolbar, and a reload from disk
- * whenever the hub pushes a new head of their workspace.
+ * whenever the hub pushes a new head of their workspace (it announces a head
+ * only once its copies are written).
  */
 export class FollowedNotebooks {
   constructor(connection: SpindelConnection, tracker: INotebookTracker) {
@@ -339,40 +338,28 @@ export class FollowedNotebooks {
     }
   }
 
-  /** Reload `panel` from disk when its workspace has moved on (the hub rewrites the file right after). */
-  private _check(panel: NotebookPanel, attempt = 0): void {
+  /** Reload `panel` from disk when its workspace has moved on. */
+  private _check(panel: NotebookPanel): void {
     const following = followingOf(panel);
-    if (!following || panel.isDisposed || (attempt === 0 && this._reloading.has(panel))) {
+    if (!following || panel.isDisposed || this._reloading.has(panel)) {
       return;
     }
     const workspace = this._connection.workspaces.find(w => w.name === following.following);
     if (!workspace || workspace.head === following.head) {
-      this._reloading.delete(panel);
       return;
     }
-    if (attempt >= RELOAD_RETRIES) {
-      this._reloading.delete(panel);
-      console.warn(`spindel: ${panel.context.path} is still not at ${following.following}'s head`);
-      return;
-    }
+    const target = workspace.head;
     this._reloading.add(panel);
-    const again = (): void => {
-      window.setTimeout(() => this._check(panel, attempt + 1), RELOAD_RETRY_MS);
-    };
     panel.context
       .revert()
-      .then(() => {
-        const now = followingOf(panel);
+      .catch(err => console.warn(`spindel: could not reload ${panel.context.path}`, err))
+      .finally(() => {
+        this._reloading.delete(panel);
+        // A newer head announced while this one was read: read that one too.
         const latest = this._connection.workspaces.find(w => w.name === following.following);
-        if (now && latest && now.head !== latest.head) {
-          again(); // the event came before the rewrite: read once more shortly
-        } else {
-          this._reloading.delete(panel);
+        if (latest && latest.head !== target) {
+          this._check(panel);
         }
-      })
-      .catch(err => {
-        console.warn(`spindel: could not reload ${panel.context.path}`, err);
-        again();
       });
   }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import getpass
 import importlib
 import os
 import socket
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop, PeriodicCallback
@@ -30,13 +31,15 @@ from .notebooks import SAVE_EVENT, NotebookService
 from .relay import Relay
 from .store import NodeStore
 from .topics import TopicStore
-from .workspaces import Registry, add_workspace_ops
+from .workspaces import Registry
 
 #: The environment a Jupyter server with the hub gives the kernels it starts.
 ENV_URL = "SPINDEL_HUB_URL"
 ENV_TOKEN = "SPINDEL_TOKEN"
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "localhost"}
+#: Identity providers with one secret for everyone: whoever signs in is the server's one user.
+_SHARED_SECRET = (IdentityProvider, PasswordIdentityProvider)
 
 
 class SpindelHub(ExtensionApp):
@@ -95,9 +98,13 @@ class SpindelHub(ExtensionApp):
         server = self.serverapp
         assert server is not None
         self.notebooks = NotebookService(self.registry, server.contents_manager, server.root_dir, topics)
-        self.registry.on_head = self._head_moved
-        self.registry.on_change = lambda: self.relay.broadcast_ui("workspaces", self.registry.all())
-        add_workspace_ops(self.relay, self.registry, self.notebooks)
+        self.notebooks.server_user = _server_user()
+        self.notebooks.announce = self._announce_head
+        self.registry.on_head = self.notebooks.head_moved
+        self.registry.on_change = self._workspaces_changed
+        self.relay.store_stats = self.nodes.stats
+        for op in ("list", "get", "publish", "follow", "fork", "merge", "claim"):
+            self.relay.add_op(f"workspace.{op}", self._workspace_op(op))
         self.invites = Invites(store_dir / "invites.json")
         add_invite_ops(self.relay, self.invites, lambda: self.peer_url(public=True))
         self._sweeper = PeriodicCallback(lambda: close_invited(self.relay, self.invites), 1000)
@@ -127,10 +134,23 @@ class SpindelHub(ExtensionApp):
         await super()._start_jupyter_server_extension(serverapp)
         self.export_environment()
 
-    def _head_moved(self, descriptor: dict[str, Any]) -> None:
-        _spawn(self.notebooks.head_moved(descriptor))
+    def _workspace_op(self, op: str) -> Callable[[Any, Any], Awaitable[Any]]:
+        """Workspace operation ``op`` as peers send it (``workspace.OP``): for the hub-stamped sender."""
+
+        def call(member: Any, argument: Any) -> Awaitable[Any]:
+            return self.notebooks.operate(op, member.actor, argument, self.relay.members)
+
+        return call
+
+    def _announce_head(self, descriptor: dict[str, Any], notebook: dict[str, Any]) -> None:
+        """Tell followers (those keeping their own copy get the notebook too) and the lab of a new head."""
         for follower in descriptor.get("followers") or []:
-            self.relay.notify(follower["peer"], "workspace", descriptor)
+            body = descriptor if follower.get("path") else {**descriptor, "notebook": notebook}
+            self.relay.notify(follower["peer"], "workspace", body)
+        self._workspaces_changed()
+
+    def _workspaces_changed(self) -> None:
+        self.relay.broadcast_ui("workspaces", self.registry.all())
 
     async def stop_extension(self) -> None:
         self._sweeper.stop()
@@ -139,6 +159,19 @@ class SpindelHub(ExtensionApp):
     async def _on_contents_event(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
         if data.get("action") == "save" and data.get("path"):
             await self.notebooks.saved(str(data["path"]))
+
+    def user_of(self, user: Any) -> str:
+        """The user a signed-in Jupyter identity acts for.
+
+        With one shared token or password (a plain single-user server) everyone who
+        signs in is the server's one user, whatever anonymous name Jupyter gives
+        each connection; an identity provider that names users (JupyterHub's) tells them apart.
+        """
+        app = self.serverapp
+        assert app is not None
+        if type(app.identity_provider) in _SHARED_SECRET or not getattr(user, "username", ""):
+            return _server_user()
+        return str(user.username)
 
     def peer_url(self, public: bool = False) -> str:
         """The WebSocket URL of the hub: for peers on this machine, or ``public`` for teammates elsewhere."""
@@ -170,10 +203,9 @@ def _call_later(delay: float, callback: Callable[[], None]) -> Any:
     return IOLoop.current().call_later(delay, callback)
 
 
-_tasks: set[asyncio.Future[Any]] = set()
-
-
-def _spawn(awaitable: Awaitable[Any]) -> None:
-    task = asyncio.ensure_future(awaitable)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+def _server_user() -> str:
+    """The name of the user this server runs for."""
+    try:
+        return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "owner"

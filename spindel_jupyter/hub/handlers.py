@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 from asyncio import Future
 from typing import TYPE_CHECKING, Any
@@ -18,8 +17,10 @@ from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
 from ..errors import MergeConflict, NotWritable, SpindelError
+from ..protocol import INVITED, OWN
 from ..transport import OP_BINARY, frame_header
 from ..wire import Buffer
+from .access import Actor, Forbidden
 from .workspaces import WorkspaceExists, WorkspaceNotFound
 
 if TYPE_CHECKING:
@@ -87,7 +88,11 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
         # Small frames must not wait for the peer's delayed ACK (Nagle): that costs tens of ms.
         self.set_nodelay(True)
         self.member = self.hub.relay.connect(self)
-        self.member.invite = getattr(self, "invite", None)
+        invite = self.member.invite = getattr(self, "invite", None)
+        if invite is not None:
+            self.member.scope, self.member.user = INVITED, f"invite:{invite.name}"
+        else:
+            self.member.scope, self.member.user = OWN, self.hub.user_of(self.current_user)
 
     def on_message(self, message: str | bytes) -> None:
         if self.member.invite is not None and not self.hub.invites.valid(self.member.invite):
@@ -191,7 +196,11 @@ class TopicsHandler(APIHandler, _HubHandler):
 
 
 class _WorkspaceAPI(APIHandler, _HubHandler):
-    """Shared by the workspace endpoints: JSON bodies in, errors as status codes out."""
+    """Shared by the workspace endpoints: JSON bodies in, errors as status codes out.
+
+    A request acts as the signed-in user (``user:NAME``), or, with ``as``, as one
+    of that user's own connected peers; never as whoever a body names.
+    """
 
     def body(self) -> dict[str, Any]:
         try:
@@ -202,31 +211,25 @@ class _WorkspaceAPI(APIHandler, _HubHandler):
             raise web.HTTPError(400, "the request body must be a JSON object")
         return data
 
-    def peer(self, data: dict[str, Any]) -> str:
-        """Who acts: the peer named in the body (the lab panel's), else the signed-in user."""
-        named = data.get("peer")
-        if isinstance(named, str) and named:
-            return named
-        user = self.current_user
-        return f"user:{getattr(user, 'username', 'anonymous')}"
-
-    async def run(self, action: Any) -> None:
+    async def operate(self, op: str, arguments: dict[str, Any]) -> None:
+        """Run workspace operation ``op`` as the signed-in user; answer its result or its error."""
+        user = self.hub.user_of(self.current_user)
+        actor = Actor(f"user:{user}", OWN, user)
         try:
-            result = await action if inspect.isawaitable(action) else action
+            result = await self.hub.notebooks.operate(op, actor, arguments, self.hub.relay.members)
+        except Forbidden as exc:
+            self._fail(403, exc)
         except WorkspaceNotFound as exc:
             self._fail(404, exc)
-            return
         except MergeConflict as exc:
             self._fail(409, exc, conflicts=exc.conflicts)
-            return
         except (NotWritable, WorkspaceExists) as exc:
             self._fail(409, exc)
-            return
         except SpindelError as exc:
             self._fail(400, exc)
-            return
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(result))
+        else:
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(result))
 
     def _fail(self, status: int, exc: SpindelError, **extra: Any) -> None:
         self.set_status(status)
@@ -235,21 +238,17 @@ class _WorkspaceAPI(APIHandler, _HubHandler):
 
 
 class WorkspacesHandler(_WorkspaceAPI):
-    """``GET`` the workspaces; ``POST {name, path, message?}`` publishes a notebook as a workspace."""
+    """``GET`` the workspaces; ``POST {name, path | notebook, message?, topics?, roles?}`` publishes."""
 
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        await self.run(self.hub.registry.all())
+        await self.operate("list", {})
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        data = self.body()
-        name, path = data.get("name"), data.get("path")
-        if not isinstance(name, str) or not isinstance(path, str):
-            raise web.HTTPError(400, "publish needs a workspace 'name' and a notebook 'path'")
-        await self.run(self.hub.notebooks.publish(name, path, self.peer(data), str(data.get("message", ""))))
+        await self.operate("publish", self.body())
 
 
 class WorkspaceHandler(_WorkspaceAPI):
@@ -258,9 +257,7 @@ class WorkspaceHandler(_WorkspaceAPI):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        await self.run(
-            self.hub.registry.get(name) if name in self.hub.registry.workspaces else _missing(name)
-        )
+        await self.operate("get", {"name": name})
 
 
 class WorkspaceActionHandler(_WorkspaceAPI):
@@ -269,27 +266,4 @@ class WorkspaceActionHandler(_WorkspaceAPI):
     @web.authenticated
     @authorized
     async def post(self, name: str, action: str) -> None:
-        data = self.body()
-        peer = self.peer(data)
-        notebooks = self.hub.notebooks
-        if action == "fork":
-            new = data.get("new")
-            if not isinstance(new, str):
-                raise web.HTTPError(400, "fork needs the 'new' workspace name")
-            path, wait = data.get("path"), bool(data.get("wait", True))
-            await self.run(notebooks.fork(name, new, peer, path if isinstance(path, str) else None, wait))
-        elif action == "merge":
-            strategy = data.get("strategy")
-            await self.run(notebooks.merge(name, peer, strategy, bool(data.get("force", False))))
-        elif action == "claim":
-            await self.run(_call(self.hub.registry.claim, name, peer, bool(data.get("force", False))))
-        else:
-            await self.run(notebooks.follow(name, peer, data.get("path")))
-
-
-async def _call(fn: Any, *args: Any) -> Any:
-    return fn(*args)
-
-
-async def _missing(name: str) -> Any:
-    raise WorkspaceNotFound(f"no workspace named {name!r}")
+        await self.operate(action, {**self.body(), "name": name})

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import SpindelError
 from ..protocol import check_name
+from .access import require
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -71,7 +72,10 @@ class Invites:
 
     def create(self, name: str, ttl: float, created_by: str) -> tuple[Invite, str]:
         """A new invite for peer ``name`` (replacing an earlier one); returns it and its token."""
-        check_name(name)
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise SpindelError(f"cannot invite {name!r}: {exc}") from None
         token = "spin-" + secrets.token_urlsafe(24)
         now = self.clock()
         invite = Invite(name, _digest(token), now + ttl, now, created_by)
@@ -114,8 +118,7 @@ def add_invite_ops(relay: Any, invites: Invites, public_url: Callable[[], str]) 
     """The invite requests kernels send: create, list, revoke (never from an invited peer)."""
 
     def guard(member: Any) -> None:
-        if member.invite is not None:
-            raise SpindelError("an invited peer cannot manage invites; ask the hub's owner")
+        require(member.actor, "invites")
 
     def create(member: Any, argument: Any) -> Any:
         guard(member)

@@ -24,6 +24,7 @@ from ..protocol import (
     EVENT,
     HELLO,
     HUB,
+    OWN,
     PUB,
     REP,
     REQ,
@@ -35,6 +36,7 @@ from ..protocol import (
     check_name,
     error_dict,
 )
+from .access import Actor
 from .topics import TopicStore
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,15 @@ class Member:
     subscriptions: set[str] = field(default_factory=set)
     #: The invite this connection came in with (it may then only be the invited name).
     invite: Any = None
+    #: The server's own peer, or an invited one (see :mod:`.access`).
+    scope: str = OWN
+    #: The user this peer acts for (the signed-in Jupyter user, or the invite).
+    user: str = ""
+
+    @property
+    def actor(self) -> Actor:
+        """This peer as the one asking for a hub operation."""
+        return Actor(self.name, self.scope, self.user)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -81,6 +92,8 @@ class Member:
             "contexts": list(self.contexts),
             "since": self.since,
             "kernel": self.kernel,
+            "scope": self.scope,
+            "user": self.user,
         }
 
 
@@ -141,7 +154,11 @@ class Relay:
     # -- inbound frames -------------------------------------------------------
 
     def receive(self, member: Member, data: bytes) -> None:
-        """Handle one frame from ``member``; a bad frame gets an error, never an exception."""
+        """Handle one frame from ``member``; a bad frame gets an error, never an exception.
+
+        Whatever goes wrong while handling it becomes an error frame (or reply):
+        the connection, and everyone else's, lives on.
+        """
         request_id = None
         try:
             if len(data) > self.max_frame_bytes:
@@ -178,6 +195,9 @@ class Relay:
                 self._forward(member, header, body)
         except FrameError as exc:
             self._refuse(member, exc.code, str(exc), request_id)
+        except Exception as exc:
+            log.exception("spindel: failed to handle a frame from %r", member.name or "(no hello yet)")
+            self._refuse(member, errors.HUB_ERROR, _failed(exc), request_id)
 
     def _refuse(self, member: Member, code: str, message: str, request_id: int | None) -> None:
         log.debug("refused frame from %r: %s", member.name or "(no hello yet)", message)
@@ -220,7 +240,9 @@ class Relay:
         self.members[name] = member
         log.info("peer %r (%s) connected", name, member.kind)
         member.link.send(
-            wire.pack_frame({"t": WELCOME, "name": name, "max_frame_bytes": self.max_frame_bytes})
+            wire.pack_frame(
+                {"t": WELCOME, "name": name, "scope": member.scope, "max_frame_bytes": self.max_frame_bytes}
+            )
         )
         self._broadcast_peers()
 
@@ -277,7 +299,9 @@ class Relay:
         target = target or self.members.get(header["to"])
         if target is None:
             return  # one-way message to a peer that left: nothing waits for it
-        header["from"] = member.name  # stamped: a peer cannot speak as another
+        # Stamped: a peer cannot speak as another, nor claim to be one of the server's own.
+        header["from"] = member.name
+        header["scope"] = member.scope
         target.link.send(wire.pack_frame(header), body)
 
     def _hub_request(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
@@ -294,6 +318,12 @@ class Relay:
         except errors.SpindelError as exc:
             member.link.send(_reply_error(header["id"], HUB, errors.to_wire(exc)))
             return
+        except FrameError:
+            raise
+        except Exception as exc:
+            log.exception("spindel: hub op %r failed", header["op"])
+            member.link.send(_reply_error(header["id"], HUB, error_dict(errors.HUB_ERROR, _failed(exc))))
+            return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(self._finish_op(member, header["id"], result))
             self._tasks.add(task)
@@ -308,8 +338,7 @@ class Relay:
             member.link.send(_reply_error(request_id, HUB, errors.to_wire(exc)))
         except Exception as exc:
             log.exception("spindel: hub op failed")
-            message = f"the hub failed: {type(exc).__name__}: {exc}"
-            member.link.send(_reply_error(request_id, HUB, error_dict("hub_error", message)))
+            member.link.send(_reply_error(request_id, HUB, error_dict(errors.HUB_ERROR, _failed(exc))))
         else:
             _reply(member, request_id, result)
 
@@ -375,6 +404,13 @@ def _reply(member: Member, request_id: int, result: Any) -> None:
 
 def _reply_error(request_id: int, sender: str, error: dict[str, Any]) -> bytes:
     return wire.pack_frame({"t": REP, "re": request_id, "from": sender, "error": error})
+
+
+def _failed(exc: Exception) -> str:
+    return (
+        f"the hub failed on this request ({type(exc).__name__}: {exc}); nothing else was affected, "
+        "and the server's log has the details"
+    )
 
 
 def _str_list(value: Any) -> list[str]:

@@ -67,7 +67,7 @@ class Registry:
         self.store = store
         self.lease_seconds = lease_seconds
         self.clock = clock
-        #: Called with the descriptor when a workspace gets a new head, and on any change.
+        #: Called with the descriptor when a workspace gets a new head; on any other change, on_change.
         self.on_head: Callable[[dict[str, Any]], None] | None = None
         self.on_change: Callable[[], None] | None = None
         #: Whether a peer is connected now (its leases stay renewed while it is).
@@ -203,13 +203,23 @@ class Registry:
         descriptor["fork_stamps"] = {t: list(s) if s is not None else None for t, s in stamps.items()}
         self._saved(descriptor, new_head=False)
 
-    def follow(self, name: str, peer: str, path: str) -> dict[str, Any]:
-        """Record that ``peer`` follows ``name`` in the notebook at ``path``."""
+    def follow(self, name: str, peer: str, path: str | None) -> dict[str, Any]:
+        """Record that ``peer`` follows ``name`` in the server's notebook at ``path``, or, with no
+        path, in a copy of its own that it gets with every new head."""
         descriptor = self._descriptor(name)
-        followers = [f for f in descriptor["followers"] if f["path"] != path]
+        same = (lambda f: f["path"] == path) if path else (lambda f: not f["path"] and f["peer"] == peer)
+        followers = [f for f in descriptor["followers"] if not same(f)]
         descriptor["followers"] = [*followers, {"peer": peer, "path": path}]
         self._saved(descriptor, new_head=False)
         return self._public(descriptor)
+
+    def binds(self, name: str, path: str) -> bool:
+        """Whether the server's file ``path`` is one the hub keeps for workspace ``name``: the
+        notebook it is published from or forked into, or a follower's copy."""
+        descriptor = self.workspaces.get(name)
+        if descriptor is None:
+            return False
+        return descriptor.get("path") == path or any(f["path"] == path for f in descriptor["followers"])
 
     def merge(
         self, fork: str, peer: str, strategy: str | None = None, force: bool = False, into: str | None = None
@@ -316,9 +326,10 @@ class Registry:
         temporary = path.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps(descriptor, indent=1))
         os.replace(temporary, path)
+        # A new head is announced by whoever writes its copies, once they are written.
         if new_head and self.on_head is not None:
             self.on_head(self._public(descriptor))
-        if self.on_change is not None:
+        elif self.on_change is not None:
             self.on_change()
 
     def _public(self, descriptor: dict[str, Any]) -> dict[str, Any]:
@@ -437,36 +448,3 @@ def _with_theirs_after(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) 
                 twin["outputs"], twin["execution_count"] = [], None
             out.append(twin)
     return out
-
-
-def add_workspace_ops(relay: Any, registry: Registry, notebooks: Any) -> None:
-    """The workspace requests kernels send over the WebSocket; the sender is the hub-stamped peer."""
-    relay.store_stats = registry.store.stats
-
-    def op(name: str, fn: Callable[..., Any]) -> None:
-        def call(member: Any, argument: Any) -> Any:
-            arguments = argument if isinstance(argument, dict) else {}
-            try:
-                return fn(member.name, **arguments)
-            except TypeError as exc:
-                raise SpindelError(f"bad arguments for workspace.{name}: {exc}") from None
-
-        relay.add_op(f"workspace.{name}", call)
-
-    op("list", lambda peer: registry.all())
-    op("get", lambda peer, name: registry.get(name))
-    op(
-        "publish",
-        lambda peer, name, path, message="", topics=None, roles=None: notebooks.publish(
-            name, path, peer, message, topics, roles
-        ),
-    )
-    op("fork", lambda peer, name, new, path=None: notebooks.fork(name, new, peer, path))
-    op("follow", lambda peer, name, path=None: notebooks.follow(name, peer, path))
-    op(
-        "merge",
-        lambda peer, fork, strategy=None, force=False, into=None: notebooks.merge(
-            fork, peer, strategy, force, into
-        ),
-    )
-    op("claim", lambda peer, name, force=False: registry.claim(name, peer, force))

@@ -118,7 +118,7 @@ def test_conflicting_merge_changes_nothing_until_a_strategy(
     assert out.error is not None and out.error["ename"] == "MergeConflict"
     assert "<pre>q = 10</pre>" in out.html() and "<pre>q = 100</pre>" in out.html()  # side by side
     assert hub.get("spindel/api/workspaces/quiz")["head"] == head
-    status, body = post(hub, "spindel/api/workspaces/quiz-alice/merge", {"peer": "lecture3"})
+    status, body = post(hub, "spindel/api/workspaces/quiz-alice/merge", {"as": "lecture3"})
     assert status == 409 and body["conflicts"][0]["theirs"] == "q = 100"
     teacher.ok("%spin_merge quiz-alice --strategy union")
     assert sources(hub, "class/quiz.ipynb") == ["q = 10", "q = 100", "r = 2"]
@@ -130,7 +130,7 @@ def test_only_the_lease_holder_publishes(hub: HubServer, classroom: tuple[Kernel
     teacher.ok("%spin_publish notes --path class/notes.ipynb")
     out = student.run("%spin_publish notes --path class/notes.ipynb")
     assert out.error is not None and "held by 'lecture3'" in out.error["evalue"]
-    status, body = post(hub, "spindel/api/workspaces/notes/claim", {"peer": "alice"})
+    status, body = post(hub, "spindel/api/workspaces/notes/claim", {"as": "alice"})
     assert status == 409 and body["code"] == "not_writable"
 
 
@@ -143,7 +143,7 @@ def test_rest_lists_gets_and_reports_unknown_names(hub: HubServer, classroom: tu
         hub.get("spindel/api/workspaces/nope")
     assert info.value.code == 404
     nodes = hub.get("spindel/api/stats")["store"]["nodes"]
-    status, body = post(hub, "spindel/api/workspaces/lecture3/fork", {"new": "lecture3-rest", "peer": "bob"})
+    status, body = post(hub, "spindel/api/workspaces/lecture3/fork", {"new": "lecture3-rest"})
     assert status == 200 and body["fork_of"]["workspace"] == "lecture3"
     assert hub.get("spindel/api/stats")["store"]["nodes"] == nodes  # a fork adds no content node
     store = hub.get("spindel/api/stats")["store"]
@@ -208,7 +208,7 @@ def test_registry_survives_a_restart_and_corrupt_nodes_are_refused(own_hub: HubS
     head = before[0]["head"]
     node = own_hub.root / "store" / "nodes" / head[:2] / head[2:]
     node.write_bytes(node.read_bytes()[:-3] + b"xyz")
-    status, body = post(own_hub, "spindel/api/workspaces/lesson/follow", {"peer": "reader"})
+    status, body = post(own_hub, "spindel/api/workspaces/lesson/follow", {})
     assert status == 400 and body["code"] == "corrupt_node" and head[:12] in body["message"]
 
 

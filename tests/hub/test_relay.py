@@ -212,3 +212,45 @@ def test_a_full_hub_refuses_one_more_peer_clearly() -> None:
     error = link.last("error")
     assert error["code"] == errors.HUB_FULL and "max_peers" in error["message"]
     assert sorted(relay.members) == ["a", "b"]
+
+
+def test_the_hub_stamps_whether_a_sender_is_the_servers_own_or_invited(relay: Relay) -> None:
+    alice, alice_link = join(relay, "alice")
+    guest_link = RecordingLink()
+    guest = relay.connect(guest_link)
+    guest.scope = "invited"
+    relay.receive(guest, wire.pack_frame({"t": "hello", "name": "guest", "kind": "script", "session": "g"}))
+    assert guest_link.last("welcome")["scope"] == "invited" and alice_link.last("welcome")["scope"] == "own"
+    # a forged scope is overwritten, as a forged sender is
+    send(relay, guest, {"t": "req", "id": 1, "op": "call", "to": "alice", "scope": "own", "from": "alice"})
+    request = alice_link.last("req")
+    assert (request["from"], request["scope"]) == ("guest", "invited")
+    send(relay, alice, {"t": "req", "id": 2, "op": "call", "to": "guest"})
+    assert guest_link.last("req")["scope"] == "own"
+
+
+def test_a_hub_op_that_fails_becomes_an_error_reply_and_the_connection_lives(relay: Relay) -> None:
+    def broken(member: Member, argument: Any) -> Any:
+        raise ValueError("invalid peer name 'a b'")
+
+    relay.add_op("broken", broken)
+    alice, link = join(relay, "alice")
+    send(relay, alice, {"t": "req", "id": 7, "op": "broken"})
+    reply = link.last("rep")
+    assert reply["re"] == 7 and reply["error"]["code"] == "hub_error"
+    assert "ValueError: invalid peer name 'a b'" in reply["error"]["message"]
+    assert link.closed is None and "alice" in relay.members
+    send(relay, alice, {"t": "req", "id": 8, "op": "peers"})
+    assert link.last("rep")["re"] == 8 and "error" not in link.last("rep")
+
+
+def test_any_failure_while_handling_a_frame_is_answered_not_raised(relay: Relay) -> None:
+    alice, link = join(relay, "alice")
+
+    def explode(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    relay.topics.publish = explode  # type: ignore[method-assign]
+    send(relay, alice, {"t": "pub", "topic": "t", "kind": "lww", "seq": 1, "stamp": [1, 0, "alice"]}, 1)
+    assert link.last("error")["code"] == "hub_error" and "RuntimeError: boom" in link.last("error")["message"]
+    assert link.closed is None and "alice" in relay.members

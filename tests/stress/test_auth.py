@@ -66,7 +66,7 @@ def test_auth_matrix(stress_hub: StressHub, limits_hub: StressHub) -> None:
     (hub.notebooks / "auth").mkdir(exist_ok=True)
     (hub.notebooks / "auth" / "nb.ipynb").write_text(json.dumps(NOTEBOOK))
     hub.request(
-        "POST", "spindel/api/workspaces", {"name": "authws", "path": "auth/nb.ipynb", "peer": "teacher"}
+        "POST", "spindel/api/workspaces", {"name": "authws", "path": "auth/nb.ipynb"}
     )
     name, value = login_cookie(hub)
     other_name, other_value = login_cookie(other)
@@ -103,9 +103,9 @@ def test_auth_matrix(stress_hub: StressHub, limits_hub: StressHub) -> None:
             if status != expected:
                 problems.append(f"GET {path} with {who}: {status}, expected {expected}")
         for path, body in [
-            ("spindel/api/workspaces/authws/claim", {"peer": "teacher"}),
-            ("spindel/api/workspaces/no-such-workspace/claim", {"peer": "teacher"}),
-            ("spindel/api/workspaces", {"name": "authws", "path": "auth/nb.ipynb", "peer": "teacher"}),
+            ("spindel/api/workspaces/authws/claim", {}),
+            ("spindel/api/workspaces/no-such-workspace/claim", {}),
+            ("spindel/api/workspaces", {"name": "authws", "path": "auth/nb.ipynb"}),
         ]:
             plain = {**headers, "Content-Type": "application/json"}
             with_xsrf = {**plain, "X-XSRFToken": xsrf}

@@ -162,7 +162,7 @@ def test_hub_killed_during_publishes_serves_only_whole_commits(crash_hub: Stress
                 _write_notebook(hub.notebooks / path, 1000 * cycle + k)
                 try:
                     descriptor = hub.request(
-                        "POST", "spindel/api/workspaces", {"name": name, "path": path, "peer": "pub"}
+                        "POST", "spindel/api/workspaces", {"name": name, "path": path}
                     )
                 except (urllib.error.URLError, ConnectionError, OSError):
                     return  # the hub is gone
@@ -189,7 +189,7 @@ def test_hub_killed_during_publishes_serves_only_whole_commits(crash_hub: Stress
             history = _ancestors(nodes, head)
             assert acked[name] in history  # the last acknowledged publish survived (or a later one)
             copy = f"following/{name}-{cycle}.ipynb"
-            hub.request("POST", f"spindel/api/workspaces/{name}/follow", {"peer": "checker", "path": copy})
+            hub.request("POST", f"spindel/api/workspaces/{name}/follow", {"path": copy})
             followed = json.loads((hub.notebooks / copy).read_text())
             head_cells = [_verified(nodes, key)["source"] for key, _ in _verified(nodes, head)["cells"]]
             assert [_text(c["source"]) for c in followed["cells"]] == [_text(s) for s in head_cells]

@@ -1,0 +1,479 @@
+"""SECURITY.md's table of who may do what, cell by cell, against a real hub, kernel and peers.
+
+Each row of the table is an operation; each column a kind of asker: one of the
+server's own peers (a script with the server's token), an invited peer (joined
+with an invite token), and a REST request (the signed-in user). Every cell is a
+test that tries the operation for real and checks the hub (or the serving
+kernel) allowed it, or refused it for that rule, changing nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spindel_jupyter.client import Peer
+from spindel_jupyter.errors import HubError, NameTaken, NotConnected, NotServed, SpindelError
+from tests.support import REPO, HubServer, Kernel, wait_until
+
+OWN, INVITED, REST = "own peer", "invited peer", "REST request"
+COLUMNS = (OWN, INVITED, REST)
+ALLOWED, REFUSED, NO_ROUTE = "allowed", "refused", "no route"
+
+NOTEBOOK = {
+    "cells": [
+        {
+            "cell_type": "code",
+            "id": "c0",
+            "metadata": {},
+            "source": "x = 1",
+            "outputs": [],
+            "execution_count": None,
+        }
+    ],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+_ids = itertools.count()
+
+
+class Refused(Exception):
+    """The operation was refused for a rule (not failed for another reason)."""
+
+
+@dataclass
+class World:
+    hub: HubServer
+    own: Peer
+    guest: Peer
+    other_guest: Peer
+    server: Kernel
+    serving: str = ""
+
+    def fresh(self, stem: str) -> str:
+        return f"sec-{stem}-{next(_ids)}-{secrets.token_hex(2)}"
+
+    def op(self, who: str, op: str, **arguments: Any) -> Any:
+        """Workspace operation ``op``, asked by ``who``: over its WebSocket, or as a REST request."""
+        if who == REST:
+            return self.rest(op, arguments)
+        peer = self.own if who == OWN else self.guest
+        try:
+            return peer.request(None, f"workspace.{op}", arguments, timeout=30)
+        except HubError as exc:
+            if exc.code == "forbidden":
+                raise Refused(str(exc)) from None
+            raise
+
+    def rest(self, op: str, arguments: dict[str, Any]) -> Any:
+        if op == "publish":
+            method, path = "POST", "spindel/api/workspaces"
+        elif op == "list":
+            method, path = "GET", "spindel/api/workspaces"
+        else:
+            method, path = "POST", f"spindel/api/workspaces/{arguments.pop('name')}/{op}"
+        try:
+            return self.hub.request(method, path, arguments if method == "POST" else None)
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read() or b"{}")
+            if exc.code == 403 and body.get("code") == "forbidden":
+                raise Refused(body["message"]) from None
+            raise AssertionError(f"REST {op} failed with {exc.code}: {body}") from None
+
+    def published(self, who: str, from_file: bool = False) -> str:
+        """A new workspace published by ``who`` (from a server file when ``from_file``); its name."""
+        name = self.fresh("ws")
+        if from_file:
+            path = f"security/{name}.ipynb"
+            (self.hub.notebooks / path).write_text(json.dumps(NOTEBOOK))
+            self.op(who, "publish", name=name, path=path)
+        else:
+            self.op(who, "publish", name=name, notebook=NOTEBOOK)
+        return name
+
+    def serve(self, allow: str | None) -> None:
+        """The serving kernel serves again, with ``--allow`` as given (None: no --allow)."""
+        if self.serving != str(allow):
+            line = "%spin_unserve\n%spin_serve" + ("" if allow is None else f" --allow {allow!r}")
+            self.server.ok(line)
+            self.serving = str(allow)
+
+    def call(self, who: str) -> int:
+        peer = self.own if who == OWN else self.guest
+        body = {"kind": "cell", "source": "import os\nos.getpid()", "args": {}}
+        try:
+            return int(peer.request("server", "call", body, timeout=30)["value"])
+        except NotServed as exc:
+            raise Refused(str(exc)) from None
+
+
+@pytest.fixture(scope="module")
+def world(hub: HubServer) -> Iterator[World]:
+    (hub.notebooks / "security").mkdir(exist_ok=True)
+    own = Peer(hub.ws_url, "sec-own", hub.token, kind="script", session="sec-own").start()
+    invites = [
+        own.request(None, "invite.create", {"name": n, "ttl": "1h"}, timeout=10)
+        for n in ("sec-guest", "sec-guest2")
+    ]
+    guest = Peer(hub.ws_url, "sec-guest", invites[0]["token"], kind="script", session="sec-guest").start()
+    other = Peer(hub.ws_url, "sec-guest2", invites[1]["token"], kind="script", session="sec-guest2").start()
+    server = hub.start_notebook_kernel("security/server.ipynb")
+    server.ok("%load_ext spindel_jupyter")
+    yield World(hub, own, guest, other, server)
+    server.shutdown()
+    for peer in (guest, other, own):
+        peer.close()
+
+
+# -- the rows: each tries one operation as ``who``; returns if allowed, raises Refused if refused ----
+
+
+def join_as_another_name(w: World, who: str) -> None:
+    token = w.hub.token
+    if who == INVITED:
+        token = w.own.request(None, "invite.create", {"name": w.fresh("inv"), "ttl": "1h"}, timeout=10)[
+            "token"
+        ]
+    name = w.fresh("joiner")
+    try:
+        Peer(w.hub.ws_url, name, token, session=name).start().close()
+    except (NameTaken, NotConnected, HubError) as exc:
+        assert "only as" in str(exc), exc
+        raise Refused(str(exc)) from None
+
+
+def list_everything(w: World, who: str) -> None:
+    if who == REST:
+        for path in ("peers", "topics", "workspaces"):
+            assert isinstance(w.hub.get(f"spindel/api/{path}"), list)
+        return
+    peer = w.own if who == OWN else w.guest
+    assert any(p["name"] == peer.name for p in peer.peers())
+    assert isinstance(w.op(who, "list"), list)
+
+
+def sync_a_topic(w: World, who: str) -> None:
+    peer = w.own if who == OWN else w.guest
+    topic, answers = w.fresh("topic"), []
+    peer.on_frame("snap", lambda header, body: answers.append(header))
+    peer.on_frame("ack", lambda header, body: answers.append(header))
+    peer.send_frame({"t": "sub", "id": 1, "topic": topic, "mode": "sync", "kind": "lww"})
+    peer.send_frame(
+        {"t": "pub", "topic": topic, "kind": "lww", "seq": 1, "stamp": [1, 0, peer.name]}, b"\x01"
+    )
+    wait_until(lambda: any(a["t"] == "ack" for a in answers), what="the hub to store the write")
+    assert not any(a.get("error") for a in answers), answers
+    assert any(t["name"] == topic for t in w.hub.get("spindel/api/topics"))
+
+
+def call_serving_no_allow(w: World, who: str) -> None:
+    w.serve(None)
+    w.call(who)
+
+
+def call_allow_naming(w: World, who: str) -> None:
+    w.serve("sec-own,sec-guest")
+    w.call(who)
+
+
+def call_allow_not_naming(w: World, who: str) -> None:
+    w.serve("somebody-else")
+    w.call(who)
+
+
+def call_allow_everyone(w: World, who: str) -> None:
+    w.serve("*")
+    w.call(who)
+
+
+def publish_a_server_file(w: World, who: str) -> None:
+    name = w.fresh("secret")
+    path = f"security/{name}.ipynb"
+    (w.hub.notebooks / path).write_text(json.dumps(NOTEBOOK))
+    try:
+        w.op(who, "publish", name=name, path=path)
+    except Refused:
+        assert name not in [d["name"] for d in w.hub.get("spindel/api/workspaces")]
+        raise
+    assert w.hub.get(f"spindel/api/workspaces/{name}")["path"] == path
+
+
+def publish_content(w: World, who: str) -> None:
+    name = w.published(who)
+    assert w.hub.get(f"spindel/api/workspaces/{name}")["path"] is None
+
+
+def follow_into_a_server_file(w: World, who: str) -> None:
+    name = w.published(OWN)
+    path = f"security/following/{name}.ipynb"
+    try:
+        w.op(who, "follow", name=name, path=path)
+    except Refused:
+        assert not (w.hub.notebooks / path).exists()
+        raise
+    assert (w.hub.notebooks / path).exists()
+
+
+def follow_receiving(w: World, who: str) -> None:
+    name = w.published(OWN)
+    answer = w.op(who, "follow", name=name, deliver=True)
+    assert answer["notebook"]["cells"][0]["source"] == "x = 1"
+
+
+def fork_into_a_server_file(w: World, who: str) -> None:
+    name = w.published(OWN)
+    path = f"security/forks/{name}-f.ipynb"
+    try:
+        w.op(who, "fork", name=name, new=f"{name}-f", path=path)
+    except Refused:
+        assert not (w.hub.notebooks / path).exists()
+        assert f"{name}-f" not in [d["name"] for d in w.hub.get("spindel/api/workspaces")]
+        raise
+    assert (w.hub.notebooks / path).exists()
+
+
+def fork_receiving(w: World, who: str) -> None:
+    name = w.published(OWN)
+    answer = w.op(who, "fork", name=name, new=f"{name}-f", deliver=True)
+    assert answer["notebook"]["cells"][0]["source"] == "x = 1" and answer["path"] is None
+
+
+def _changed_fork(w: World, who: str, parent: str) -> str:
+    fork = f"{parent}-f"
+    w.op(who, "fork", name=parent, new=fork, deliver=True)
+    changed = {**NOTEBOOK, "cells": [{**NOTEBOOK["cells"][0], "source": "x = 2"}]}
+    w.op(who, "publish", name=fork, notebook=changed)
+    return fork
+
+
+def first_source(path: Path) -> str:
+    source = json.loads(path.read_text())["cells"][0]["source"]
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def merge_into_a_server_file(w: World, who: str) -> None:
+    # An invited peer cannot publish a server file: one of the server's own publishes the parent.
+    parent = w.published(OWN if who == INVITED else who, from_file=True)
+    path = w.hub.get(f"spindel/api/workspaces/{parent}")["path"]
+    fork = _changed_fork(w, who, parent)
+    try:
+        w.op(who, "merge", name=fork)
+    except Refused:
+        assert first_source(w.hub.notebooks / path) == "x = 1"
+        raise
+    assert first_source(w.hub.notebooks / path) == "x = 2"
+
+
+def merge_into_no_file(w: World, who: str) -> None:
+    parent = w.published(who)
+    fork = _changed_fork(w, who, parent)
+    assert w.op(who, "merge", name=fork)["merged"] is True
+
+
+def claim_a_lease(w: World, who: str) -> None:
+    name = w.published(OWN)
+    w.op(who, "claim", name=name, force=True)
+    holder = w.hub.get(f"spindel/api/workspaces/{name}")["owner"]["peer"]
+    expected = {OWN: w.own.name, INVITED: w.guest.name}.get(who)
+    assert holder == expected if expected else holder.startswith("user:")
+
+
+def overwrite_a_foreign_file(w: World, who: str) -> None:
+    name = w.published(OWN)
+    victim = w.hub.notebooks / "security" / f"victim-{name}.ipynb"
+    victim.write_text('{"mine": true}')
+    try:
+        w.op(who, "follow", name=name, path=f"security/victim-{name}.ipynb")
+    except (Refused, AssertionError, HubError) as exc:
+        assert victim.read_text() == '{"mine": true}'
+        assert "--into" in str(exc) or "invite" in str(exc), exc
+        raise Refused(str(exc)) from None
+
+
+def write_outside_the_root(w: World, who: str) -> None:
+    name = w.published(OWN)
+    outside = w.hub.notebooks.parent / f"{name}.ipynb"
+    try:
+        w.op(who, "follow", name=name, path=f"../{name}.ipynb")
+    except (Refused, AssertionError, HubError) as exc:
+        assert not outside.exists()
+        assert "outside the server's root" in str(exc) or "invite" in str(exc), exc
+        raise Refused(str(exc)) from None
+
+
+def act_for_a_peer_of_the_same_user(w: World, who: str) -> None:
+    name = w.published(OWN)
+    w.op(who, "claim", name=name, force=True, **{"as": "server"})
+    assert w.hub.get(f"spindel/api/workspaces/{name}")["owner"]["peer"] == "server"
+
+
+def act_for_an_invited_peer(w: World, who: str) -> None:
+    name = w.published(OWN)
+    w.op(who, "claim", name=name, force=True, **{"as": w.other_guest.name})
+
+
+def manage_invites(w: World, who: str) -> None:
+    peer = w.own if who == OWN else w.guest
+    name = w.fresh("invitee")
+    try:
+        peer.request(None, "invite.create", {"name": name, "ttl": "1h"}, timeout=10)
+    except HubError as exc:
+        assert exc.code == "forbidden", exc
+        raise Refused(str(exc)) from None
+    assert any(i["name"] == name for i in peer.request(None, "invite.list", timeout=10))
+    peer.request(None, "invite.revoke", {"name": name}, timeout=10)
+
+
+def other_routes(w: World, who: str) -> None:
+    token = w.hub.token
+    if who == INVITED:
+        token = w.own.request(None, "invite.create", {"name": w.fresh("inv"), "ttl": "1h"}, timeout=10)[
+            "token"
+        ]
+    for path in ("api/contents", "api/kernels", "api/terminals"):
+        request = urllib.request.Request(
+            f"{w.hub.http_url}{path}", headers={"Authorization": f"token {token}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 403, (path, exc.code)
+            raise Refused(f"{path}: 403") from None
+
+
+ROWS: dict[str, tuple[Callable[[World, str], None], tuple[str, str, str]]] = {
+    "join the hub under a name other than its invite's": (join_as_another_name, (ALLOWED, REFUSED, NO_ROUTE)),
+    "list peers, topics and workspaces": (list_everything, (ALLOWED, ALLOWED, ALLOWED)),
+    "follow and write a topic": (sync_a_topic, (ALLOWED, ALLOWED, NO_ROUTE)),
+    "call a kernel serving with no --allow": (call_serving_no_allow, (ALLOWED, REFUSED, NO_ROUTE)),
+    "call a kernel whose --allow names the caller": (call_allow_naming, (ALLOWED, ALLOWED, NO_ROUTE)),
+    "call a kernel whose --allow does not name the caller": (
+        call_allow_not_naming,
+        (REFUSED, REFUSED, NO_ROUTE),
+    ),
+    "call a kernel serving --allow '*'": (call_allow_everyone, (ALLOWED, ALLOWED, NO_ROUTE)),
+    "publish a notebook file of the server": (publish_a_server_file, (ALLOWED, REFUSED, ALLOWED)),
+    "publish notebook content sent along": (publish_content, (ALLOWED, ALLOWED, ALLOWED)),
+    "follow into a file on the server": (follow_into_a_server_file, (ALLOWED, REFUSED, ALLOWED)),
+    "follow, receiving the notebook": (follow_receiving, (ALLOWED, ALLOWED, ALLOWED)),
+    "fork into a file on the server": (fork_into_a_server_file, (ALLOWED, REFUSED, ALLOWED)),
+    "fork, receiving the notebook": (fork_receiving, (ALLOWED, ALLOWED, ALLOWED)),
+    "merge into a workspace whose notebook is a file on the server": (
+        merge_into_a_server_file,
+        (ALLOWED, REFUSED, ALLOWED),
+    ),
+    "merge into a workspace with no file on the server": (merge_into_no_file, (ALLOWED, ALLOWED, ALLOWED)),
+    "claim a workspace's writer lease": (claim_a_lease, (ALLOWED, ALLOWED, ALLOWED)),
+    "overwrite a file the hub does not keep for that workspace": (
+        overwrite_a_foreign_file,
+        (REFUSED, REFUSED, REFUSED),
+    ),
+    "write outside the server's root": (write_outside_the_root, (REFUSED, REFUSED, REFUSED)),
+    "act for a peer of the same user (as NAME)": (
+        act_for_a_peer_of_the_same_user,
+        (ALLOWED, REFUSED, ALLOWED),
+    ),
+    "act for an invited peer (as NAME)": (act_for_an_invited_peer, (REFUSED, REFUSED, REFUSED)),
+    "manage invites": (manage_invites, (ALLOWED, REFUSED, NO_ROUTE)),
+    "any other route of the server (files, kernels, terminals)": (other_routes, (ALLOWED, REFUSED, ALLOWED)),
+}
+
+CELLS = [
+    pytest.param(row, who, expected, id=f"{row} | {who}")
+    for row, (_, outcomes) in ROWS.items()
+    for who, expected in zip(COLUMNS, outcomes, strict=True)
+    if expected != NO_ROUTE
+]
+
+
+@pytest.mark.parametrize(("row", "who", "expected"), CELLS)
+def test_cell(world: World, row: str, who: str, expected: str) -> None:
+    attempt = ROWS[row][0]
+    try:
+        attempt(world, who)
+        outcome = ALLOWED
+    except Refused as exc:
+        outcome = REFUSED
+        assert str(exc), "a refusal says why"
+        reason = str(exc)
+    else:
+        reason = ""
+    assert outcome == expected, reason
+
+
+def test_no_rest_route_for_what_the_table_says_has_none() -> None:
+    """The hub's REST routes are exactly these: none joins, calls, syncs topics or manages invites."""
+    from spindel_jupyter.hub.app import SpindelHub
+
+    app = SpindelHub()
+    app.handlers = []
+    app.initialize_handlers()
+    routes = sorted(pattern for pattern, _ in app.handlers if "/api/" in pattern)
+    assert routes == [
+        r"/spindel/api/peers",
+        r"/spindel/api/stats",
+        r"/spindel/api/topics",
+        r"/spindel/api/workspaces",
+        r"/spindel/api/workspaces/([^/]+)",
+        r"/spindel/api/workspaces/([^/]+)/(fork|merge|claim|follow)",
+    ]
+
+
+def test_security_md_shows_this_table() -> None:
+    """SECURITY.md's table and the cells tested here are the same, word for word."""
+    text = (REPO / "SECURITY.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    start = lines.index(f"| operation | {' | '.join(COLUMNS)} |")
+    rows = {}
+    for line in lines[start + 1 :]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if re.fullmatch(r"-+", cells[0]):
+            continue
+        rows[cells[0]] = tuple(cells[1:])
+    assert rows == {row: outcomes for row, (_, outcomes) in ROWS.items()}
+
+
+def test_an_invited_peer_cannot_do_what_it_once_could(world: World) -> None:
+    """The three steps an invited peer once took, replayed: each refused, nothing changed."""
+    hub = world.hub
+    secret = hub.notebooks / "secret.ipynb"
+    victim = hub.notebooks / "victim.ipynb"
+    secret.write_text(
+        json.dumps({**NOTEBOOK, "cells": [{**NOTEBOOK["cells"][0], "source": "key = 'hunter2'"}]})
+    )
+    victim.write_text(json.dumps(NOTEBOOK))
+    with pytest.raises(
+        SpindelError, match=r"cannot publish a notebook from the server's files; publish your own"
+    ):
+        world.guest.request(None, "workspace.publish", {"name": "stolen", "path": "secret.ipynb"}, timeout=10)
+    world.op(OWN, "publish", name="secret-ws", path="secret.ipynb")
+    with pytest.raises(
+        SpindelError, match=r"cannot have the hub write a file on the server; leave out the path"
+    ):
+        world.guest.request(
+            None,
+            "workspace.fork",
+            {"name": "secret-ws", "new": "stolen-fork", "path": "victim.ipynb"},
+            timeout=10,
+        )
+    assert json.loads(victim.read_text()) == NOTEBOOK
+    world.serve(None)
+    with pytest.raises(NotServed, match=r"--allow sec-guest"):
+        body = {"kind": "cell", "source": "import os; os.getpid()", "args": {}}
+        world.guest.request("server", "call", body, timeout=10)
+    # the server's own peers keep every ability they had
+    assert world.call(OWN) > 0
+    world.op(OWN, "fork", name="secret-ws", new="secret-ws-own", path="security/secret-fork.ipynb")
+    assert "hunter2" in (hub.notebooks / "security" / "secret-fork.ipynb").read_text()
