@@ -142,24 +142,31 @@ class _Topic:
     # -- the handshake ---------------------------------------------------------------
 
     def subscribe_frame(self, request_id: int) -> tuple[dict[str, Any], bytes | None]:
-        header: dict[str, Any] = {
-            "t": SUB,
-            "id": request_id,
-            "topic": self.name,
-            "mode": self.mode,
-            "seq": self.sent,
-        }
-        if self.kind is not None:
-            header["kind"] = self.kind
-        value = self.signal.value
-        if self.mode == "mirror" or value is None:
-            return header, None
-        if self.kind == LWW:
-            if self.stamp is None:
+        """The handshake frame: kind, sequence and state, read in one piece under the signal's lock.
+
+        A write (under that lock) stamps the topic before it stores the value: read
+        apart, the old value could leave under the new stamp, and the hub would drop
+        the real write as not newer.
+        """
+        with self.signal._lock:
+            header: dict[str, Any] = {
+                "t": SUB,
+                "id": request_id,
+                "topic": self.name,
+                "mode": self.mode,
+                "seq": self.sent,
+            }
+            if self.kind is not None:
+                header["kind"] = self.kind
+            value = self.signal.value
+            if self.mode == "mirror" or value is None:
                 return header, None
-            header["stamp"] = list(self.stamp)
-            return header, wire.encode(value)
-        return header, wire.encode(value.state())
+            if self.kind == LWW:
+                if self.stamp is None:
+                    return header, None
+                header["stamp"] = list(self.stamp)
+                return header, wire.encode(value)
+            return header, wire.encode(value.state())
 
 
 def _kind_of(value: Any) -> str:
