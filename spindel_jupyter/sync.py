@@ -17,6 +17,7 @@ import concurrent.futures
 import itertools
 import logging
 import threading
+import weakref
 from typing import Any
 
 from . import client, crdt, errors, wire
@@ -295,13 +296,14 @@ def _resubscribe(peer: client.Peer) -> None:
             log.exception("spindel: could not re-follow topic %r", topic.name)
 
 
-_attached: set[int] = set()
+#: The peers sync's frame handlers are on (weakly: a new peer may reuse a dead one's id).
+_attached: weakref.WeakSet[client.Peer] = weakref.WeakSet()
 
 
 def _attach(peer: client.Peer) -> None:
-    if id(peer) in _attached:
+    if peer in _attached:
         return
-    _attached.add(id(peer))
+    _attached.add(peer)
     peer.on_frame(PUB, _on_pub)
     peer.on_frame(SNAP, _on_snap)
     peer.on_frame(ACK, _on_ack)

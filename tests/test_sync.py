@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from spindel_jupyter import client, wire
+from spindel_jupyter import client, sync, wire
+from spindel_jupyter.client import Peer
 from spindel_jupyter.clock import as_stamp
 from spindel_jupyter.crdt import GSet
+from spindel_jupyter.protocol import PUB
 from spindel_jupyter.signals import Signal
 from spindel_jupyter.sync import _Topic
 from tests.support import ContendedLock, wait_until
@@ -163,3 +166,29 @@ def test_the_handshake_sends_a_value_with_its_own_stamp_while_a_write_runs(
     assert signal.reading.is_set() and signal.value == "new"
     value_of = {old_stamp: "old", topic.stamp: "new"}
     assert wire.decode(body) == value_of[as_stamp(header["stamp"])]
+
+
+def test_a_new_peer_where_a_dead_one_was_gets_the_frame_handlers() -> None:
+    """Sync attaches to every peer, even one that reuses the memory (and id) of a dead one."""
+    url = "ws://127.0.0.1:9/spindel/ws"
+    first = Peer(url, "first")
+    sync._attach(first)
+    first._loop.close()
+    address = id(first)
+    del first
+    gc.collect()  # the peer's connect callback refers back to it
+    made: list[Peer] = []
+    for _ in range(100_000):
+        peer = Peer.__new__(Peer)  # bare: takes the memory, opens nothing
+        if id(peer) == address:
+            break
+        made.append(peer)  # kept, so the next one lands elsewhere
+    else:
+        pytest.skip("no new peer reused the dead one's memory")
+    made.clear()
+    peer.__init__(url, "again")  # type: ignore[misc]
+    try:
+        sync._attach(peer)
+        assert peer._frame_handlers.get(PUB) is sync._on_pub
+    finally:
+        peer._loop.close()
