@@ -123,6 +123,8 @@ class Peer:
         self._frame_handlers: dict[str, FrameHandler] = {}
         self._tasks: set[asyncio.Future[None]] = set()
         self._pending: dict[int, concurrent.futures.Future[Reply]] = {}
+        #: Held to register a call on the live connection, and to fail every call when it drops.
+        self._pending_lock = threading.Lock()
         self._peers: list[dict[str, Any]] = []
         self._ws: WebSocket | None = None
         self._closing = False
@@ -227,14 +229,13 @@ class Peer:
             header["to"] = to
         frame = self._frame(header, body)
         future: concurrent.futures.Future[Reply] = concurrent.futures.Future()
-        ws = self._ws
+        with self._pending_lock:
+            # The connection is cleared before its calls are failed: a call either sees it gone or is failed.
+            ws = self._ws
+            if ws is not None:
+                self._pending[rid] = future
         if ws is None:
             future.set_exception(NotConnected(f"not connected to the hub at {self.url} (reconnecting)"))
-            return rid, future
-        self._pending[rid] = future
-        if self._ws is not ws and self._pending.pop(rid, None) is not None:
-            # The connection dropped in between, after failing what was pending then.
-            future.set_exception(self._hub_lost())
             return rid, future
         self._write(frame, ws)
         return rid, future
@@ -525,7 +526,9 @@ class Peer:
         return PeerLost("hub", f"lost the connection to the hub at {self.url}; reconnecting")
 
     def _fail_pending(self, exc: SpindelError) -> None:
-        pending, self._pending = self._pending, {}
+        """Fail every pending call (after ``_ws`` was cleared: see :meth:`submit`)."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
                 future.set_exception(exc)

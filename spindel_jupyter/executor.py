@@ -56,9 +56,12 @@ class Executor:
         self._queue: deque[_Job] = deque()
         self._running: _Job | None = None
         self._state = threading.Lock()
-        # True only while served code itself runs (not while the loop waits): a
-        # SIGINT then interrupts it; at any other moment it is ignored.
+        # True only while served code itself runs (not while the loop waits): the
+        # SIGINT of an interrupt then stops it; at any other moment it is ignored.
         self._in_step = False
+        # The job that SIGINT is for: it is handled later, when the main thread next
+        # runs Python code, maybe in the next job; it stops this job or none.
+        self._interrupting: _Job | None = None
 
     def submit(
         self, key: object, run: Callable[[], Any], on_start: Callable[[], None]
@@ -112,14 +115,14 @@ class Executor:
         return None
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._in_step:
+        if self._in_step and self._interrupting is not None and self._interrupting is self._running:
             raise KeyboardInterrupt
 
     def _done(self, job: _Job, previous: Any, result: Any = None, error: BaseException | None = None) -> None:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         with self._state:
-            self._running = None
+            self._running = self._interrupting = None
         if isinstance(error, (KeyboardInterrupt, asyncio.CancelledError)):
             error = Interrupted("interrupted: the caller stopped waiting")
         if error is not None:
@@ -134,6 +137,7 @@ class Executor:
             if job is None or job.key != key:
                 self.loop.call_soon_threadsafe(self._cancel_queued, key)
                 return False
+            self._interrupting = job
             if self.thread is threading.main_thread() and self.thread.ident is not None:
                 signal.pthread_kill(self.thread.ident, signal.SIGINT)
             task = job.task

@@ -17,6 +17,7 @@ import concurrent.futures
 import itertools
 import logging
 import threading
+import weakref
 from typing import Any
 
 from . import client, crdt, errors, wire
@@ -142,24 +143,31 @@ class _Topic:
     # -- the handshake ---------------------------------------------------------------
 
     def subscribe_frame(self, request_id: int) -> tuple[dict[str, Any], bytes | None]:
-        header: dict[str, Any] = {
-            "t": SUB,
-            "id": request_id,
-            "topic": self.name,
-            "mode": self.mode,
-            "seq": self.sent,
-        }
-        if self.kind is not None:
-            header["kind"] = self.kind
-        value = self.signal.value
-        if self.mode == "mirror" or value is None:
-            return header, None
-        if self.kind == LWW:
-            if self.stamp is None:
+        """The handshake frame: kind, sequence and state, read in one piece under the signal's lock.
+
+        A write (under that lock) stamps the topic before it stores the value: read
+        apart, the old value could leave under the new stamp, and the hub would drop
+        the real write as not newer.
+        """
+        with self.signal._lock:
+            header: dict[str, Any] = {
+                "t": SUB,
+                "id": request_id,
+                "topic": self.name,
+                "mode": self.mode,
+                "seq": self.sent,
+            }
+            if self.kind is not None:
+                header["kind"] = self.kind
+            value = self.signal.value
+            if self.mode == "mirror" or value is None:
                 return header, None
-            header["stamp"] = list(self.stamp)
-            return header, wire.encode(value)
-        return header, wire.encode(value.state())
+            if self.kind == LWW:
+                if self.stamp is None:
+                    return header, None
+                header["stamp"] = list(self.stamp)
+                return header, wire.encode(value)
+            return header, wire.encode(value.state())
 
 
 def _kind_of(value: Any) -> str:
@@ -288,13 +296,14 @@ def _resubscribe(peer: client.Peer) -> None:
             log.exception("spindel: could not re-follow topic %r", topic.name)
 
 
-_attached: set[int] = set()
+#: The peers sync's frame handlers are on (weakly: a new peer may reuse a dead one's id).
+_attached: weakref.WeakSet[client.Peer] = weakref.WeakSet()
 
 
 def _attach(peer: client.Peer) -> None:
-    if id(peer) in _attached:
+    if peer in _attached:
         return
-    _attached.add(id(peer))
+    _attached.add(peer)
     peer.on_frame(PUB, _on_pub)
     peer.on_frame(SNAP, _on_snap)
     peer.on_frame(ACK, _on_ack)

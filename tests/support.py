@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,6 +42,33 @@ def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05, wh
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class ContendedLock:
+    """A reentrant lock that sets ``contended`` when a thread has to wait for it.
+
+    A race test's cue that the code under test holds a thread off, where it
+    would otherwise wait for that thread to get through.
+    """
+
+    def __init__(self, contended: threading.Event | None = None) -> None:
+        self._lock = threading.RLock()
+        self.contended = contended or threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        self.contended.set()
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class HubServer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import signal
 import threading
 import time
@@ -25,7 +26,7 @@ from spindel_jupyter.errors import (
     RemoteTimeout,
     SpindelError,
 )
-from tests.support import HubServer, wait_until
+from tests.support import ContendedLock, HubServer, wait_until
 
 
 @pytest.fixture
@@ -237,3 +238,46 @@ def test_a_hub_that_stops_answering_is_left_by_heartbeat(own_hub: HubServer, mon
         own_hub.proc.send_signal(signal.SIGCONT)
         alice.close()
         bob.close()
+
+
+class _Socket:
+    """Stands in for a live connection: takes frames and drops them."""
+
+    def send(self, parts: Any) -> None:
+        pass
+
+
+def test_a_call_submitted_while_the_connection_drops_fails_with_it() -> None:
+    """A call registered just as the connection drops is failed with the others, never left waiting.
+
+    The registration pauses until the drop has failed what was pending, or is held off by it.
+    """
+    peer = Peer("ws://127.0.0.1:9/spindel/ws", "alice")
+    inserting, dropped = threading.Event(), threading.Event()
+
+    class Pending(dict[int, Any]):
+        def __setitem__(self, rid: int, future: concurrent.futures.Future[Any]) -> None:
+            inserting.set()
+            dropped.wait(5)
+            super().__setitem__(rid, future)
+
+    def drop() -> None:
+        if inserting.wait(5):
+            peer._ws = None  # as the connection thread does when the socket closes
+            peer._fail_pending(peer._hub_lost())
+        dropped.set()
+
+    peer._ws = _Socket()  # type: ignore[assignment]
+    peer._pending = Pending()
+    peer._pending_lock = ContendedLock(contended=dropped)  # type: ignore[attr-defined,assignment]
+    dropping = threading.Thread(target=drop)
+    dropping.start()
+    try:
+        _, future = peer.submit("bob", "op")
+        dropping.join(5)
+        assert inserting.is_set()
+        with pytest.raises(PeerLost):
+            future.result(2)
+    finally:
+        dropping.join(5)
+        peer._loop.close()

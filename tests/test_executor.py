@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from typing import Any
 
 import pytest
 
+from spindel_jupyter import executor as executor_module
 from spindel_jupyter.executor import Executor, Interrupted, compile_cell, forward_output
+from spindel_jupyter.home import Home
 
 
 def run(source: str, ns: dict[str, Any]) -> Any:
@@ -95,3 +98,50 @@ def test_forwarded_output_is_sent_not_printed(capsys: pytest.CaptureFixture[str]
     assert {"stream": "stdout", "text": "to the caller\n"} in sent  # one message per line
     assert {"stream": "stderr", "text": "warning\n"} in sent
     assert capsys.readouterr().out == "local again\n"
+
+
+def test_an_interrupt_that_lands_after_its_job_spares_the_next_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SIGINT sent to interrupt a job arrives later, on the main thread: it stops that job or none.
+
+    Job A keeps SIGINT blocked, so the signal sent for it stays pending until job B
+    unblocks it. A keeps its result: it finished before the interrupt could stop it.
+    """
+    loop = asyncio.new_event_loop()
+    monkeypatch.setattr(executor_module, "home", lambda: Home(loop, threading.main_thread()))
+    executor = Executor()  # on this (main) thread: the one SIGINT reaches
+    a_runs, interrupt_sent = threading.Event(), threading.Event()
+    was_running: list[bool] = []
+
+    def job_a() -> str:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        a_runs.set()
+        interrupt_sent.wait(5)
+        return "a"
+
+    def job_b() -> str:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # A's SIGINT is handled here
+        return "b"
+
+    def interrupt_a() -> None:
+        if a_runs.wait(5):
+            was_running.append(executor.interrupt("a"))
+        interrupt_sent.set()
+
+    async def both() -> list[Any]:
+        futures = [executor.submit(key, job, lambda: None) for key, job in (("a", job_a), ("b", job_b))]
+        return await asyncio.gather(*map(asyncio.wrap_future, futures), return_exceptions=True)
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    handler = signal.getsignal(signal.SIGINT)
+    helper = threading.Thread(target=interrupt_a)
+    helper.start()
+    try:
+        results = loop.run_until_complete(both())
+        assert was_running == [True]
+        assert results == ["a", "b"]
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # drops a SIGINT still pending
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, handler)
+        helper.join(5)
+        loop.close()

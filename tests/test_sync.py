@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import gc
+import threading
+from types import SimpleNamespace
 from typing import Any
 
-from spindel_jupyter import wire
+import pytest
+
+from spindel_jupyter import client, sync, wire
+from spindel_jupyter.client import Peer
+from spindel_jupyter.clock import as_stamp
 from spindel_jupyter.crdt import GSet
+from spindel_jupyter.protocol import PUB
 from spindel_jupyter.signals import Signal
 from spindel_jupyter.sync import _Topic
-from tests.support import wait_until
+from tests.support import ContendedLock, wait_until
 
 
 def lww(value: Any, stamp: list[Any]) -> tuple[dict[str, Any], bytes]:
@@ -106,3 +114,81 @@ def test_a_mirror_adopts_the_kind_it_receives() -> None:
     assert topic.kind == "gset" and signal.value == {"x"}
     topic.receive_all([lww("ignored", [1, 0, "a"])])  # another kind on the same topic is dropped
     assert signal.value == {"x"}
+
+
+class _PausingSignal(Signal[Any]):
+    """Once armed, a read of its value pauses after taking the value, until ``resume`` is set."""
+
+    def __init__(self, value: Any, resume: threading.Event) -> None:
+        super().__init__(value)
+        self._lock = ContendedLock(contended=resume)  # type: ignore[assignment]
+        self.resume = resume
+        self.reading = threading.Event()
+        self.armed = False
+
+    @property
+    def value(self) -> Any:
+        value = self._value
+        if self.armed:
+            self.armed = False
+            self.reading.set()
+            self.resume.wait(5)
+        return value
+
+
+def test_the_handshake_sends_a_value_with_its_own_stamp_while_a_write_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write stamps the topic before it stores its value: the handshake must not pair the old value
+    with the new stamp (the hub would then drop the real write as not newer).
+
+    The handshake pauses between reading the value and the stamp until the write on
+    another thread has stamped the topic, or could not start (the handshake holds it off).
+    """
+    monkeypatch.setattr(client, "current_peer", lambda: SimpleNamespace(name="me", connected=False))
+    resume = threading.Event()
+    signal = _PausingSignal(None, resume)
+    topic = _Topic("t", signal, "sync", "lww")
+    signal._add_writer(topic.write)
+    signal.set("old")
+    old_stamp = topic.stamp
+    signal._add_writer(lambda old, new: resume.set())  # runs once the write has stamped the topic
+
+    def write() -> None:
+        if signal.reading.wait(5):
+            signal.set("new")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    signal.armed = True
+    header, body = topic.subscribe_frame(1)
+    writer.join(5)
+    assert signal.reading.is_set() and signal.value == "new"
+    value_of = {old_stamp: "old", topic.stamp: "new"}
+    assert wire.decode(body) == value_of[as_stamp(header["stamp"])]
+
+
+def test_a_new_peer_where_a_dead_one_was_gets_the_frame_handlers() -> None:
+    """Sync attaches to every peer, even one that reuses the memory (and id) of a dead one."""
+    url = "ws://127.0.0.1:9/spindel/ws"
+    first = Peer(url, "first")
+    sync._attach(first)
+    first._loop.close()
+    address = id(first)
+    del first
+    gc.collect()  # the peer's connect callback refers back to it
+    made: list[Peer] = []
+    for _ in range(100_000):
+        peer = Peer.__new__(Peer)  # bare: takes the memory, opens nothing
+        if id(peer) == address:
+            break
+        made.append(peer)  # kept, so the next one lands elsewhere
+    else:
+        pytest.skip("no new peer reused the dead one's memory")
+    made.clear()
+    peer.__init__(url, "again")  # type: ignore[misc]
+    try:
+        sync._attach(peer)
+        assert peer._frame_handlers.get(PUB) is sync._on_pub
+    finally:
+        peer._loop.close()
