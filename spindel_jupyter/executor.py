@@ -59,8 +59,10 @@ class Executor:
         # True only while served code itself runs (not while the loop waits): the
         # SIGINT of an interrupt then stops it; at any other moment it is ignored.
         self._in_step = False
-        # The job that SIGINT is for: it is handled later, when the main thread next
-        # runs Python code, maybe in the next job; it stops this job or none.
+        # The job the SIGINT sent by interrupt() is for, until its handler runs: that
+        # happens when the main thread next runs Python code, maybe in the next job,
+        # which it must not stop. A SIGINT nobody here sent (the kernel's own
+        # interrupt button) stops whatever served code runs.
         self._interrupting: _Job | None = None
 
     def submit(
@@ -115,14 +117,17 @@ class Executor:
         return None
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._in_step and self._interrupting is not None and self._interrupting is self._running:
+        meant_for, self._interrupting = self._interrupting, None
+        if meant_for is not None and meant_for is not self._running:
+            return  # sent for a job that has ended since
+        if self._in_step:
             raise KeyboardInterrupt
 
     def _done(self, job: _Job, previous: Any, result: Any = None, error: BaseException | None = None) -> None:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         with self._state:
-            self._running = self._interrupting = None
+            self._running = None
         if isinstance(error, (KeyboardInterrupt, asyncio.CancelledError)):
             error = Interrupted("interrupted: the caller stopped waiting")
         if error is not None:

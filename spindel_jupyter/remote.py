@@ -74,9 +74,8 @@ class _Server:
             who = "every peer of the hub, invited ones included"
         else:
             who = ", ".join(sorted(self.allow)) + " only" if self.allow else "no one"
-        served = [
-            "this kernel's namespace" if c == contexts.DEFAULT else f"context {c!r}" for c in sorted(self.contexts)
-        ]
+        names = sorted(self.contexts)
+        served = ["this kernel's namespace" if c == contexts.DEFAULT else f"context {c!r}" for c in names]
         return f"serving {', '.join(served)} to {who}"
 
     def check_caller(self, me: str, call: client.Incoming) -> None:

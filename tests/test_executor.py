@@ -145,3 +145,36 @@ def test_an_interrupt_that_lands_after_its_job_spares_the_next_one(monkeypatch: 
         signal.signal(signal.SIGINT, handler)
         helper.join(5)
         loop.close()
+
+
+def test_a_sigint_nobody_here_sent_stops_the_served_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serving kernel's own interrupt button (a SIGINT from outside) stops the served code."""
+    loop = asyncio.new_event_loop()
+    monkeypatch.setattr(executor_module, "home", lambda: Home(loop, threading.main_thread()))
+    executor = Executor()
+    runs = threading.Event()
+
+    def job() -> str:
+        runs.set()
+        for _ in range(500):
+            time.sleep(0.01)
+        return "finished"
+
+    def press_interrupt() -> None:
+        if runs.wait(5):
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    handler = signal.getsignal(signal.SIGINT)
+    helper = threading.Thread(target=press_interrupt)
+    helper.start()
+    try:
+
+        async def served() -> list[Any]:
+            future = executor.submit("job", job, lambda: None)
+            return await asyncio.gather(asyncio.wrap_future(future), return_exceptions=True)
+
+        assert isinstance(loop.run_until_complete(served())[0], Interrupted)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        helper.join(5)
+        loop.close()

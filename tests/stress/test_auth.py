@@ -65,9 +65,7 @@ def test_auth_matrix(stress_hub: StressHub, limits_hub: StressHub) -> None:
     hub, other = stress_hub, limits_hub
     (hub.notebooks / "auth").mkdir(exist_ok=True)
     (hub.notebooks / "auth" / "nb.ipynb").write_text(json.dumps(NOTEBOOK))
-    hub.request(
-        "POST", "spindel/api/workspaces", {"name": "authws", "path": "auth/nb.ipynb"}
-    )
+    hub.request("POST", "spindel/api/workspaces", {"name": "authws", "path": "auth/nb.ipynb"})
     name, value = login_cookie(hub)
     other_name, other_value = login_cookie(other)
     xsrf = secrets.token_hex(16)

@@ -161,9 +161,7 @@ def test_hub_killed_during_publishes_serves_only_whole_commits(crash_hub: Stress
                 path = f"store/{name}.ipynb"
                 _write_notebook(hub.notebooks / path, 1000 * cycle + k)
                 try:
-                    descriptor = hub.request(
-                        "POST", "spindel/api/workspaces", {"name": name, "path": path}
-                    )
+                    descriptor = hub.request("POST", "spindel/api/workspaces", {"name": name, "path": path})
                 except (urllib.error.URLError, ConnectionError, OSError):
                     return  # the hub is gone
                 acked[name] = descriptor["head"]
