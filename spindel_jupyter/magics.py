@@ -38,7 +38,7 @@ class SpindelMagics(Magics):
     @line_magic
     def spin_connect(self, line: str) -> None:
         """Connect this kernel to a Spindel hub, or rename it with ``--as``."""
-        args = parse_argstring(self.spin_connect, line)
+        args = _parsed(self.spin_connect, line)
         try:
             peer = client.connect(args.url, args.name, args.token, kind="kernel")
         except (SpindelError, ValueError) as exc:
@@ -67,10 +67,8 @@ class SpindelMagics(Magics):
     @line_magic
     def spin_serve(self, line: str) -> None:
         """Opt in to serving remote calls from other peers (nothing is served before this)."""
-        args = parse_argstring(self.spin_serve, line)
-        # IPython keeps the quotes of --allow '*' or --allow 'a,b': they are not part of the names.
-        names = None if args.allow is None else args.allow.strip().strip("'\"")
-        allow = None if names is None else [p.strip() for p in names.split(",") if p.strip()]
+        args = _parsed(self.spin_serve, line)
+        allow = None if args.allow is None else [p.strip() for p in args.allow.split(",") if p.strip()]
         _peer()
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -156,7 +154,7 @@ class SpindelMagics(Magics):
     @line_magic
     def spin_publish(self, line: str) -> None:
         """Publish this notebook (as saved) as a workspace; later saves republish it."""
-        args = parse_argstring(self.spin_publish, line)
+        args = _parsed(self.spin_publish, line)
         roles = {}
         for item in args.topic:
             topic, _, role = item.partition(":")
@@ -171,7 +169,7 @@ class SpindelMagics(Magics):
     @line_magic
     def spin_follow(self, line: str) -> None:
         """Get a read-only copy of a workspace that moves to every new head."""
-        args = parse_argstring(self.spin_follow, line)
+        args = _parsed(self.spin_follow, line)
         descriptor = _workspace_call(workspace.follow, args.name, args.into)
         print(f"spindel: following {args.name!r} in {descriptor['copy']} (read-only, updates itself)")
 
@@ -182,7 +180,7 @@ class SpindelMagics(Magics):
     @line_magic
     def spin_fork(self, line: str) -> None:
         """Fork a workspace: your own editable copy, at once."""
-        args = parse_argstring(self.spin_fork, line)
+        args = _parsed(self.spin_fork, line)
         descriptor = _workspace_call(workspace.fork, args.name, args.new, args.into)
         print(f"spindel: forked {args.name!r} as {descriptor['name']!r} in {descriptor['path']}")
 
@@ -194,7 +192,7 @@ class SpindelMagics(Magics):
     @line_magic
     def spin_merge(self, line: str) -> None:
         """Merge a fork back (three-way); on conflicts nothing changes and they are listed."""
-        args = parse_argstring(self.spin_merge, line)
+        args = _parsed(self.spin_merge, line)
         try:
             result = workspace.merge(args.fork, args.strategy, args.force, args.into)
         except MergeConflict as exc:
@@ -213,7 +211,7 @@ class SpindelMagics(Magics):
     @line_magic
     def spin_claim(self, line: str) -> None:
         """Take a workspace's writer lease (one that ended, or any with --force)."""
-        args = parse_argstring(self.spin_claim, line)
+        args = _parsed(self.spin_claim, line)
         _workspace_call(workspace.claim, args.name, args.force)
         print(f"spindel: you now write {args.name!r}")
 
@@ -224,7 +222,7 @@ class SpindelMagics(Magics):
     @line_magic
     def spin_invite(self, line: str) -> None:
         """Invite a teammate to this hub as one peer, without handing out the server's token."""
-        args = parse_argstring(self.spin_invite, line)
+        args = _parsed(self.spin_invite, line)
         if args.revoke:
             _workspace_call(invite.revoke, args.revoke)
             print(f"spindel: the invite for {args.revoke!r} is revoked")
@@ -246,13 +244,29 @@ _parses: dict[tuple[str, str], Any] = {}
 
 
 def _parsed(magic: Any, line: str) -> Any:
-    """``parse_argstring``, remembered per line: a cell run again costs no argparse."""
+    """``parse_argstring``, remembered per line: a cell run again costs no argparse.
+
+    IPython splits a magic's line keeping the quotes (``--allow '*'`` gives ``'*'``
+    with its quotes): they are taken off here, as a shell would.
+    """
     key = (magic.__name__, line)
     if key not in _parses:
         if len(_parses) > 256:
             _parses.clear()
-        _parses[key] = parse_argstring(magic, line)
+        args = parse_argstring(magic, line)
+        for name, value in vars(args).items():
+            if isinstance(value, str):
+                setattr(args, name, _unquoted(value))
+            elif isinstance(value, list):
+                setattr(args, name, [_unquoted(v) if isinstance(v, str) else v for v in value])
+        _parses[key] = args
     return copy.copy(_parses[key])
+
+
+def _unquoted(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
 
 
 def _workspace_call(fn: Any, *args: Any) -> Any:

@@ -15,7 +15,7 @@ import pytest
 
 import spindel_jupyter
 from spindel_jupyter import client
-from spindel_jupyter.client import Peer
+from spindel_jupyter.client import Peer, jittered
 from spindel_jupyter.errors import (
     HubError,
     NameTaken,
@@ -281,3 +281,9 @@ def test_a_call_submitted_while_the_connection_drops_fails_with_it() -> None:
     finally:
         dropping.join(5)
         peer._loop.close()
+
+
+def test_reconnection_delays_are_spread_out_between_half_and_all_of_the_backoff() -> None:
+    delays = [jittered(2.0) for _ in range(200)]
+    assert all(1.0 <= d <= 2.0 for d in delays)
+    assert len({round(d, 3) for d in delays}) > 100  # peers that lost the hub together come back apart

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from spindel_jupyter import demo
 from spindel_jupyter.client import Peer
 from spindel_jupyter.errors import NameTaken, NotConnected, SpindelError
-from tests.support import HubServer, wait_until
+from tests.support import HubServer, start_kernel, wait_until
 
 
 def invite(host: Peer, name: str, ttl: str = "1h") -> dict[str, Any]:
@@ -87,5 +89,63 @@ def test_invite_magics(hub: HubServer) -> None:
         assert "teammate" in kernel.ok("%spin_invites").text()
         assert "revoked" in kernel.ok("%spin_invite --revoke teammate").stdout
         assert json.dumps(kernel.ok("%spin_invites").text()).count("teammate") == 0
+    finally:
+        kernel.shutdown()
+
+
+def sources(path: Path) -> list[str]:
+    cells = json.loads(path.read_text())["cells"]
+    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells]
+
+
+def test_a_bad_invite_name_is_a_clear_error_and_the_kernel_stays_connected(hub: HubServer) -> None:
+    kernel = hub.start_notebook_kernel("bad-inviter.ipynb")
+    try:
+        kernel.ok("%load_ext spindel_jupyter")
+        out = kernel.run('%spin_invite --as "a b"')
+        assert out.error is not None and "cannot invite 'a b': invalid peer name" in out.error["evalue"]
+        assert "bad-inviter" in kernel.ok("%spin_peers").text()
+    finally:
+        kernel.shutdown()
+
+
+def test_an_invited_kernel_follows_forks_and_publishes_where_it_runs(
+    hub: HubServer, host: Peer, tmp_path: Path
+) -> None:
+    """The hub sends an invited peer the notebooks; its own side writes them, next to its notebook."""
+    lesson = hub.notebooks / "inv" / "lesson.ipynb"
+    lesson.parent.mkdir(exist_ok=True)
+    lesson.write_text(json.dumps(demo.code_notebook("a = 1", "b = 2")))
+    host.request(None, "workspace.publish", {"name": "inv-lesson", "path": "inv/lesson.ipynb"}, timeout=10)
+    made = invite(host, "visiting")
+    mine = tmp_path / "visitor.ipynb"
+    mine.write_text(json.dumps(demo.code_notebook("notes = 'mine'")))
+    kernel = start_kernel({"JPY_SESSION_NAME": str(mine)})
+    try:
+        kernel.ok("%load_ext spindel_jupyter")
+        kernel.ok(f"%spin_connect {hub.ws_url} --as visiting --token {made['token']}")
+        out = kernel.ok("%spin_follow inv-lesson")
+        copy = tmp_path / "following" / "inv-lesson.ipynb"
+        assert str(copy) in out.stdout and sources(copy) == ["a = 1", "b = 2"]
+        assert not (hub.notebooks / "following").exists()  # nothing written on the server
+        # a new head reaches the invited follower's own copy
+        lesson.write_text(json.dumps(demo.code_notebook("a = 1", "b = 20")))
+        host.request(
+            None, "workspace.publish", {"name": "inv-lesson", "path": "inv/lesson.ipynb"}, timeout=10
+        )
+        wait_until(lambda: sources(copy) == ["a = 1", "b = 20"], what="the copy to follow")
+
+        kernel.ok("%spin_fork inv-lesson")
+        fork = tmp_path / "forks" / "inv-lesson-visiting.ipynb"
+        assert sources(fork) == ["a = 1", "b = 20"]
+        assert hub.get("spindel/api/workspaces/inv-lesson-visiting")["path"] is None
+
+        kernel.ok("%spin_publish visitor-notes")  # its own notebook's content
+        published = hub.get("spindel/api/workspaces/visitor-notes")
+        assert published["path"] is None and published["owner"]["peer"] == "visiting"
+        host.request(
+            None, "workspace.follow", {"name": "visitor-notes", "path": "inv/notes.ipynb"}, timeout=10
+        )
+        assert sources(hub.notebooks / "inv" / "notes.ipynb") == ["notes = 'mine'"]
     finally:
         kernel.shutdown()
