@@ -156,3 +156,30 @@ async def test_bad_frames_get_error_frames_while_others_keep_working(
 async def test_server_exports_the_hub_to_kernels(urls: dict[str, str]) -> None:
     assert os.environ["SPINDEL_HUB_URL"] == urls["ws"]
     assert os.environ["SPINDEL_TOKEN"] == urls["token"]
+
+
+async def test_rest_acts_as_the_signed_in_user_never_as_a_peer_a_body_names(urls: dict[str, str]) -> None:
+    workspaces = urls["peers"].replace("/peers", "/workspaces")
+    headers = {"Authorization": f"token {urls['token']}"}
+    content = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+    async def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        request = HTTPRequest(url, method="POST", headers=headers, body=json.dumps(body))
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as exc:
+            assert exc.response is not None
+            return exc.code, json.loads(exc.response.body)
+        return response.code, json.loads(response.body)
+
+    status, body = await post(workspaces, {"name": "rest-ws", "notebook": content, "peer": "alice"})
+    assert status == 400 and "drop 'peer'" in body["message"]
+    status, body = await post(workspaces, {"name": "rest-ws", "notebook": content})
+    assert status == 200 and body["owner"]["peer"].startswith("user:")
+    ws = await open_peer(urls["ws"], "alice", headers)
+    await next_frame(ws, "welcome")
+    status, body = await post(f"{workspaces}/rest-ws/claim", {"as": "alice", "force": True})
+    assert status == 200 and body["owner"]["peer"] == "alice"  # one of the same user's own peers
+    status, body = await post(f"{workspaces}/rest-ws/claim", {"as": "nobody"})
+    assert status == 403 and body["code"] == "forbidden"
+    ws.close()
