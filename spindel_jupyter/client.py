@@ -112,6 +112,9 @@ class Peer:
         self.session = session
         self.connect_timeout = connect_timeout
         self.contexts: list[str] = []
+        #: The notebook this peer's name follows (absolute path), "" for a name set explicitly:
+        #: when the notebook is renamed or moved, the hub renames the peer after it.
+        self.notebook = ""
         #: Whether the hub counts this peer as one of the server's own or as invited (from its welcome).
         self.scope = OWN
         #: Largest frame the hub accepts (learned from its welcome).
@@ -402,6 +405,8 @@ class Peer:
             "contexts": self.contexts,
             "kernel": kernel_id(),
         }
+        if self.notebook:
+            hello["notebook"] = self.notebook
         self._write(wire.frame_parts(hello), ws)
         reply = await asyncio.wait_for(asyncio.shield(self._welcome), self.connect_timeout)
         if reply is None:
@@ -456,12 +461,23 @@ class Peer:
             payload = wire.decode(body) if body else None
             if event == "peers" and isinstance(payload, list):
                 self._peers = payload
+            elif event == "renamed" and isinstance(payload, dict):
+                self._renamed(payload)
             for listener in list(self._listeners.get(event, [])):
                 self._guard(listener, payload)
         elif kind in self._frame_handlers:
             self._frame_handlers[kind](header, body)
         elif kind == ERROR:
             log.info("spindel: the hub reported: %s", header.get("message"))
+
+    def _renamed(self, payload: dict[str, Any]) -> None:
+        """The hub renamed this peer after its notebook: reconnect under the new name."""
+        name, notebook = payload.get("name"), payload.get("notebook")
+        if isinstance(name, str) and name:
+            log.info("spindel: this peer is now %r (its notebook was renamed)", name)
+            self.name = name
+        if isinstance(notebook, str) and notebook:
+            self.notebook = notebook
 
     def _incoming(self, header: dict[str, Any], body: memoryview) -> None:
         sender = str(header.get("from"))
@@ -614,12 +630,21 @@ def kernel_id() -> str:
         return ""
 
 
+def notebook_file() -> str:
+    """This kernel's notebook (absolute path; "" if it has none): as the server started it, or as
+    it is now named, once it was renamed or moved while the kernel ran."""
+    peer = _current
+    if peer is not None and peer.notebook:
+        return peer.notebook
+    return os.environ.get("JPY_SESSION_NAME", "")
+
+
 def default_name() -> str:
     """The peer name to use when none is given: ``SPINDEL_PEER``, the notebook, or the kernel."""
     explicit = os.environ.get(ENV_PEER)
     if explicit:
         return check_name(explicit)
-    notebook = os.environ.get("JPY_SESSION_NAME")
+    notebook = notebook_file()
     if notebook:
         return name_from(Path(notebook).stem)
     kernel = kernel_id()
@@ -661,6 +686,8 @@ def connect(
             # Reusing this process's own name is fine: the hub hands it to the new connection.
             peer = Peer(url, candidate, token, kind=kind)
             peer.contexts = list(contexts)
+            if not explicit:
+                peer.notebook = notebook_file()
             for setup in _peer_setups:
                 setup(peer)
             try:

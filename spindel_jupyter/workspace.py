@@ -36,7 +36,7 @@ def _op(op: str, **arguments: Any) -> Any:
 
 def notebook_path() -> str:
     """This kernel's notebook (absolute), as the server told the kernel; error if there is none."""
-    path = os.environ.get("JPY_SESSION_NAME")
+    path = client.notebook_file()
     if not path:
         raise SpindelError(
             "this kernel does not know its notebook: pass the notebook's path (relative to the server root)"
@@ -188,7 +188,7 @@ client.on_new_peer(_listen)
 
 def _near(path: str) -> str:
     """A relative ``path`` next to this kernel's notebook (else relative to the server root)."""
-    notebook = os.environ.get("JPY_SESSION_NAME")
+    notebook = client.notebook_file()
     if os.path.isabs(path) or not notebook:
         return path
     return str(Path(notebook).parent / path)

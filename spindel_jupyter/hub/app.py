@@ -17,6 +17,7 @@ from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Float, Int, List, Unicode, default
 
+from ..protocol import name_from
 from .handlers import (
     PeersHandler,
     PeerSocketHandler,
@@ -111,6 +112,7 @@ class SpindelHub(ExtensionApp):
         self._sweeper.start()
         self.registry.connected = lambda peer: peer in self.relay.members
         self.relay.on_leave.append(self.registry.peer_left)
+        self.relay.on_rename.append(self.registry.peer_renamed)
         if server.event_logger is not None:
             server.event_logger.add_listener(schema_id=SAVE_EVENT, listener=self._on_contents_event)
         self.settings["spindel_hub"] = self
@@ -159,6 +161,21 @@ class SpindelHub(ExtensionApp):
     async def _on_contents_event(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
         if data.get("action") == "save" and data.get("path"):
             await self.notebooks.saved(str(data["path"]))
+        elif data.get("action") == "rename" and data.get("path") and data.get("source_path"):
+            self.notebook_moved(str(data["source_path"]), str(data["path"]))
+
+    def notebook_moved(self, source: str, path: str) -> None:
+        """A notebook (or a folder of them) was renamed: kernel peers named after it follow."""
+        root = self.serverapp.root_dir if self.serverapp is not None else ""
+        old = os.path.normpath(os.path.join(root, *source.split("/")))
+        new = os.path.normpath(os.path.join(root, *path.split("/")))
+        for member in list(self.relay.members.values()):
+            if not member.notebook:
+                continue
+            notebook = os.path.normpath(member.notebook)
+            if notebook == old or notebook.startswith(old + os.sep):
+                moved = new + notebook[len(old) :]
+                self.relay.rename(member, name_from(Path(moved).stem), moved)
 
     def user_of(self, user: Any) -> str:
         """The user a signed-in Jupyter identity acts for.

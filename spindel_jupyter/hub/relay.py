@@ -67,6 +67,8 @@ class Member:
     since: str = ""
     #: The Jupyter kernel id of a kernel peer (the lab marks the current notebook's peer with it).
     kernel: str = ""
+    #: The notebook (absolute path) the peer's name follows; "" for a name set explicitly.
+    notebook: str = ""
     #: Requests sent to this peer not yet answered: (caller name, request id).
     awaiting: set[tuple[str, int]] = field(default_factory=set)
     #: Number of requests this peer has outstanding with others.
@@ -111,6 +113,8 @@ class Relay:
         self.members: dict[str, Member] = {}
         #: Called with the name of each peer that leaves.
         self.on_leave: list[Callable[[str], None]] = []
+        #: Called with the old and the new name of each peer renamed after its notebook.
+        self.on_rename: list[Callable[[str, str], None]] = []
         #: Frames received, by type, for /spindel/api/stats.
         self.frames_in: Counter[str] = Counter()
         self._hub_ops: dict[str, HubOp] = {"peers": self._op_peers, "update": self._op_update}
@@ -234,8 +238,9 @@ class Relay:
         member.kind = header["kind"]
         member.session = header["session"]
         member.contexts = _str_list(header.get("contexts"))
-        kernel = header.get("kernel")
+        kernel, notebook = header.get("kernel"), header.get("notebook")
         member.kernel = kernel if isinstance(kernel, str) else ""
+        member.notebook = notebook if isinstance(notebook, str) and member.invite is None else ""
         member.since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.members[name] = member
         log.info("peer %r (%s) connected", name, member.kind)
@@ -245,6 +250,33 @@ class Relay:
             )
         )
         self._broadcast_peers()
+
+    def rename(self, member: Member, base: str, notebook: str) -> str:
+        """Rename a peer after its notebook was renamed or moved (a taken name gets a suffix).
+
+        The peer is told (it reconnects under the new name), everyone sees the new
+        peer list, and calls waiting on either side still find their way back.
+        """
+        old = member.name
+        if self.members.get(old) is not member:
+            return old
+        candidates = [base, *(f"{base}-{i}" for i in range(2, 100))]
+        new = next((c for c in candidates if c == old or c not in self.members), old)
+        member.notebook = notebook
+        if new != old:
+            del self.members[old]
+            member.name = new
+            self.members[new] = member
+            for other in self.members.values():
+                waiting = other.awaiting
+                if any(caller == old for caller, _ in waiting):
+                    other.awaiting = {(new if caller == old else caller, rid) for caller, rid in waiting}
+            for listener in self.on_rename:
+                listener(old, new)
+            log.info("peer %r is now %r (its notebook moved to %s)", old, new, notebook)
+        self.notify(new, "renamed", {"name": new, "notebook": notebook})
+        self._broadcast_peers()
+        return new
 
     def _request(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
         target_name = header.get("to")

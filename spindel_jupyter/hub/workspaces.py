@@ -284,6 +284,21 @@ class Registry:
             f"or claim it once {holder!r} has left and the lease has ended"
         )
 
+    def peer_renamed(self, old: str, new: str) -> None:
+        """A peer was renamed: its leases, published notebooks and followed copies go with it."""
+        for descriptor in self.workspaces.values():
+            changed = False
+            owner = descriptor.get("owner")
+            if owner and owner["peer"] == old:
+                owner["peer"], changed = new, True
+            if descriptor.get("publisher") == old:
+                descriptor["publisher"], changed = new, True
+            for follower in descriptor.get("followers") or []:
+                if follower["peer"] == old:
+                    follower["peer"], changed = new, True
+            if changed:
+                self._saved(descriptor, new_head=False)
+
     def peer_left(self, peer: str) -> None:
         """Leases of a peer that left run for ``lease_seconds`` more, then end."""
         for descriptor in self.workspaces.values():

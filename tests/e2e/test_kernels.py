@@ -115,3 +115,27 @@ def test_kernel_peers_carry_their_kernel_id(hub: HubServer, notebooks: tuple[Ker
     alice, _ = notebooks
     kernels = {p["name"]: p["kernel"] for p in hub.get("spindel/api/peers")}
     assert kernels["alice"] == alice.kernel_id
+
+
+def test_the_peer_name_follows_the_notebook_when_it_is_renamed_or_moved(hub: HubServer) -> None:
+    untitled = hub.start_notebook_kernel("rename/Untitled.ipynb")
+    explicit = hub.start_notebook_kernel("rename/Untitled1.ipynb")
+    try:
+        assert "as 'Untitled'" in untitled.ok("%load_ext spindel_jupyter").stdout
+        explicit.ok("%load_ext spindel_jupyter\n%spin_connect --as fixed-name")
+        hub.request("PATCH", "api/contents/rename/Untitled.ipynb", {"path": "rename/carla.ipynb"})
+        hub.request("PATCH", "api/contents/rename/Untitled1.ipynb", {"path": "rename/other.ipynb"})
+        wait_until(lambda: "carla" in hub.peer_names(), what="the peer to be renamed after its notebook")
+        assert "Untitled" not in hub.peer_names() and "fixed-name" in hub.peer_names()  # explicit names stay
+        assert "carla (you)" in untitled.ok("%spin_peers").html()
+        untitled.ok("%spin_serve")
+        assert explicit.ok("%%spin_remote carla\n6 * 7").text().strip() == "42"
+        # moved with its folder, then reconnecting (as after a hub restart): the new name holds
+        hub.request("PATCH", "api/contents/rename", {"path": "renamed"})
+        wait_until(lambda: "carla" in hub.peer_names() and "Untitled" not in hub.peer_names())
+        untitled.ok("import spindel_jupyter as sj\nsj.connect()")
+        assert "carla" in hub.peer_names()
+        assert untitled.ok("print(sj.client.notebook_file())").stdout.strip().endswith("renamed/carla.ipynb")
+    finally:
+        untitled.shutdown()
+        explicit.shutdown()

@@ -254,3 +254,20 @@ def test_any_failure_while_handling_a_frame_is_answered_not_raised(relay: Relay)
     send(relay, alice, {"t": "pub", "topic": "t", "kind": "lww", "seq": 1, "stamp": [1, 0, "alice"]}, 1)
     assert link.last("error")["code"] == "hub_error" and "RuntimeError: boom" in link.last("error")["message"]
     assert link.closed is None and "alice" in relay.members
+
+
+def test_a_peer_renamed_after_its_notebook_keeps_its_calls_and_is_told(relay: Relay) -> None:
+    untitled, link = join(relay, "Untitled")
+    bob, bob_link = join(relay, "bob")
+    _, _ = join(relay, "alice")
+    renamed: list[tuple[str, str]] = []
+    relay.on_rename.append(lambda old, new: renamed.append((old, new)))
+    send(relay, untitled, {"t": "req", "id": 3, "op": "call", "to": "bob"})  # waiting on bob
+    assert relay.rename(untitled, "alice", "/root/alice.ipynb") == "alice-2"  # 'alice' is taken
+    assert sorted(relay.members) == ["alice", "alice-2", "bob"] and untitled.name == "alice-2"
+    header, body = link.of("event")[-2]
+    assert header["event"] == "renamed" and body == {"name": "alice-2", "notebook": "/root/alice.ipynb"}
+    assert [p["name"] for p in bob_link.of("event")[-1][1]] == ["alice", "alice-2", "bob"]
+    assert renamed == [("Untitled", "alice-2")]
+    send(relay, bob, {"t": "rep", "re": 3, "to": "alice-2"}, "done")  # the reply finds the new name
+    assert link.last("rep")["re"] == 3 and link.last("rep")["from"] == "bob"
