@@ -64,9 +64,7 @@ class SpindelHub(ExtensionApp):
     )
 
     ping_timeout = Float(
-        30.0,
-        help="Seconds without a heartbeat reply after which a peer connection is closed "
-        "(keep it above ping_interval).",
+        20.0, help="Seconds a peer has to answer a heartbeat (or send anything) before it is disconnected."
     ).tag(config=True)
 
     max_peers = Int(1000, help="Most peers connected at once; one more is refused with a clear error.").tag(

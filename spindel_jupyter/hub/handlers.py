@@ -12,7 +12,7 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.utils import ensure_async
 from tornado import web
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
@@ -50,13 +50,10 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
         # far larger ones are cut off by tornado (close code 1009) before being buffered.
         return 2 * self.hub.max_frame_bytes
 
-    @property
-    def ping_interval(self) -> int:
-        return int(self.hub.ping_interval * 1000)
-
-    @property
-    def ping_timeout(self) -> int:
-        return int(self.hub.ping_timeout * 1000)
+    # The hub's own heartbeat (below) replaces tornado's and Jupyter's: each reads these two
+    # attributes in other units, and a dead peer must leave the relay as soon as it is found out.
+    ping_interval = None
+    ping_timeout = None
 
     async def prepare(self, *args: Any, **kwargs: Any) -> None:
         # A scoped invite token opens this WebSocket, and no other route of the server.
@@ -84,9 +81,13 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
         await super().get(*args, **kwargs)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
-        super().open(*args, **kwargs)
+        WebSocketHandler.open(self, *args, **kwargs)  # not the mixin's: it would start its own pings
         # Small frames must not wait for the peer's delayed ACK (Nagle): that costs tens of ms.
         self.set_nodelay(True)
+        self._heard = IOLoop.current().time()
+        if self.hub.ping_interval > 0:
+            self._heartbeat = PeriodicCallback(self._ping, self.hub.ping_interval * 1000)
+            self._heartbeat.start()
         self.member = self.hub.relay.connect(self)
         invite = self.member.invite = getattr(self, "invite", None)
         if invite is not None:
@@ -94,7 +95,25 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
         else:
             self.member.scope, self.member.user = OWN, self.hub.user_of(self.current_user)
 
+    def _ping(self) -> None:
+        """Ping the peer; close the connection if it does not answer within ``ping_timeout``."""
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            self._heartbeat.stop()
+            return
+        sent = IOLoop.current().time()
+        self.ping(b"")
+        IOLoop.current().call_later(self.hub.ping_timeout, self._check_answer, sent)
+
+    def _check_answer(self, sent: float) -> None:
+        if self._heard < sent and self.ws_connection is not None and not self.ws_connection.is_closing():
+            self.log.info("spindel: peer %r did not answer the heartbeat; closing it", self.member.name)
+            self.close(1011, f"no answer to the heartbeat within {self.hub.ping_timeout} s")
+
+    def on_pong(self, data: bytes) -> None:
+        self._heard = IOLoop.current().time()
+
     def on_message(self, message: str | bytes) -> None:
+        self._heard = IOLoop.current().time()  # any frame shows the peer is alive, even one before the pong
         if self.member.invite is not None and not self.hub.invites.valid(self.member.invite):
             self.close(4001, "the invite that let this peer in was revoked or has expired")
             return
@@ -109,6 +128,9 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
             self.hub.relay.disconnect(member)
 
     def on_close(self) -> None:
+        heartbeat = getattr(self, "_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.stop()
         member = getattr(self, "member", None)
         if member is not None:
             self.hub.relay.disconnect(member)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -11,6 +12,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from spindel_jupyter import errors, wire
+from spindel_jupyter.transport import open_websocket
 
 
 @pytest.fixture
@@ -183,3 +185,38 @@ async def test_rest_acts_as_the_signed_in_user_never_as_a_peer_a_body_names(urls
     status, body = await post(f"{workspaces}/rest-ws/claim", {"as": "nobody"})
     assert status == 403 and body["code"] == "forbidden"
     ws.close()
+
+
+async def test_the_hubs_heartbeat_closes_a_peer_that_stops_answering_and_logs_no_warning(
+    urls: dict[str, str], jp_serverapp: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = jp_serverapp.web_app.settings["spindel_hub"]
+    hub.ping_interval, hub.ping_timeout = 0.05, 0.3
+    headers = {"Authorization": f"token {urls['token']}"}
+    alive = await open_peer(urls["ws"], "answers", headers)  # tornado's client answers every ping...
+    await next_frame(alive, "welcome")
+    reading = asyncio.ensure_future(drain(alive))  # ...while its frames are read
+    # A peer whose connection is never read: it answers nothing.
+    silent = await asyncio.to_thread(open_websocket, urls["ws"], headers, 5.0)
+    silent.send(wire.frame_parts({"t": "hello", "name": "silent", "kind": "kernel", "session": "silent"}))
+    relay = hub.relay
+    for _ in range(40):
+        await asyncio.sleep(0.05)
+        if "silent" in relay.members:
+            break
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if "silent" not in relay.members:
+            break
+    assert "silent" not in relay.members and "answers" in relay.members
+    protocol = relay.members["answers"].link.ws_connection
+    assert protocol.ping_interval == 0 and protocol.ping_timeout == 0  # tornado's own pings are off
+    assert not [r for r in caplog.records if "cannot be longer" in r.getMessage()]
+    alive.close()
+    silent.close()
+    await reading
+
+
+async def drain(ws: WebSocketClientConnection) -> None:
+    while await ws.read_message() is not None:
+        pass
