@@ -7,6 +7,7 @@ hub or the remote kernel raised it.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 
@@ -88,7 +89,9 @@ class PeerNotFound(SpindelError):
         self.peer = peer
         self.connected = list(connected or [])
         listing = ", ".join(self.connected) if self.connected else "none"
-        super().__init__(f"no peer named {peer!r} is connected to the hub (connected: {listing})")
+        close = difflib.get_close_matches(peer, self.connected, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        super().__init__(f"no peer named {peer!r} is connected to the hub; {hint}connected: {listing}")
 
 
 class PeerLost(SpindelError):

@@ -117,6 +117,10 @@ class SpindelMagics(Magics):
             return None
         return value
 
+    # A cell magic: its usage says so (IPython names every magic's parser with one %).
+    spin_remote.parser.prog = "%spin_remote"
+    spin_remote.__doc__ = (spin_remote.__doc__ or "").replace("%spin_remote", "%%spin_remote", 1)
+
     @property
     def _namespace(self) -> dict[str, Any]:
         assert self.shell is not None

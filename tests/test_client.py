@@ -287,3 +287,14 @@ def test_reconnection_delays_are_spread_out_between_half_and_all_of_the_backoff(
     delays = [jittered(2.0) for _ in range(200)]
     assert all(1.0 <= d <= 2.0 for d in delays)
     assert len({round(d, 3) for d in delays}) > 100  # peers that lost the hub together come back apart
+
+
+def test_an_unknown_peer_suggests_the_closest_name_and_lists_no_lab_panels(peers: Any) -> None:
+    alice = peers("alice5")
+    panel = Peer(alice.url, "lab-panel5", alice.token, kind="ui", session="lab-panel5").start()
+    try:
+        with pytest.raises(PeerNotFound, match=r"did you mean 'alice5'\?") as info:
+            alice.request("alise5", "x", timeout=10)
+        assert "alice5" in info.value.connected and "lab-panel5" not in info.value.connected
+    finally:
+        panel.close()

@@ -293,7 +293,8 @@ class Relay:
                         errors.PEER_NOT_FOUND,
                         f"no peer named {target_name!r}",
                         peer=target_name,
-                        peers=sorted(self.members),
+                        # The lab's panels are peers too, but nobody calls them.
+                        peers=sorted(n for n, m in self.members.items() if m.kind != "ui"),
                     ),
                 )
             )

@@ -1,0 +1,18 @@
+"""The magics' argument parsing: usage lines and quoting, as a user types them."""
+
+from __future__ import annotations
+
+from spindel_jupyter.magics import SpindelMagics, _parsed
+
+
+def test_the_cell_magic_usage_names_it_with_two_percent_signs() -> None:
+    assert SpindelMagics.spin_remote.parser.format_usage().split()[1] == "%%spin_remote"
+    assert "%%spin_remote [-o VAR]" in (SpindelMagics.spin_remote.__doc__ or "")
+
+
+def test_quotes_are_taken_off_as_a_shell_would() -> None:
+    assert _parsed(SpindelMagics.spin_serve, "--allow '*'").allow == "*"
+    assert _parsed(SpindelMagics.spin_serve, '--allow "alice,bob"').allow == "alice,bob"
+    assert _parsed(SpindelMagics.spin_invite, "--as maria").name == "maria"
+    args = _parsed(SpindelMagics.spin_remote, "bob x y='ab'")
+    assert (args.target, args.names) == ("bob", ["x", "y='ab'"])  # an expression keeps its quotes
