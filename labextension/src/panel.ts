@@ -114,6 +114,7 @@ export class SpindelPanel extends Widget {
   }
 
   dispose(): void {
+    window.clearTimeout(this._leaseTimer);
     if (this.isDisposed) {
       return;
     }
@@ -219,7 +220,10 @@ export class SpindelPanel extends Widget {
   private _updateWorkspaces(): void {
     const workspaces = [...this._connection.workspaces].sort((a, b) => a.name.localeCompare(b.name));
     // Rebuilt only when what it shows changed: a rebuild under a pressed button would eat its click.
-    const key = JSON.stringify([workspaces, this._connection.peers.map(p => p.name)]);
+    const connected = (peer: string): boolean => this._connection.peers.some(p => p.name === peer);
+    const writers = workspaces.map(w => activeOwner(w, connected));
+    const key = JSON.stringify([workspaces, writers, this._connection.peers.map(p => p.name)]);
+    this._expireLeasesLater(workspaces, connected);
     if (key === this._workspaceKey) {
       return;
     }
@@ -247,6 +251,21 @@ export class SpindelPanel extends Widget {
         ? row?.querySelector<HTMLElement>(`[data-action="${CSS.escape(focused.action)}"]`)
         : row;
       (target ?? row)?.focus();
+    }
+  }
+
+  /** Show a lease that runs out (its holder left) as ended when it ends, with nothing pushed. */
+  private _expireLeasesLater(workspaces: IWorkspace[], connected: (peer: string) => boolean): void {
+    window.clearTimeout(this._leaseTimer);
+    const now = Date.now() / 1000;
+    const ends = workspaces
+      .map(w => w.owner)
+      .filter((owner): owner is { peer: string; expires: number } => !!owner && !connected(owner.peer))
+      .map(owner => owner.expires)
+      .filter(expires => expires > now);
+    if (ends.length) {
+      const wait = (Math.min(...ends) - now) * 1000 + 100;
+      this._leaseTimer = window.setTimeout(() => this._updateWorkspaces(), Math.min(wait, 2 ** 31 - 1));
     }
   }
 
@@ -322,7 +341,16 @@ export class SpindelPanel extends Widget {
       if (workspace.fork_of) {
         add('merge', 'Merge', `Merge ${name} back into ${workspace.fork_of.workspace}`, () => actions.merge(name));
       }
-      add('claim', 'Claim', `Take the writer lease of ${name}`, () => actions.claim(name));
+      const acting = actions.actingPeer();
+      if (!writer) {
+        add('claim', 'Claim', `Take the writer lease of ${name}: nobody holds it now`, () => actions.claim(name));
+      } else if (writer !== acting && !connected(writer) && workspace.owner) {
+        add('claim', 'Claim', '', () => actions.claim(name));
+        const claim = buttons.lastElementChild as HTMLButtonElement;
+        claim.disabled = true;
+        const until = new Date(workspace.owner.expires * 1000).toLocaleTimeString();
+        claim.title = `${writer} has left; its lease of ${name} ends at ${until}, then you can claim it`;
+      }
       item.append(buttons);
     }
     return item;
@@ -401,6 +429,7 @@ export class SpindelPanel extends Widget {
   private _actions: WorkspaceActions | null;
   private _selected: string | null = null;
   private _workspaceKey = '';
+  private _leaseTimer = 0;
 }
 
 export namespace SpindelPanel {

@@ -3,7 +3,7 @@
  * over the panel's WebSocket, the merge-conflict dialog, and followed notebooks
  * that reload themselves.
  */
-import { Dialog, InputDialog, Notification, showDialog } from '@jupyterlab/apputils';
+import { Dialog, InputDialog, Notification, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
@@ -47,8 +47,26 @@ function errorMessage(err: unknown): string {
   return String(err);
 }
 
-function toast(what: string, err: unknown): void {
-  Notification.error(`Spindel: could not ${what}: ${errorMessage(err)}`, { autoClose: 10000 });
+/** The longest message a notification shows whole (JupyterLab cuts longer ones). */
+const TOAST_CHARS = 140;
+
+/** Tell that `what` failed: in full, or, when too long for a notification, with a Details button. */
+export function toast(what: string, err: unknown): void {
+  const message = `Spindel: could not ${what}: ${errorMessage(err)}`;
+  if (message.length <= TOAST_CHARS) {
+    Notification.error(message, { autoClose: 10000 });
+    return;
+  }
+  Notification.error(`Spindel: could not ${what} (see Details)`, {
+    autoClose: false,
+    actions: [
+      {
+        label: 'Details',
+        caption: 'Show the whole message',
+        callback: () => void showErrorMessage(`Could not ${what}`, errorMessage(err))
+      }
+    ]
+  });
 }
 
 /** The workspace actions, acting as the peer `actingPeer()` names (the hub checks that it may). */

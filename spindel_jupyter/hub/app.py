@@ -98,6 +98,7 @@ class SpindelHub(ExtensionApp):
         assert server is not None
         self.notebooks = NotebookService(self.registry, server.contents_manager, server.root_dir, topics)
         self.notebooks.server_user = _server_user()
+        self.notebooks.kernelspec = _default_kernelspec(server)
         self.notebooks.announce = self._announce_head
         self.registry.on_head = self.notebooks.head_moved
         self.registry.on_change = self._workspaces_changed
@@ -216,6 +217,16 @@ class SpindelHub(ExtensionApp):
 
 def _call_later(delay: float, callback: Callable[[], None]) -> Any:
     return IOLoop.current().call_later(delay, callback)
+
+
+def _default_kernelspec(server: Any) -> dict[str, str]:
+    """The ``kernelspec`` metadata of the server's default kernel ({} if it has none)."""
+    try:
+        name = server.kernel_manager.default_kernel_name
+        spec = server.kernel_spec_manager.get_kernel_spec(name)
+    except Exception:
+        return {}
+    return {"name": name, "display_name": spec.display_name, "language": spec.language}
 
 
 def _server_user() -> str:

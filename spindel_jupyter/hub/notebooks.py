@@ -62,6 +62,8 @@ class NotebookService:
         self.announce: Announce = lambda descriptor, notebook: None
         #: The user the server's own saves republish as.
         self.server_user = ""
+        #: The kernel a notebook the hub writes or sends opens with, when it names none.
+        self.kernelspec: dict[str, str] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._newest: dict[str, dict[str, Any]] = {}
         self._ops: dict[str, Callable[..., Any]] = {
@@ -144,7 +146,7 @@ class NotebookService:
         if deliver:
             descriptor = self.registry.follow(name, actor.name, None)
             notebook = read_only(self.registry.notebook(descriptor["head"]), name, descriptor["head"])
-            return {**self.with_kinds(descriptor), "notebook": notebook}
+            return {**self.with_kinds(descriptor), "notebook": self.openable(notebook)}
         require(actor, "write_file")
         path = self.contents_path(path or f"following/{name}.ipynb")
         self.registry.get(name)
@@ -180,7 +182,7 @@ class NotebookService:
         self.registry.note_fork_stamps(new, {t: self.topics.stamp_of(t) for t in descriptor["forked_topics"]})
         descriptor = self.with_kinds(self.registry.get(new))
         if deliver:
-            return {**descriptor, "notebook": self.registry.notebook(descriptor["head"])}
+            return {**descriptor, "notebook": self.openable(self.registry.notebook(descriptor["head"]))}
         assert path is not None
         writing = self.write(path, self.registry.notebook(descriptor["head"]))
         if wait:
@@ -270,6 +272,7 @@ class NotebookService:
         contents manager's own save rewrites in place, so a reader could see it half
         written); any other contents manager is written through.
         """
+        notebook = self.openable(notebook)
         if not isinstance(self.contents, FileManagerMixin):
             await self._ensure_directory(posixpath.dirname(path))
             model = {"type": "notebook", "format": "json", "content": notebook}
@@ -288,6 +291,13 @@ class NotebookService:
             folder = "/".join(parts[:depth])
             if not await ensure_async(self.contents.dir_exists(folder)):
                 await ensure_async(self.contents.save({"type": "directory"}, folder))
+
+    def openable(self, notebook: dict[str, Any]) -> dict[str, Any]:
+        """``notebook`` naming a kernel to open with (the server's default one if it names none)."""
+        metadata = notebook.get("metadata") or {}
+        if metadata.get("kernelspec") or not self.kernelspec:
+            return notebook
+        return {**notebook, "metadata": {**metadata, "kernelspec": dict(self.kernelspec)}}
 
     def with_kinds(self, descriptor: dict[str, Any]) -> dict[str, Any]:
         """The descriptor with each topic's kind, so a follower knows how to wire it."""
@@ -313,6 +323,7 @@ class NotebookService:
             while True:
                 descriptor = self._newest[name]
                 notebook = read_only(self.registry.notebook(descriptor["head"]), name, descriptor["head"])
+                notebook = self.openable(notebook)
                 for follower in descriptor.get("followers") or []:
                     if follower.get("path"):
                         try:

@@ -236,7 +236,7 @@ class Registry:
         if not source.get("fork_of"):
             raise SpindelError(f"{fork!r} is not a fork: merge a fork into the workspace it came from")
         parent = self._descriptor(into or source["fork_of"]["workspace"])
-        self._check_writer(parent, peer)
+        self._check_writer(parent, peer, merging=fork)
         base_head, ours_head, theirs_head = source["fork_of"]["head"], parent["head"], source["head"]
         if theirs_head == base_head:
             return {"merged": False, "head": ours_head, "reason": f"{fork!r} has no changes to merge"}
@@ -269,15 +269,22 @@ class Registry:
             return str(owner["peer"])
         return None
 
-    def _check_writer(self, descriptor: dict[str, Any], peer: str) -> None:
+    def _check_writer(self, descriptor: dict[str, Any], peer: str, merging: str | None = None) -> None:
+        """Pass if ``peer`` holds the lease; else say who does, and what to do (merging: not to fork)."""
         holder = self._holder(descriptor)
         name = descriptor["name"]
         if holder == peer:
             return
         if holder is None:
+            instead = f"then merge {merging!r} again" if merging else "or fork it to write your own copy"
             raise NotWritable(
-                f"workspace {name!r} has no writer (its lease ended): claim it (%spin_claim {name}) "
-                "or fork it to write your own copy"
+                f"workspace {name!r} has no writer (its lease ended): claim it (%spin_claim {name}) {instead}"
+            )
+        if merging:
+            raise NotWritable(
+                f"workspace {name!r} is held by {holder!r}, so only {holder!r} can merge {merging!r} "
+                f"into it: ask them to run %spin_merge {merging}, or claim {name!r} once {holder!r} "
+                "has left and the lease has ended"
             )
         raise NotWritable(
             f"workspace {name!r} is held by {holder!r}; fork it to edit your own copy, "

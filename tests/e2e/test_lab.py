@@ -7,6 +7,7 @@ test fails, never skips, when chromium is missing: CI installs it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -295,9 +296,8 @@ def test_workspaces_follow_fork_and_merge_with_conflicts_from_the_panel(
         expect(fork_row).to_contain_text("fork of lesson", timeout=10_000)
         expect(row.get_by_role("button", name="Merge lesson")).to_have_count(0)  # only forks merge
 
-        # The page may not take the teacher's lease: the hub's refusal shows as a toast.
-        row.get_by_role("button", name="Claim lesson").click()
-        expect(page.get_by_text("Spindel: could not claim 'lesson'")).to_be_visible()
+        # The teacher's kernel is connected and holds the lease: the page offers no Claim.
+        expect(row.get_by_role("button", name="Claim lesson")).to_have_count(0)
 
         # Conflicting edits of the same cell: saves republish each (the lesson as its kernel's peer).
         before = lab.workspace("lesson")["head"]
@@ -354,3 +354,77 @@ def test_workspaces_follow_fork_and_merge_with_conflicts_from_the_panel(
         if lesson is not None:
             lesson.shutdown()
         context.close()
+
+
+def test_a_launcher_notebook_renamed_becomes_that_peer_and_the_panel_keeps_up(
+    tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
+) -> None:
+    lab = LabServer(tmp_path / "lab", args=("--SpindelHub.lease_seconds=4",)).start()
+    writer: Kernel | None = None
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        page.goto(f"{lab.http_url}lab?reset&token={lab.token}")
+        expect(page.locator(".jp-SpindelStatus")).to_have_text("Spindel: 1 peer", timeout=30_000)
+
+        # A notebook made from the Launcher, then renamed, as everyone does: the peer follows the name.
+        page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
+        expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=30_000)
+        run_cell(page, "%load_ext spindel_jupyter")
+        expect(page.locator(".jp-OutputArea-output").last).to_contain_text("as 'Untitled'", timeout=20_000)
+        page.get_by_role("menuitem", name="File").click()
+        page.get_by_role("menuitem", name=re.compile(r"^Rename Notebook")).click()
+        rename = page.locator(".jp-Dialog input")
+        expect(rename).to_be_visible()
+        rename.fill("alice.ipynb")
+        page.locator(".jp-Dialog").get_by_role("button", name="Rename").click()
+        panel = show_panel(page)
+        expect(panel.locator('[data-peer="alice"]')).to_contain_text("(this notebook)", timeout=15_000)
+        expect(panel.locator('[data-peer="Untitled"]')).to_have_count(0)
+        run_cell(page, "%spin_peers")
+        expect(page.locator(".jp-OutputArea-output").last).to_contain_text("alice (you)", timeout=20_000)
+
+        # Another kernel publishes: while it is connected and holds the lease, nobody is offered Claim.
+        writer = lab.start_notebook_kernel("writer.ipynb")
+        writer.ok("%load_ext spindel_jupyter\n%spin_publish notes")
+        row = panel.locator('[data-workspace="notes"]')
+        expect(row.locator(".jp-SpindelPanel-owner")).to_have_text("writer", timeout=10_000)
+        expect(row.get_by_role("button", name="Claim notes")).to_have_count(0)
+
+        # Fork it from the panel (as alice): the fork opens with a kernel, no kernel picker.
+        row.get_by_role("button", name="Fork notes").click()
+        page.locator(".jp-Dialog").get_by_role("button", name="Fork").click()
+        fork_row = panel.locator('[data-workspace="notes-alice"]')
+        expect(fork_row).to_contain_text("fork of notes", timeout=10_000)
+        expect(page.get_by_role("tab", name="notes-alice.ipynb")).to_be_visible(timeout=20_000)
+        expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=30_000)
+        expect(page.locator(".jp-Dialog")).to_have_count(0)
+
+        # Merging needs the writer: the refusal says so, whole, behind Details (not cut mid-sentence).
+        fork_row.get_by_role("button", name="Merge notes-alice").click()
+        toast = page.get_by_text("Spindel: could not merge 'notes-alice' (see Details)")
+        expect(toast).to_be_visible(timeout=10_000)
+        page.get_by_role("button", name="Details").click()
+        details = page.locator(".jp-Dialog")
+        expect(details).to_contain_text("so only 'writer' can merge 'notes-alice'")
+        expect(details).to_contain_text("ask them to run %spin_merge notes-alice")
+        expect(details).not_to_contain_text("fork it")
+        details.get_by_role("button", name="Close").click()
+
+        # The writer leaves: its lease runs out without a push, and the row shows it when it does.
+        writer.shutdown()
+        writer = None
+        expect(row.get_by_role("button", name="Claim notes")).to_be_disabled(timeout=10_000)
+        expect(row.locator(".jp-SpindelPanel-owner")).to_have_text("read-only", timeout=15_000)
+        expect(row.get_by_role("button", name="Claim notes")).to_be_enabled()
+        assert not errors, f"errors in the page: {errors}"
+    except BaseException:
+        _keep_evidence(page, lab, request)
+        raise
+    finally:
+        if writer is not None:
+            writer.shutdown()
+        context.close()
+        lab.stop()

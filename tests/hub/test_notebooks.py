@@ -154,3 +154,21 @@ def test_a_new_head_is_announced_once_its_copies_are_written_and_never_goes_back
     assert announced[-1][0] == heads[-1]
     assert [heads.index(h) for h, _ in announced] == sorted(heads.index(h) for h, _ in announced)
     assert sources(json.loads(copy.read_text())) == ["a = 4"]
+
+
+def test_copies_the_hub_writes_or_sends_name_a_kernel_to_open_with(
+    on_disk: NotebookService, tmp_path: Path
+) -> None:
+    on_disk.kernelspec = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+
+    async def scenario() -> dict[str, Any]:
+        await on_disk.publish(OWNER, "lecture", path="lecture.ipynb")  # its metadata names no kernel
+        await on_disk.fork(OWNER, "lecture", "lecture-b")
+        await on_disk.follow(OWNER, "lecture")
+        return await on_disk.fork(OWNER, "lecture", "lecture-c", deliver=True)
+
+    delivered = asyncio.run(scenario())
+    root = tmp_path / "root"
+    for path in ("forks/lecture-b.ipynb", "following/lecture.ipynb"):
+        assert json.loads((root / path).read_text())["metadata"]["kernelspec"]["name"] == "python3", path
+    assert delivered["notebook"]["metadata"]["kernelspec"]["name"] == "python3"

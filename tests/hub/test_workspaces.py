@@ -203,3 +203,18 @@ def test_merge_into_another_workspace(registry: Registry) -> None:
     assert registry.merge("lec-alice", "teacher", into="other")["merged"]
     assert sources(registry, "other") == ["a", "b"]
     assert sources(registry, "lec") == ["a"]
+
+
+def test_a_refused_merge_says_to_ask_the_writer_not_to_fork(registry: Registry, clock: Clock) -> None:
+    registry.publish("lec", notebook("a = 1"), "teacher")
+    registry.fork("lec", "lec-s", "student")
+    registry.publish("lec-s", notebook("a = 2"), "student")
+    with pytest.raises(NotWritable) as refused:
+        registry.merge("lec-s", "student")
+    assert "only 'teacher' can merge 'lec-s'" in str(refused.value) and "%spin_merge lec-s" in str(
+        refused.value
+    )
+    assert "fork" not in str(refused.value).replace("lec-s", "")
+    clock.now += 3600  # the teacher's lease ended
+    with pytest.raises(NotWritable, match=r"claim it \(%spin_claim lec\) then merge 'lec-s' again"):
+        registry.merge("lec-s", "student")
