@@ -31,8 +31,21 @@ $(LAB_BUILT): $(LAB_SOURCES) | $(STAMP)
 
 install: $(STAMP) $(LAB_BUILT)
 
-demo: install
-	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=demo_notebooks $(LAB_ARGS)
+# The lab serves copies of the demo notebooks from $(DEMO_DIR) (ignored by git), never the tracked ones:
+# running a notebook there saves its outputs into it, and the files the demos write and the hub's store
+# go there too (rm -rf $(DEMO_DIR) starts afresh). A copy is made again only when its tracked notebook
+# changed since (make's rule: the tracked one is newer), so what you did in a copy stays until then.
+DEMO_DIR ?= .demo
+DEMO_COPIES := $(patsubst demo_notebooks/%,$(DEMO_DIR)/%,$(wildcard demo_notebooks/*.ipynb))
+$(DEMO_DIR)/%.ipynb: demo_notebooks/%.ipynb
+	@mkdir -p $(@D)
+	cp $< $@
+
+.PHONY: demo-notebooks
+demo-notebooks: $(DEMO_COPIES)
+
+demo: install demo-notebooks
+	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=$(DEMO_DIR) --SpindelHub.store_dir=$(DEMO_DIR)/.spindel $(LAB_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,14 +6,23 @@ else (nbval, a plain ``jupyter execute``), :func:`ensure_hub` first starts a
 private hub - a Jupyter server subprocess on a free port with a fresh token -
 and connects this kernel to it. Helper processes log to files, never to the
 notebook.
+
+A demo runs again and again on one server's hub, whose store outlives kernels
+and restarts: :func:`fresh_name` gives each run names of its own, and a demo
+kernel never outlives its notebook's kernel (and is replaced, not duplicated,
+when the notebook starts it again).
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import atexit
 import ctypes
+import hashlib
+import itertools
 import json
+import linecache
 import os
 import secrets
 import signal
@@ -24,7 +33,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +41,17 @@ from typing import Any
 from jupyter_client.manager import KernelManager
 
 from . import client
-from .errors import SpindelError
+from .errors import NAME_TAKEN, NameTaken, SpindelError
+from .protocol import check_name
 
 _private_hub: subprocess.Popen[bytes] | None = None
 _peers: list[DemoPeer] = []
+_stops_at_exit = False
 _workdir = Path(tempfile.mkdtemp(prefix="spindel-demo-"))
+#: Who started which demo kernel on which hub: one small file each, so that a notebook's next
+#: kernel can tell its own leftovers (which end by themselves) from another notebook's peers.
+_records = Path(tempfile.gettempdir()) / f"spindel-demo-peers-{os.getuid() if hasattr(os, 'getuid') else 0}"
+_SEEN_CHARS = 200
 
 
 def _die_with_parent() -> None:
@@ -84,7 +99,7 @@ def ensure_hub(timeout: float = 60.0) -> client.Peer:
         stdin=subprocess.DEVNULL,
         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
-    atexit.register(stop_all)
+    _stop_all_at_exit()
     _wait_for_http(f"http://127.0.0.1:{port}/api/status?token={token}", timeout)
     url = f"ws://127.0.0.1:{port}/spindel/ws"
     os.environ[client.ENV_URL] = url
@@ -146,15 +161,27 @@ def execute(kernel: Any, code: str, timeout: float = 60.0) -> Execution:
 
 
 class DemoPeer:
-    """A second kernel connected to the same hub, driven from this notebook."""
+    """A second kernel connected to the same hub, driven from this notebook.
+
+    Stop it with :meth:`stop`, or use it as a context manager (``with
+    demo.start_peer("carol") as carol:``) to stop it when the block ends.
+    """
 
     def __init__(self, name: str, manager: KernelManager, kernel: Any) -> None:
         self.name = name
         self._manager = manager
         self._client = kernel
+        self._stopped = False
+        self._record: Path | None = None  # written once it is connected
 
     def __repr__(self) -> str:
-        return f"<DemoPeer {self.name!r}>"
+        return f"<DemoPeer {self.name!r}{' (stopped)' if self._stopped else ''}>"
+
+    def __enter__(self) -> DemoPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def run(self, code: str, timeout: float = 60.0) -> None:
         """Run ``code`` as a cell on this kernel; what it prints is printed here."""
@@ -163,6 +190,10 @@ class DemoPeer:
             print(text)
 
     def _output(self, code: str, timeout: float = 60.0) -> str:
+        if self._stopped:
+            raise SpindelError(
+                f"{self.name!r} was stopped: start it again with demo.start_peer({self.name!r})"
+            )
         result = execute(self._client, code, timeout)
         if result.error:
             raise SpindelError(f"on {self.name}: {result.error.get('ename')}: {result.error.get('evalue')}")
@@ -175,20 +206,54 @@ class DemoPeer:
             if self._output(f"print(bool({expression}))") == "True":
                 return expression
             if time.monotonic() > deadline:
-                raise SpindelError(f"on {self.name}: {expression} still false after {timeout} s")
+                seen = self._seen(expression)
+                raise SpindelError(f"on {self.name}: still waiting after {timeout} s for {expression}{seen}")
             time.sleep(0.05)
 
+    def _seen(self, expression: str) -> str:
+        """``; last seen: A = 1`` for the parts of ``expression`` worth showing, read on this kernel."""
+        try:
+            parts = [ast.unparse(node) for node in _operands(ast.parse(expression, mode="eval").body)]
+            values = json.loads(
+                self._output(f"import json; print(json.dumps([{', '.join(f'repr({p})' for p in parts)}]))")
+            )
+        except (SyntaxError, SpindelError, ValueError):
+            return ""
+        return _seen_text(zip(parts, values, strict=True), already_repr=True)
+
     def stop(self) -> None:
-        """Shut the kernel down (it leaves the hub's peer list)."""
+        """Shut the kernel down; it leaves the hub's peer list before this returns."""
+        self._stop(wait=True)
+
+    def _stop(self, wait: bool) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         if self in _peers:
             _peers.remove(self)
         self._client.stop_channels()
         self._manager.shutdown_kernel(now=True)
+        if self._record is not None:
+            self._record.unlink(missing_ok=True)
+        if wait:
+            try:
+                _wait_gone(client.current_peer(), self.name, 10.0)
+            except SpindelError:
+                pass
 
 
 def start_peer(name: str, timeout: float = 60.0) -> DemoPeer:
-    """Start a kernel named ``name`` on this notebook's hub (starting a private hub if needed)."""
+    """Start a kernel named ``name`` on this notebook's hub (starting a private hub if needed).
+
+    A peer of that name that this notebook started before is stopped first
+    (also one left by an earlier kernel of this notebook); a name taken by
+    anyone else is refused at once with :class:`NameTaken`.
+    """
+    check_name(name)
     me = ensure_hub()
+    for earlier in [p for p in _peers if p.name == name]:
+        earlier.stop()
+    _claim_name(me, name)
     env = {
         **os.environ,
         client.ENV_URL: me.url,
@@ -198,14 +263,98 @@ def start_peer(name: str, timeout: float = 60.0) -> DemoPeer:
     env.pop("JPY_SESSION_NAME", None)
     log = (_workdir / f"{name}.log").open("ab")
     manager = KernelManager(kernel_name="python3")
+    # The kernel ends with this process: jupyter_client tells it its parent, which it watches.
     manager.start_kernel(env=env, stdout=log, stderr=log, cwd=str(_workdir))
     kernel = manager.blocking_client()
     kernel.start_channels()
-    kernel.wait_for_ready(timeout=timeout)
     peer = DemoPeer(name, manager, kernel)
     _peers.append(peer)
-    peer._output("%load_ext spindel_jupyter")
+    _stop_all_at_exit()
+    try:
+        kernel.wait_for_ready(timeout=timeout)
+        loaded = execute(kernel, "%load_ext spindel_jupyter", timeout)
+        if name not in _peer_names(me):
+            why = loaded.stderr.strip() or (loaded.error or {}).get("evalue") or "no reason given"
+            raise SpindelError(f"start_peer({name!r}): the new kernel did not connect to the hub: {why}")
+        peer._record = _record(me.url, name)
+        peer._record.write_text(
+            json.dumps({"owner": os.getpid(), "notebook": Path(client.notebook_file()).name})
+        )
+    except BaseException:
+        peer._stop(wait=False)
+        raise
     return peer
+
+
+def _peer_names(me: client.Peer) -> set[str]:
+    return {str(p["name"]) for p in me.peers()}
+
+
+def _record(url: str, name: str) -> Path:
+    """The file that says who started demo kernel ``name`` on the hub at ``url``."""
+    _records.mkdir(mode=0o700, exist_ok=True)
+    return _records / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{name}.json"
+
+
+def _claim_name(me: client.Peer, name: str) -> None:
+    """Return once ``name`` is free on the hub; raise :class:`NameTaken` if someone else holds it.
+
+    A demo kernel whose notebook's kernel has ended (a restart, a crash) ends by
+    itself within a second or two: that one is waited for.
+    """
+    if name not in _peer_names(me):
+        return
+    record = _record(me.url, name)
+    try:
+        started = json.loads(record.read_text())
+        owner, notebook = int(started["owner"]), str(started.get("notebook") or "")
+    except (OSError, ValueError, KeyError, TypeError):
+        owner, notebook = 0, ""
+    if not owner:
+        holder, fix = "a notebook's kernel or a script (no demo kernel)", "stop it"
+    elif _alive(owner):
+        started_by = "this notebook" if owner == os.getpid() else notebook or "another notebook"
+        holder = f"the demo kernel that {started_by} started"
+        fix = f"stop it there ({name}.stop(), or shut that notebook's kernel down)"
+    elif _wait_gone(me, name, 10.0):
+        record.unlink(missing_ok=True)
+        return
+    else:
+        holder = f"a demo kernel of {notebook or 'a notebook'}'s earlier kernel, still there after 10 s"
+        fix = "stop that kernel"
+    raise NameTaken(
+        f"a peer named {name!r} is already connected to this hub: {holder}. "
+        f"To start this one, {fix}, or give it another name: demo.start_peer({name + '-2'!r})",
+        NAME_TAKEN,
+    )
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc here: take it as running
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _wait_gone(me: client.Peer, name: str, timeout: float) -> bool:
+    """Wait until the hub no longer lists ``name``; whether it went within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    try:
+        while name in _peer_names(me):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+    except SpindelError:
+        return False
+    return True
 
 
 def _server_request(method: str, path: str, body: Any = None) -> Any:
@@ -265,12 +414,100 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Non
 
     Changes from other kernels land between cells, or while a cell awaits: so
     this awaits (``await demo.wait_until(...)``) instead of blocking the kernel.
+    On timeout the error shows what was awaited (a lambda's source) and what
+    its parts held last.
     """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise SpindelError(f"still waiting after {timeout} s")
+            raise SpindelError(f"still waiting after {timeout} s for {_waited_for(predicate)}")
         await asyncio.sleep(0.02)
+
+
+def _waited_for(predicate: Callable[[], Any]) -> str:
+    """``EXPR; last seen: A = 1`` for a lambda defined in a cell or a file, else its name."""
+    code = getattr(predicate, "__code__", None)
+    name = getattr(predicate, "__qualname__", repr(predicate))
+    if code is None or name.rpartition(".")[2] != "<lambda>":
+        return f"{name}() to be true"
+    source = "".join(linecache.getlines(code.co_filename))
+    try:
+        lambdas = [
+            node
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Lambda) and node.lineno == code.co_firstlineno
+        ]
+    except SyntaxError:
+        lambdas = []
+    if not lambdas:
+        return "a lambda to be true"
+    body = lambdas[0].body
+    names = dict(predicate.__globals__)
+    cells = getattr(predicate, "__closure__", None) or ()
+    for var, cell in zip(code.co_freevars, cells, strict=False):
+        try:
+            names[var] = cell.cell_contents
+        except ValueError:
+            pass
+    seen = []
+    for node in _operands(body):
+        try:
+            value: Any = eval(compile(ast.Expression(node), code.co_filename, "eval"), names)
+        except Exception as exc:
+            value = exc
+        seen.append((ast.unparse(node), value))
+    return ast.unparse(body) + _seen_text(seen)
+
+
+def _operands(node: ast.expr) -> list[ast.expr]:
+    """The parts of a condition worth showing when it stays false: the sides of its comparisons,
+    but not constants (``x == 42`` shows ``x``), through ``and``, ``or`` and ``not``."""
+    if isinstance(node, ast.BoolOp):
+        parts = [part for value in node.values for part in _operands(value)]
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        parts = _operands(node.operand)
+    elif isinstance(node, ast.Compare):
+        parts = [part for part in (node.left, *node.comparators) if not isinstance(part, ast.Constant)]
+    else:
+        parts = [node]
+    unique = {ast.dump(part): part for part in parts}
+    return list(unique.values())
+
+
+def _seen_text(seen: Iterable[tuple[str, Any]], already_repr: bool = False) -> str:
+    parts = []
+    for source, value in seen:
+        text = value if already_repr else repr(value)
+        if len(text) > _SEEN_CHARS:
+            text = text[: _SEEN_CHARS - 3] + "..."
+        parts.append(f"{source} = {text}")
+    return f"; last seen: {', '.join(parts)}" if parts else ""
+
+
+def fresh_name(base: str, folder: str | None = None) -> str:
+    """``base``, else ``base-2``, ``base-3``...: the first name that no topic or workspace on the hub uses.
+
+    The hub keeps topics and workspaces for good, across runs of a notebook and
+    restarts of the server; a demo that names its own with this starts afresh
+    on every run. A name counts as used when a topic or workspace has it or
+    starts with it (``NAME/...``, ``NAME-...``), and, with ``folder`` (relative
+    to the server root), when a file or folder there has it.
+    """
+    ensure_hub()
+    used = [t["name"] for t in _server_request("GET", "spindel/api/topics")]
+    used += [w["name"] for w in _server_request("GET", "spindel/api/workspaces")]
+    if folder:
+        try:
+            listing = _server_request("GET", f"api/contents/{folder}?content=1")
+            used += [item["name"].removesuffix(".ipynb") for item in listing["content"]]
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+
+    def free(name: str) -> bool:
+        return not any(u == name or u.startswith((f"{name}/", f"{name}-")) for u in used)
+
+    return next(n for n in itertools.chain([base], (f"{base}-{i}" for i in itertools.count(2))) if free(n))
 
 
 def stop_all() -> None:
@@ -278,7 +515,7 @@ def stop_all() -> None:
     global _private_hub
     for peer in list(_peers):
         try:
-            peer.stop()
+            peer._stop(wait=False)
         except Exception:
             pass
     if _private_hub is not None:
@@ -289,3 +526,10 @@ def stop_all() -> None:
         except subprocess.TimeoutExpired:
             _private_hub.kill()
         _private_hub = None
+
+
+def _stop_all_at_exit() -> None:
+    global _stops_at_exit
+    if not _stops_at_exit:
+        atexit.register(stop_all)
+        _stops_at_exit = True

@@ -1,4 +1,5 @@
-"""The JupyterLab extension in a real browser: the Spindel panel, live, against real kernels.
+"""The JupyterLab extension in a real browser: the Spindel panel, live, against real kernels; and
+the demo notebooks, run again and again in the lab that ``make demo`` starts.
 
 Drives Debian's chromium through pip ``playwright`` (no browser download). The
 test fails, never skips, when chromium is missing: CI installs it.
@@ -6,11 +7,13 @@ test fails, never skips, when chromium is missing: CI installs it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +25,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from tests.support import BASE_URL, REPO, HubServer, Kernel, wait_until
 
 ARTIFACTS = REPO / "test-artifacts"
+DEMOS = REPO / "demo_notebooks"
 TOPIC = "lab/threshold"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -374,8 +378,7 @@ def test_a_launcher_notebook_renamed_becomes_that_peer_and_the_panel_keeps_up(
         expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=30_000)
         run_cell(page, "%load_ext spindel_jupyter")
         expect(page.locator(".jp-OutputArea-output").last).to_contain_text("as 'Untitled'", timeout=20_000)
-        page.get_by_role("menuitem", name="File").click()
-        page.get_by_role("menuitem", name=re.compile(r"^Rename Notebook")).click()
+        menu(page, "File", "Rename Notebook…")
         rename = page.locator(".jp-Dialog input")
         expect(rename).to_be_visible()
         rename.fill("alice.ipynb")
@@ -428,3 +431,133 @@ def test_a_launcher_notebook_renamed_becomes_that_peer_and_the_panel_keeps_up(
             writer.shutdown()
         context.close()
         lab.stop()
+
+
+def tracked_demo_files() -> dict[str, str]:
+    """Every file under demo_notebooks/ with the SHA-256 of its bytes."""
+    return {
+        str(path.relative_to(DEMOS)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(DEMOS.rglob("*"))
+        if path.is_file()
+    }
+
+
+def menu(page: Page, top: str, item: str) -> None:
+    """Pick ``item`` from the menu bar's menu ``top`` (an item's name ends with its shortcut, if any)."""
+    page.get_by_role("menuitem", name=top, exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(rf"^{re.escape(item)}(\s|$)")).click()
+
+
+def open_notebook(page: Page, name: str) -> None:
+    """Open ``name`` from the file browser (at the root, where the demos are) and wait for its kernel."""
+    page.locator(".jp-DirListing-item", has_text=name).dblclick()
+    expect(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")).to_be_visible()
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=60_000)
+
+
+def run_all(page: Page, lab: LabServer, name: str, restart: bool = False) -> float:
+    """Run All Cells of the open notebook ``name`` (or restart its kernel first), save it, and fail
+    unless every code cell ran and only the cells tagged raises-exception show an error; the seconds
+    the run took."""
+    prompts = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt")
+    status = page.locator("#jp-main-statusbar")
+    started = time.monotonic()
+    if restart:
+        menu(page, "Run", "Restart Kernel and Run All Cells…")
+        page.locator(".jp-Dialog .jp-mod-accept").click()
+    else:
+        menu(page, "Run", "Run All Cells")
+    expect(prompts.filter(has_text="*")).not_to_have_count(0, timeout=30_000)  # it started
+    # Done when every cell has its number. At an error in a raises-exception cell the cells below lose
+    # their [*] while the kernel still runs them; a run that stopped leaves them unnumbered, and the
+    # kernel idle.
+    idle_since: float | None = None
+    while True:
+        texts = [t.strip() for t in prompts.all_text_contents()]
+        if all(re.fullmatch(r"\[\d+\]:", t) for t in texts):
+            break
+        settled = not any("*" in t for t in texts) and "Idle" in status.inner_text()
+        idle_since = (idle_since or time.monotonic()) if settled else None
+        if idle_since is not None and time.monotonic() - idle_since > 3:
+            break
+        if time.monotonic() - started > 180:
+            raise AssertionError(f"{name}: still running after 180 s: {texts}")
+        time.sleep(0.2)
+    took = time.monotonic() - started
+    expect(status).to_contain_text("Idle")
+    saved = lab.get(f"api/contents/{name}?content=0")["last_modified"]
+    page.keyboard.press("Control+s")
+    wait_until(
+        lambda: lab.get(f"api/contents/{name}?content=0")["last_modified"] != saved,
+        timeout=20,
+        what=f"{name} saved",
+    )
+    problems = []
+    for cell in lab.notebook(name)["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        errors = [f"{o['ename']}: {o['evalue']}" for o in cell["outputs"] if o["output_type"] == "error"]
+        expected = "raises-exception" in cell["metadata"].get("tags", [])
+        if cell["execution_count"] is None:
+            problems.append(f"cell {cell['id']} did not run")
+        elif bool(errors) != expected:
+            problems.append(f"cell {cell['id']}: {errors or 'no error, but it is tagged raises-exception'}")
+    assert not problems, f"{name}{' after a kernel restart' if restart else ''}: {problems}"
+    return took
+
+
+@pytest.mark.timeout(600)
+def test_every_demo_notebook_runs_again_in_the_lab_and_the_tracked_ones_stay_as_they_are(
+    tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
+) -> None:
+    """``make demo``'s lab, one hub: each demo with Run All twice in a row, two after restarting
+    their kernel, two after restarting the server; demo_notebooks/ is left byte for byte as it was."""
+    before = tracked_demo_files()
+    lab = LabServer(tmp_path / "lab")
+    subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-s",
+            "-C",
+            str(REPO),
+            f"DEMO_DIR={lab.notebooks}",
+            "demo-notebooks",
+        ],
+        check=True,
+    )
+    names = sorted(path.name for path in DEMOS.glob("*.ipynb"))
+    assert sorted(p.name for p in lab.notebooks.glob("*.ipynb")) == names
+    lab.start()
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    timings: list[str] = []
+    try:
+        page.goto(f"{lab.http_url}lab?reset&token={lab.token}")
+        for name in names:
+            open_notebook(page, name)
+            for _ in range(2):
+                timings.append(f"{name} {run_all(page, lab, name):.1f} s")
+            menu(page, "File", "Close Tab")  # its kernel runs on, as when a user moves on
+        for name in ("02-synced-widgets.ipynb", "03-workspaces.ipynb"):
+            open_notebook(page, name)
+            timings.append(f"{name} (kernel restarted) {run_all(page, lab, name, restart=True):.1f} s")
+            menu(page, "File", "Close Tab")
+        lab.stop()
+        lab.start()  # same port, root and store: what the hub keeps is still there
+        page.goto(f"{lab.http_url}lab?reset&token={lab.token}")
+        for name in ("03-workspaces.ipynb", "02-synced-widgets.ipynb"):
+            open_notebook(page, name)
+            timings.append(f"{name} (server restarted) {run_all(page, lab, name):.1f} s")
+            menu(page, "File", "Close Tab")
+        assert not errors, f"errors in the page: {errors}"
+        sys.stderr.write("Run All took: " + ", ".join(timings) + "\n")
+    except BaseException:
+        _keep_evidence(page, lab, request)
+        raise
+    finally:
+        context.close()
+        lab.stop()
+    assert tracked_demo_files() == before, "the tracked demo notebooks changed"
