@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +132,25 @@ def run_cell(page: Page, code: str) -> None:
     page.keyboard.press("Shift+Enter")
 
 
-def _keep_evidence(page: Any, lab: LabServer, request: pytest.FixtureRequest) -> None:
-    """On failure: a screenshot of the page and the tail of the server's log."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / f"{request.node.name}-failure.png"
-    page.screenshot(path=str(shot))
-    sys.stderr.write(f"screenshot: {shot}\nserver log tail:\n{lab.log_path.read_text()[-3000:]}\n")
+@contextmanager
+def browsing(browser: Browser, lab: LabServer, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh page; it must end with no script errors in it. On failure: a screenshot of the page
+    and the tail of the server's log."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield page
+        assert not errors, f"errors in the page: {errors}"
+    except BaseException:
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / f"{request.node.name}-failure.png"
+        page.screenshot(path=str(shot))
+        sys.stderr.write(f"screenshot: {shot}\nserver log tail:\n{lab.log_path.read_text()[-3000:]}\n")
+        raise
+    finally:
+        context.close()
 
 
 def code_cell(cell_id: str, source: str) -> dict[str, Any]:
@@ -182,12 +196,7 @@ def test_panel_shows_peers_and_topics_live_and_the_slider_syncs(
 ) -> None:
     for name in ("a.ipynb", "b.ipynb"):
         lab.create_notebook(name)
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    kernel_b: Kernel | None = None
-    try:
+    with browsing(browser, lab, request) as page, ExitStack() as cleanup:
         page.goto(f"{lab.http_url}lab?reset&token={lab.token}")
         status = page.locator(".jp-SpindelStatus")
         expect(status).to_have_text("Spindel: 1 peer", timeout=30_000)  # the page itself, connected
@@ -202,6 +211,7 @@ def test_panel_shows_peers_and_topics_live_and_the_slider_syncs(
 
         # Notebook B: its kernel started through the server, driven over its connection file.
         kernel_b = lab.start_notebook_kernel("b.ipynb")
+        cleanup.callback(kernel_b.shutdown)
         kernel_b.ok("%load_ext spindel_jupyter\n" + BIND)
 
         # The panel, opened from the command palette, lists both kernels and the topic.
@@ -239,31 +249,18 @@ def test_panel_shows_peers_and_topics_live_and_the_slider_syncs(
 
         # B leaves: the panel drops it at once.
         kernel_b.shutdown()
-        kernel_b = None
         expect(peer_b).to_have_count(0, timeout=10_000)
         expect(status).to_have_text("Spindel: 2 peers")
-        assert not errors, f"errors in the page: {errors}"
-    except BaseException:
-        _keep_evidence(page, lab, request)
-        raise
-    finally:
-        if kernel_b is not None:
-            kernel_b.shutdown()
-        context.close()
 
 
 def test_workspaces_follow_fork_and_merge_with_conflicts_from_the_panel(
     lab: LabServer, browser: Browser, request: pytest.FixtureRequest
 ) -> None:
     lab.create_notebook("lesson.ipynb", [code_cell("intro", "x = 1"), code_cell("work", "y = x + 1")])
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    lesson: Kernel | None = None
-    try:
+    with browsing(browser, lab, request) as page, ExitStack() as cleanup:
         # The teacher's kernel (a session of lesson.ipynb) publishes it: its peer holds the lease.
         lesson = lab.start_notebook_kernel("lesson.ipynb")
+        cleanup.callback(lesson.shutdown)
         lesson.ok("%load_ext spindel_jupyter\n%spin_publish lesson")
         assert lab.workspace("lesson")["owner"]["peer"] == "lesson"
 
@@ -350,26 +347,14 @@ def test_workspaces_follow_fork_and_merge_with_conflicts_from_the_panel(
             timeout=10,
             what="lesson.ipynb with both versions of the cell",
         )
-        assert not errors, f"errors in the page: {errors}"
-    except BaseException:
-        _keep_evidence(page, lab, request)
-        raise
-    finally:
-        if lesson is not None:
-            lesson.shutdown()
-        context.close()
 
 
 def test_a_launcher_notebook_renamed_becomes_that_peer_and_the_panel_keeps_up(
     tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
 ) -> None:
     lab = LabServer(tmp_path / "lab", args=("--SpindelHub.lease_seconds=4",)).start()
-    writer: Kernel | None = None
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
+    with ExitStack() as cleanup, browsing(browser, lab, request) as page:
+        cleanup.callback(lab.stop)
         page.goto(f"{lab.http_url}lab?reset&token={lab.token}")
         expect(page.locator(".jp-SpindelStatus")).to_have_text("Spindel: 1 peer", timeout=30_000)
 
@@ -391,6 +376,7 @@ def test_a_launcher_notebook_renamed_becomes_that_peer_and_the_panel_keeps_up(
 
         # Another kernel publishes: while it is connected and holds the lease, nobody is offered Claim.
         writer = lab.start_notebook_kernel("writer.ipynb")
+        cleanup.callback(writer.shutdown)
         writer.ok("%load_ext spindel_jupyter\n%spin_publish notes")
         row = panel.locator('[data-workspace="notes"]')
         expect(row.locator(".jp-SpindelPanel-owner")).to_have_text("writer", timeout=10_000)
@@ -418,19 +404,9 @@ def test_a_launcher_notebook_renamed_becomes_that_peer_and_the_panel_keeps_up(
 
         # The writer leaves: its lease runs out without a push, and the row shows it when it does.
         writer.shutdown()
-        writer = None
         expect(row.get_by_role("button", name="Claim notes")).to_be_disabled(timeout=10_000)
         expect(row.locator(".jp-SpindelPanel-owner")).to_have_text("read-only", timeout=15_000)
         expect(row.get_by_role("button", name="Claim notes")).to_be_enabled()
-        assert not errors, f"errors in the page: {errors}"
-    except BaseException:
-        _keep_evidence(page, lab, request)
-        raise
-    finally:
-        if writer is not None:
-            writer.shutdown()
-        context.close()
-        lab.stop()
 
 
 def tracked_demo_files() -> dict[str, str]:
@@ -529,12 +505,9 @@ def test_every_demo_notebook_runs_again_in_the_lab_and_the_tracked_ones_stay_as_
     names = sorted(path.name for path in DEMOS.glob("*.ipynb"))
     assert sorted(p.name for p in lab.notebooks.glob("*.ipynb")) == names
     lab.start()
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
     timings: list[str] = []
-    try:
+    with ExitStack() as cleanup, browsing(browser, lab, request) as page:
+        cleanup.callback(lab.stop)
         page.goto(f"{lab.http_url}lab?reset&token={lab.token}")
         for name in names:
             open_notebook(page, name)
@@ -552,12 +525,5 @@ def test_every_demo_notebook_runs_again_in_the_lab_and_the_tracked_ones_stay_as_
             open_notebook(page, name)
             timings.append(f"{name} (server restarted) {run_all(page, lab, name):.1f} s")
             menu(page, "File", "Close Tab")
-        assert not errors, f"errors in the page: {errors}"
         sys.stderr.write("Run All took: " + ", ".join(timings) + "\n")
-    except BaseException:
-        _keep_evidence(page, lab, request)
-        raise
-    finally:
-        context.close()
-        lab.stop()
     assert tracked_demo_files() == before, "the tracked demo notebooks changed"
