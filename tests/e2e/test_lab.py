@@ -366,13 +366,21 @@ def test_a_launcher_notebook_renamed_becomes_that_peer_and_the_panel_keeps_up(
         menu(page, "File", "Rename Notebook…")
         rename = page.locator(".jp-Dialog input")
         expect(rename).to_be_visible()
-        rename.fill("alice.ipynb")
+        rename.fill("week3-analysis.ipynb")
         page.locator(".jp-Dialog").get_by_role("button", name="Rename").click()
         panel = show_panel(page)
-        expect(panel.locator('[data-peer="alice"]')).to_contain_text("(this notebook)", timeout=15_000)
+        expect(panel.locator('[data-peer="week3-analysis"]')).to_contain_text(
+            "(this notebook)", timeout=15_000
+        )
+        name = panel.locator('[data-peer="week3-analysis"] .jp-SpindelPanel-name')
+        assert name.evaluate("e => e.scrollWidth <= e.clientWidth"), (
+            "the name is cut to make room for the mark"
+        )
         expect(panel.locator('[data-peer="Untitled"]')).to_have_count(0)
         run_cell(page, "%spin_peers")
-        expect(page.locator(".jp-OutputArea-output").last).to_contain_text("alice (you)", timeout=20_000)
+        expect(page.locator(".jp-OutputArea-output").last).to_contain_text(
+            "week3-analysis (you)", timeout=20_000
+        )
 
         # Another kernel publishes: while it is connected and holds the lease, nobody is offered Claim.
         writer = lab.start_notebook_kernel("writer.ipynb")
@@ -382,23 +390,23 @@ def test_a_launcher_notebook_renamed_becomes_that_peer_and_the_panel_keeps_up(
         expect(row.locator(".jp-SpindelPanel-owner")).to_have_text("writer", timeout=10_000)
         expect(row.get_by_role("button", name="Claim notes")).to_have_count(0)
 
-        # Fork it from the panel (as alice): the fork opens with a kernel, no kernel picker.
+        # Fork it from the panel (as week3-analysis): the fork opens with a kernel, no kernel picker.
         row.get_by_role("button", name="Fork notes").click()
         page.locator(".jp-Dialog").get_by_role("button", name="Fork").click()
-        fork_row = panel.locator('[data-workspace="notes-alice"]')
+        fork_row = panel.locator('[data-workspace="notes-week3-analysis"]')
         expect(fork_row).to_contain_text("fork of notes", timeout=10_000)
-        expect(page.get_by_role("tab", name="notes-alice.ipynb")).to_be_visible(timeout=20_000)
+        expect(page.get_by_role("tab", name="notes-week3-analysis.ipynb")).to_be_visible(timeout=20_000)
         expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=30_000)
         expect(page.locator(".jp-Dialog")).to_have_count(0)
 
         # Merging needs the writer: the refusal says so, whole, behind Details (not cut mid-sentence).
-        fork_row.get_by_role("button", name="Merge notes-alice").click()
-        toast = page.get_by_text("Spindel: could not merge 'notes-alice' (see Details)")
+        fork_row.get_by_role("button", name="Merge notes-week3-analysis").click()
+        toast = page.get_by_text("Spindel: could not merge 'notes-week3-analysis' (see Details)")
         expect(toast).to_be_visible(timeout=10_000)
         page.get_by_role("button", name="Details").click()
         details = page.locator(".jp-Dialog")
-        expect(details).to_contain_text("so only 'writer' can merge 'notes-alice'")
-        expect(details).to_contain_text("ask them to run %spin_merge notes-alice")
+        expect(details).to_contain_text("so only 'writer' can merge 'notes-week3-analysis'")
+        expect(details).to_contain_text("ask them to run %spin_merge notes-week3-analysis")
         expect(details).not_to_contain_text("fork it")
         details.get_by_role("button", name="Close").click()
 
