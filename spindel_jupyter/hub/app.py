@@ -16,6 +16,7 @@ from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Float, Int, List, Unicode, default
 
+from . import durable
 from .handlers import (
     PeersHandler,
     PeerSocketHandler,
@@ -91,6 +92,9 @@ class SpindelHub(ExtensionApp):
         topics = TopicStore(store_dir / "topics", schedule=_call_later, max_topics=self.max_topics)
         self.relay = Relay(self.max_frame_bytes, topics, max_peers=self.max_peers)
         self.nodes = NodeStore(store_dir / "nodes")
+        # The registry's directory is the hub's own, as the topics' and nodes' are: made and swept alike.
+        durable.make_directory(store_dir / "workspaces")
+        durable.sweep(store_dir / "workspaces")
         self.registry = Registry(store_dir / "workspaces", self.nodes, self.lease_seconds)
         server = self.serverapp
         assert server is not None

@@ -21,6 +21,7 @@ from jupyter_server.utils import ensure_async
 
 from ..errors import MergeConflict, SpindelError
 from ..protocol import LWW
+from . import durable
 from .topics import TopicStore
 from .workspaces import Registry, plain
 
@@ -200,9 +201,7 @@ def _stamp(value: Any) -> tuple[Any, ...] | None:
 
 
 def _replace(target: Path, text: str) -> None:
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, target)
+    durable.write_file(target, text.encode("utf-8"))
 
 
 def _read_only(notebook: dict[str, Any], name: str, head: str) -> dict[str, Any]:

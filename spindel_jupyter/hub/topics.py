@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .. import crdt, errors, wire
 from ..clock import Stamp, as_stamp
 from ..protocol import ACK, HUB, LWW, PUB, SNAP, FrameError, error_dict
+from . import durable
 
 if TYPE_CHECKING:
     from .relay import Member
@@ -91,7 +91,7 @@ class TopicStore:
         #: Mirrors of topics nobody has written yet: they follow once the topic exists.
         self._pending_mirrors: dict[str, dict[Member, str]] = {}
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+            durable.make_directory(directory)
             self._load()
 
     # -- frames from peers ---------------------------------------------------------
@@ -329,12 +329,12 @@ class TopicStore:
             self.schedule(FLUSH_DELAY, self.flush)
 
     def flush(self) -> None:
-        """Write every changed topic, then acknowledge the changes it holds."""
+        """Write every changed topic durably, then acknowledge the changes it holds."""
         self._flush_pending = False
         dirty, self._dirty = self._dirty, set()
-        for topic in dirty:
-            self._write(topic)
-            topic.summarize()
+        records = [(topic, self._encode(topic)) for topic in dirty]
+        if self.directory is not None:
+            durable.write_files((self._path(topic), data) for topic, data in records)
         changed, self._listing_changed = bool(dirty) or self._listing_changed, False
         if changed and self.on_change is not None:
             self.on_change()
@@ -342,21 +342,22 @@ class TopicStore:
         for (member, name), seq in acks.items():
             member.link.send(wire.pack_frame({"t": ACK, "topic": name, "seq": seq, "from": HUB}))
 
-    def _write(self, topic: Topic) -> None:
+    def _encode(self, topic: Topic) -> bytes:
+        """The content of the topic's file; its size and summary are updated on the way."""
         record: dict[str, Any] = {"name": topic.name, "kind": topic.kind, "stamp": topic.stamp}
         record["state"] = topic.state if topic.kind == LWW else topic.state.state()
         data = wire.encode(record)
         topic.size = len(data)
-        if self.directory is None:
-            return
-        path = self.directory / f"{hashlib.sha256(topic.name.encode()).hexdigest()[:40]}.topic"
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
+        topic.summarize()
+        return data
+
+    def _path(self, topic: Topic) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{hashlib.sha256(topic.name.encode()).hexdigest()[:40]}.topic"
 
     def _load(self) -> None:
         assert self.directory is not None
+        durable.sweep(self.directory)
         for path in sorted(self.directory.glob("*.topic")):
             try:
                 record = wire.decode(path.read_bytes())

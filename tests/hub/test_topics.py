@@ -11,6 +11,7 @@ from spindel_jupyter import errors, wire
 from spindel_jupyter.crdt import GSet, ORSet, replica
 from spindel_jupyter.hub.relay import Relay
 from spindel_jupyter.hub.topics import TopicStore
+from tests.hub.conftest import Events
 from tests.hub.test_relay import RecordingLink, join
 
 
@@ -36,6 +37,19 @@ def delta(value: Any) -> bytes:
 
 def pubs(link: RecordingLink) -> list[tuple[dict[str, Any], Any]]:
     return link.of("pub")
+
+
+def record_acks(link: RecordingLink, events: Events) -> None:
+    """Add each ACK ``link`` receives to ``events``, as ``("ack", (topic, seq))``."""
+    send = link.send
+
+    def recording_send(frame: bytes, body: wire.Buffer = b"") -> None:
+        send(frame, body)
+        header = link.frames[-1][0]
+        if header["t"] == "ack":
+            events.append(("ack", (header["topic"], header["seq"])))
+
+    link.send = recording_send  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -213,3 +227,27 @@ def test_a_fork_copy_starts_from_the_original_and_folds_back(relay: Relay) -> No
     assert wire.decode(store.topics["level"].state) == 9
     assert store.topics["level"].stamp > (6, 0, "a")
     assert {h["topic"] for h, _ in pubs(b_link)} == {"tags", "level"}  # followers hear both
+
+
+def test_an_ack_leaves_only_after_the_topic_file_is_fsynced(tmp_path: Path, disk: Events) -> None:
+    relay = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, link = join(relay, "a")
+    record_acks(link, disk)
+    pub(relay, a, "level", "lww", wire.encode(1), seq=3, stamp=[1, 0, "a"])
+    (path,) = (tmp_path / "topics").glob("*.topic")
+    rename, ack = disk.index(("rename", path)), disk.index(("ack", ("level", 3)))
+    kind, written = disk[rename - 1]
+    assert kind == "fsync" and written.name.startswith(f".{path.name}.")  # the file, before its rename
+    assert rename < disk.index(("fsync", path.parent)) < ack
+
+
+def test_leftovers_of_an_interrupted_write_are_swept_and_never_read(tmp_path: Path) -> None:
+    first = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, _ = join(first, "a")
+    pub(first, a, "level", "lww", wire.encode(1), stamp=[1, 0, "a"])
+    (path,) = (tmp_path / "topics").glob("*.topic")
+    (path.parent / f".{path.name}.999.beef.tmp").write_bytes(b"\xc1half")
+    (path.parent / f"{path.stem}.tmp").write_bytes(b"\xc1half")  # as older versions named them
+    again = TopicStore(tmp_path / "topics")
+    assert wire.decode(again.topics["level"].state) == 1
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
