@@ -138,7 +138,7 @@ class SpindelHub(ExtensionApp):
 
     async def stop_extension(self) -> None:
         self._sweeper.stop()
-        self.relay.topics.flush()
+        self.relay.topics.close()
 
     async def _on_contents_event(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
         if data.get("action") == "save" and data.get("path"):
