@@ -93,7 +93,6 @@ class TopicStore:
         #: With a schedule (the server's event loop), groups are written on this thread, one at a time.
         self._writer = ThreadPoolExecutor(1, "spindel-topics") if schedule and directory is not None else None
         self._writing: Future[None] | None = None
-        self._flush_owed = False
         #: Called after changes are stored, when the topic list or a value changed.
         self.on_change: Callable[[], None] | None = None
         #: Changes received and frames relayed, for /spindel/api/stats.
@@ -337,20 +336,22 @@ class TopicStore:
             self.flush()
         elif not self._flush_pending:
             self._flush_pending = True
-            self.schedule(FLUSH_DELAY, self.flush)
+            if self._writing is None:  # else the group under way schedules it, once durable
+                self.schedule(FLUSH_DELAY, self.flush)
 
     def flush(self) -> None:
         """Write every changed topic durably, then acknowledge the changes it holds.
 
         With a writer thread the files are written and fsynced there while the
         loop goes on relaying; changes arriving meanwhile form the next group,
-        which starts once this one is durable: a topic's file is never written
-        by two groups at once, and nothing is acknowledged before its fsync.
+        which starts ``FLUSH_DELAY`` after this one is durable (fsyncs back to
+        back would slow the whole machine): a topic's file is never written by
+        two groups at once, and nothing is acknowledged before its fsync.
         """
-        self._flush_pending = False
         if self._writing is not None:
-            self._flush_owed = True
+            self._flush_pending = True
             return
+        self._flush_pending = False
         dirty, self._dirty = self._dirty, set()
         acks, self._acks = self._acks, {}
         changed, self._listing_changed = bool(dirty) or self._listing_changed, False
@@ -386,9 +387,8 @@ class TopicStore:
             self._dirty |= dirty
             for key, seq in acks.items():
                 self._acks[key] = max(seq, self._acks.get(key, 0))
-        if self._flush_owed:
-            self._flush_owed = False
-            self.flush()
+        if self._flush_pending and self.schedule is not None:
+            self.schedule(FLUSH_DELAY, self.flush)
 
     def close(self) -> None:
         """Write what is left now, after the group under way (at shutdown)."""
