@@ -18,6 +18,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Float, Int, List, Unicode, default
 
 from ..protocol import name_from
+from . import durable
 from .handlers import (
     PeersHandler,
     PeerSocketHandler,
@@ -93,6 +94,9 @@ class SpindelHub(ExtensionApp):
         topics = TopicStore(store_dir / "topics", schedule=_call_later, max_topics=self.max_topics)
         self.relay = Relay(self.max_frame_bytes, topics, max_peers=self.max_peers)
         self.nodes = NodeStore(store_dir / "nodes")
+        # The registry's directory is the hub's own, as the topics' and nodes' are: made and swept alike.
+        durable.make_directory(store_dir / "workspaces")
+        durable.sweep(store_dir / "workspaces")
         self.registry = Registry(store_dir / "workspaces", self.nodes, self.lease_seconds)
         server = self.serverapp
         assert server is not None
@@ -155,7 +159,7 @@ class SpindelHub(ExtensionApp):
 
     async def stop_extension(self) -> None:
         self._sweeper.stop()
-        self.relay.topics.flush()
+        self.relay.topics.close()
 
     async def _on_contents_event(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:
         if data.get("action") == "save" and data.get("path"):

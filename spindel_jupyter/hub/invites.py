@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 from ..errors import SpindelError
 from ..protocol import check_name
+from . import durable
 from .access import require
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
@@ -65,6 +65,7 @@ class Invites:
         self.path = path
         self.clock = clock
         self.invites: dict[str, Invite] = {}
+        durable.sweep(path.parent, f".{path.name}.*{durable.SUFFIX}")
         if path.exists():
             for item in json.loads(path.read_text()):
                 invite = Invite(**item)
@@ -108,10 +109,9 @@ class Invites:
         return [i.info(now) for i in sorted(self.invites.values(), key=lambda i: i.name) if i.expires > now]
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps([asdict(i) for i in self.invites.values()], indent=1))
-        os.replace(temporary, self.path)
+        data = json.dumps([asdict(i) for i in self.invites.values()], indent=1).encode()
+        durable.make_directory(self.path.parent)
+        durable.write_file(self.path, data)
 
 
 def add_invite_ops(relay: Any, invites: Invites, public_url: Callable[[], str]) -> None:

@@ -31,6 +31,7 @@ from jupyter_server.utils import ensure_async
 
 from ..errors import MergeConflict, SpindelError
 from ..protocol import LWW, OWN
+from . import durable
 from .access import Actor, Forbidden, acting, require
 from .topics import TopicStore
 from .workspaces import Registry, normalized, plain
@@ -376,10 +377,8 @@ def _stamp(value: Any) -> tuple[Any, ...] | None:
 
 
 def _replace(target: Path, text: str) -> None:
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, target)
+    durable.make_directory(target.parent)
+    durable.write_file(target, text.encode("utf-8"))
 
 
 def read_only(notebook: dict[str, Any], name: str, head: str) -> dict[str, Any]:

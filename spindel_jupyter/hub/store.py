@@ -1,20 +1,21 @@
 """Content-addressed node store: immutable nodes keyed by the SHA-256 of their canonical bytes.
 
-Workspace content (cells, commits) lives here. A node is written once (temp
-file + rename, so a crash never leaves half a node), identical content is
-stored once, and every read is verified against its key: a corrupt node is
-reported, never served.
+Workspace content (cells, commits) lives here. A node is written once (a
+fsynced temporary file renamed into place, so a crash never leaves half a
+node), identical content is stored once, and every read is verified against
+its key: a corrupt node is reported, never served. Nodes written together are
+made durable together by :meth:`NodeStore.sync`, each directory fsynced once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 from .. import wire
 from ..errors import SpindelError
+from . import durable
 
 
 class CorruptNode(SpindelError):
@@ -51,32 +52,34 @@ class NodeStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        durable.make_directory(directory)
+        durable.sweep(directory, "??/*" + durable.SUFFIX)
+        self._batch = durable.Batch()
         self.count = 0
         self.bytes = 0
         for path in directory.glob("??/*"):
-            if not path.name.endswith(".tmp"):
-                self.count += 1
-                self.bytes += path.stat().st_size
+            self.count += 1
+            self.bytes += path.stat().st_size
 
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / key[2:]
 
     def put(self, value: Any) -> str:
-        """Store ``value`` (if it is not there yet) and return its key."""
+        """Store ``value`` (if it is not there yet) and return its key; durable once :meth:`sync` returns."""
         data = node_bytes(value)
         key = node_hash(data)
         path = self._path(key)
         if path.exists():
             return key
-        path.parent.mkdir(exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
+        durable.make_directory(path.parent)
+        self._batch.write(path, data)
         self.count += 1
         self.bytes += len(data)
         return key
+
+    def sync(self) -> None:
+        """Make every node put so far durable (before anything that names them is written)."""
+        self._batch.sync()
 
     def has(self, key: str) -> bool:
         return len(key) == 64 and self._path(key).exists()

@@ -7,16 +7,20 @@ topic, the winning write of a plain one - so a late joiner converges with every
 writer offline and a restart loses nothing acknowledged.
 
 Storage is one file per topic holding its state (compacted, not a log),
-written atomically; changes are written in groups and acknowledged after.
+written atomically and fsynced; changes are written in groups and acknowledged
+once their group is durable. On the server the group's files are written off
+the event loop, so the disk never holds up the relay.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .. import crdt, errors, wire
 from ..clock import Stamp, as_stamp
 from ..protocol import ACK, HUB, LWW, PUB, SNAP, FrameError, error_dict
+from . import durable
 
 if TYPE_CHECKING:
     from .relay import Member
@@ -31,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Schedule = Callable[[float, Callable[[], None]], Any]
+#: The highest change number to acknowledge, per peer and topic.
+Acks = dict[tuple["Member", str], int]
 
 #: How long changes may wait to be written together (seconds).
 FLUSH_DELAY = 0.01
@@ -80,9 +87,12 @@ class TopicStore:
         self.schedule = schedule
         self.topics: dict[str, Topic] = {}
         self._dirty: set[Topic] = set()
-        self._acks: dict[tuple[Member, str], int] = {}
+        self._acks: Acks = {}
         self._flush_pending = False
         self._listing_changed = False
+        #: With a schedule (the server's event loop), groups are written on this thread, one at a time.
+        self._writer = ThreadPoolExecutor(1, "spindel-topics") if schedule and directory is not None else None
+        self._writing: Future[None] | None = None
         #: Called after changes are stored, when the topic list or a value changed.
         self.on_change: Callable[[], None] | None = None
         #: Changes received and frames relayed, for /spindel/api/stats.
@@ -91,7 +101,7 @@ class TopicStore:
         #: Mirrors of topics nobody has written yet: they follow once the topic exists.
         self._pending_mirrors: dict[str, dict[Member, str]] = {}
         if directory is not None:
-            directory.mkdir(parents=True, exist_ok=True)
+            durable.make_directory(directory)
             self._load()
 
     # -- frames from peers ---------------------------------------------------------
@@ -326,37 +336,84 @@ class TopicStore:
             self.flush()
         elif not self._flush_pending:
             self._flush_pending = True
-            self.schedule(FLUSH_DELAY, self.flush)
+            if self._writing is None:  # else the group under way schedules it, once durable
+                self.schedule(FLUSH_DELAY, self.flush)
 
     def flush(self) -> None:
-        """Write every changed topic, then acknowledge the changes it holds."""
+        """Write every changed topic durably, then acknowledge the changes it holds.
+
+        With a writer thread the files are written and fsynced there while the
+        loop goes on relaying; changes arriving meanwhile form the next group,
+        which starts ``FLUSH_DELAY`` after this one is durable (fsyncs back to
+        back would slow the whole machine): a topic's file is never written by
+        two groups at once, and nothing is acknowledged before its fsync.
+        """
+        if self._writing is not None:
+            self._flush_pending = True
+            return
         self._flush_pending = False
         dirty, self._dirty = self._dirty, set()
-        for topic in dirty:
-            self._write(topic)
-            topic.summarize()
-        changed, self._listing_changed = bool(dirty) or self._listing_changed, False
-        if changed and self.on_change is not None:
-            self.on_change()
         acks, self._acks = self._acks, {}
-        for (member, name), seq in acks.items():
-            member.link.send(wire.pack_frame({"t": ACK, "topic": name, "seq": seq, "from": HUB}))
+        changed, self._listing_changed = bool(dirty) or self._listing_changed, False
+        records = [(topic, self._encode(topic)) for topic in dirty]
+        files = [(self._path(topic), data) for topic, data in records] if self.directory is not None else []
+        if self._writer is None or not files:
+            error: OSError | None = None
+            try:
+                durable.write_files(files)
+            except OSError as exc:
+                error = exc
+            self._written(dirty, acks, changed, error)
+            return
+        loop = asyncio.get_running_loop()
 
-    def _write(self, topic: Topic) -> None:
+        def written(done: Future[None]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to acknowledge
+                loop.call_soon_threadsafe(self._written, dirty, acks, changed, done.exception())
+
+        self._writing = self._writer.submit(durable.write_files, files)
+        self._writing.add_done_callback(written)
+
+    def _written(self, dirty: set[Topic], acks: Acks, changed: bool, error: BaseException | None) -> None:
+        """A group is durable: acknowledge its changes. If it failed, they wait for the next group."""
+        self._writing = None
+        if error is None:
+            if changed and self.on_change is not None:
+                self.on_change()
+            for (member, name), seq in acks.items():
+                member.link.send(wire.pack_frame({"t": ACK, "topic": name, "seq": seq, "from": HUB}))
+        else:
+            log.error("spindel: could not store topics, their changes stay unacknowledged: %s", error)
+            self._dirty |= dirty
+            for key, seq in acks.items():
+                self._acks[key] = max(seq, self._acks.get(key, 0))
+        if self._flush_pending and self.schedule is not None:
+            self.schedule(FLUSH_DELAY, self.flush)
+
+    def close(self) -> None:
+        """Write what is left now, after the group under way (at shutdown)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.shutdown(wait=True)
+        self._writing = None
+        self.flush()
+
+    def _encode(self, topic: Topic) -> bytes:
+        """The content of the topic's file; its size and summary are updated on the way."""
         record: dict[str, Any] = {"name": topic.name, "kind": topic.kind, "stamp": topic.stamp}
         record["state"] = topic.state if topic.kind == LWW else topic.state.state()
         data = wire.encode(record)
         topic.size = len(data)
-        if self.directory is None:
-            return
-        path = self.directory / f"{hashlib.sha256(topic.name.encode()).hexdigest()[:40]}.topic"
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, path)
+        topic.summarize()
+        return data
+
+    def _path(self, topic: Topic) -> Path:
+        assert self.directory is not None
+        return self.directory / f"{hashlib.sha256(topic.name.encode()).hexdigest()[:40]}.topic"
 
     def _load(self) -> None:
         assert self.directory is not None
+        durable.sweep(self.directory)
         for path in sorted(self.directory.glob("*.topic")):
             try:
                 record = wire.decode(path.read_bytes())

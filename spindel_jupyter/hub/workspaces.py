@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
 import time
 import types
@@ -30,6 +29,7 @@ from typing import Any
 import nbformat
 
 from ..errors import MergeConflict, NotWritable, SpindelError
+from . import durable
 from .store import NodeStore
 
 log = logging.getLogger(__name__)
@@ -344,10 +344,10 @@ class Registry:
         return self.store.put(commit)  # written last: a head is complete once it exists
 
     def _saved(self, descriptor: dict[str, Any], new_head: bool) -> None:
+        """Write ``descriptor`` durably, after the nodes it names: a reply follows only once both are."""
         path = self.directory / f"{descriptor['name']}.json"
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(descriptor, indent=1))
-        os.replace(temporary, path)
+        self.store.sync()
+        durable.write_file(path, json.dumps(descriptor, indent=1).encode())
         # A new head is announced by whoever writes its copies, once they are written.
         if new_head and self.on_head is not None:
             self.on_head(self._public(descriptor))

@@ -8,6 +8,7 @@ import pytest
 
 from spindel_jupyter.errors import SpindelError
 from spindel_jupyter.hub.invites import Invites, parse_duration
+from tests.hub.conftest import Events
 
 
 @pytest.mark.parametrize(
@@ -43,3 +44,12 @@ def test_only_hashes_are_stored_and_invites_survive_a_restart(tmp_path: Path) ->
     found = reopened.find(token)
     assert found is not None and found.name == "guest"
     assert [i["name"] for i in reopened.list()] == ["guest"]
+
+
+def test_invites_are_saved_durably_and_leftovers_swept(tmp_path: Path, disk: Events) -> None:
+    leftover = tmp_path / ".invites.json.999.beef.tmp"
+    leftover.write_text("[")
+    invites = Invites(tmp_path / "invites.json")
+    assert not leftover.exists()
+    invites.create("guest", 60, "alice")
+    assert disk[-2:] == [("rename", tmp_path / "invites.json"), ("fsync", tmp_path)]

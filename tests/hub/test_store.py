@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from spindel_jupyter.hub.store import CorruptNode, MissingNode, NodeStore, node_bytes, node_hash
+from tests.hub.conftest import Events
 
 
 def test_put_get_and_identical_content_stored_once(tmp_path: Path) -> None:
@@ -39,3 +40,22 @@ def test_writes_leave_no_temporary_files_and_counts_survive_a_restart(tmp_path: 
     assert not list(tmp_path.rglob("*.tmp"))
     again = NodeStore(tmp_path)
     assert again.stats() == store.stats() and again.stats()["nodes"] == 5
+
+
+def test_nodes_are_durable_once_synced_and_leftovers_are_swept_never_served(
+    tmp_path: Path, disk: Events
+) -> None:
+    store = NodeStore(tmp_path)
+    key = store.put({"a": 1})
+    path = tmp_path / key[:2] / key[2:]
+    assert ("rename", path) in disk and ("fsync", path.parent) not in disk
+    store.sync()
+    assert disk.index(("rename", path)) < disk.index(("fsync", path.parent))
+    (path.parent / f".{path.name}.999.beef.tmp").write_bytes(b"half")
+    missing = "f" * 64
+    (tmp_path / "ff").mkdir(exist_ok=True)
+    (tmp_path / "ff" / f"{missing[2:]}.999.tmp").write_bytes(b"half")  # as older versions named them
+    again = NodeStore(tmp_path)
+    assert not list(tmp_path.rglob("*.tmp")) and again.stats()["nodes"] == 1
+    with pytest.raises(MissingNode):
+        again.get(missing)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +13,8 @@ import pytest
 from spindel_jupyter import errors, wire
 from spindel_jupyter.crdt import GSet, ORSet, replica
 from spindel_jupyter.hub.relay import Relay
-from spindel_jupyter.hub.topics import TopicStore
+from spindel_jupyter.hub.topics import FLUSH_DELAY, TopicStore
+from tests.hub.conftest import Events
 from tests.hub.test_relay import RecordingLink, join
 
 
@@ -36,6 +40,19 @@ def delta(value: Any) -> bytes:
 
 def pubs(link: RecordingLink) -> list[tuple[dict[str, Any], Any]]:
     return link.of("pub")
+
+
+def record_acks(link: RecordingLink, events: Events) -> None:
+    """Add each ACK ``link`` receives to ``events``, as ``("ack", (topic, seq))``."""
+    send = link.send
+
+    def recording_send(frame: bytes, body: wire.Buffer = b"") -> None:
+        send(frame, body)
+        header = link.frames[-1][0]
+        if header["t"] == "ack":
+            events.append(("ack", (header["topic"], header["seq"])))
+
+    link.send = recording_send  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -213,3 +230,97 @@ def test_a_fork_copy_starts_from_the_original_and_folds_back(relay: Relay) -> No
     assert wire.decode(store.topics["level"].state) == 9
     assert store.topics["level"].stamp > (6, 0, "a")
     assert {h["topic"] for h, _ in pubs(b_link)} == {"tags", "level"}  # followers hear both
+
+
+def test_an_ack_leaves_only_after_the_topic_file_is_fsynced(tmp_path: Path, disk: Events) -> None:
+    relay = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, link = join(relay, "a")
+    record_acks(link, disk)
+    pub(relay, a, "level", "lww", wire.encode(1), seq=3, stamp=[1, 0, "a"])
+    (path,) = (tmp_path / "topics").glob("*.topic")
+    rename, ack = disk.index(("rename", path)), disk.index(("ack", ("level", 3)))
+    kind, written = disk[rename - 1]
+    assert kind == "fsync" and written.name.startswith(f".{path.name}.")  # the file, before its rename
+    assert rename < disk.index(("fsync", path.parent)) < ack
+
+
+def test_leftovers_of_an_interrupted_write_are_swept_and_never_read(tmp_path: Path) -> None:
+    first = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, _ = join(first, "a")
+    pub(first, a, "level", "lww", wire.encode(1), stamp=[1, 0, "a"])
+    (path,) = (tmp_path / "topics").glob("*.topic")
+    (path.parent / f".{path.name}.999.beef.tmp").write_bytes(b"\xc1half")
+    (path.parent / f"{path.stem}.tmp").write_bytes(b"\xc1half")  # as older versions named them
+    again = TopicStore(tmp_path / "topics")
+    assert wire.decode(again.topics["level"].state) == 1
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_on_a_loop_groups_are_written_off_it_one_at_a_time_and_acked_after_their_fsync(
+    tmp_path: Path, disk: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writing, release = threading.Event(), threading.Event()
+    recording_fsync = os.fsync
+
+    def held_fsync(fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            writing.set()
+            release.wait(10)
+        recording_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+
+    async def until(condition: Any) -> None:
+        for _ in range(1000):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("timed out")
+
+    async def scenario() -> TopicStore:
+        loop = asyncio.get_running_loop()
+        store = TopicStore(tmp_path / "topics", schedule=loop.call_later)
+        relay = Relay(1 << 20, store)
+        (a, a_link), (b, b_link) = join(relay, "a"), join(relay, "b")
+        record_acks(a_link, disk)
+        sub(relay, b, "level", kind="lww")
+        pub(relay, a, "level", "lww", wire.encode(1), seq=1, stamp=[1, 0, "a"])
+        await asyncio.to_thread(writing.wait, 10)  # the first group is held in its fsync
+        pub(relay, a, "level", "lww", wire.encode(2), seq=2, stamp=[2, 0, "a"])
+        store.flush()  # even asked for, the next group waits for this one
+        await asyncio.sleep(FLUSH_DELAY * 3)
+        assert [body for _, body in pubs(b_link)] == [1, 2]  # the loop went on relaying
+        assert not [e for e in disk if e[0] in ("ack", "rename")]
+        release.set()
+        await until(lambda: ("ack", ("level", 2)) in disk)
+        return store
+
+    store = asyncio.run(scenario())
+    store.close()
+    (path,) = (tmp_path / "topics").glob("*.topic")
+    directory = disk.index(("fsync", path.parent))
+    assert disk.index(("rename", path)) < directory < disk.index(("ack", ("level", 1)))
+    second = disk.index(("rename", path), directory)  # the next group only after the first is durable
+    assert second < disk.index(("fsync", path.parent), second) < disk.index(("ack", ("level", 2)))
+    assert wire.decode(TopicStore(tmp_path / "topics").topics["level"].state) == 2
+
+
+def test_a_change_the_disk_refused_is_not_acknowledged_until_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, link = join(relay, "a")
+    fsync, full = os.fsync, [True]
+
+    def full_disk(fd: int) -> None:
+        if full[0]:
+            raise OSError(28, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    pub(relay, a, "level", "lww", wire.encode(1), seq=5, stamp=[1, 0, "a"])
+    assert link.of("ack") == [] and not list((tmp_path / "topics").iterdir())
+    full[0] = False
+    relay.topics.flush()
+    assert [(h["topic"], h["seq"]) for h, _ in link.of("ack")] == [("level", 5)]
+    assert wire.decode(TopicStore(tmp_path / "topics").topics["level"].state) == 1

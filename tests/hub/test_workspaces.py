@@ -10,6 +10,7 @@ from spindel_jupyter.demo import code_notebook as notebook
 from spindel_jupyter.errors import MergeConflict, NotWritable
 from spindel_jupyter.hub.store import NodeStore
 from spindel_jupyter.hub.workspaces import Registry, WorkspaceExists, WorkspaceNotFound
+from tests.hub.conftest import Events
 
 
 class Clock:
@@ -218,3 +219,16 @@ def test_a_refused_merge_says_to_ask_the_writer_not_to_fork(registry: Registry, 
     clock.now += 3600  # the teacher's lease ended
     with pytest.raises(NotWritable, match=r"claim it \(%spin_claim lec\) then merge 'lec-s' again"):
         registry.merge("lec-s", "student")
+
+
+def test_publish_makes_the_cells_then_the_commit_then_the_descriptor_durable(
+    tmp_path: Path, registry: Registry, disk: Events
+) -> None:
+    head = registry.publish("lec", notebook("a = 1", "b = 2"), "teacher")["head"]
+    nodes = [registry.store.directory / key[:2] / key[2:] for key, _ in registry.store.get(head)["cells"]]
+    nodes.append(registry.store.directory / head[:2] / head[2:])
+    descriptor = tmp_path / "ws" / "lec.json"
+    assert [p for kind, p in disk if kind == "rename"] == [*nodes, descriptor]
+    before = {p for kind, p in disk[: disk.index(("rename", descriptor))] if kind == "fsync"}
+    assert {p.parent for p in nodes} <= before
+    assert disk[-1] == ("fsync", descriptor.parent)  # durable before publish returns
