@@ -135,6 +135,8 @@ class NotebookService:
             if role not in ("subscriber", "bidirectional"):
                 raise SpindelError(f"topic role {role!r} for {topic!r}: use subscriber or bidirectional")
         states = self.topics.states(sorted(names))
+        # The cells' files are written and fsynced off the event loop; the commit, after, on it.
+        await asyncio.to_thread(self.registry.store_cells, content)
         return self.registry.publish(
             name, content, actor.name, str(message), path=path, topics=states, roles=roles
         )
@@ -177,11 +179,13 @@ class NotebookService:
             path = self.contents_path(path or f"forks/{new}.ipynb")
             self.registry.get(name)
             await self._check_writable(path, new)
-        descriptor = self.registry.fork(name, new, actor.name, path=None if deliver else path)
+        descriptor = self.registry.fork(
+            name, new, actor.name, path=None if deliver else path, stamps=self.topics.stamp_of
+        )
         for original, copy in (descriptor.get("forked_topics") or {}).items():
             self.topics.copy(original, copy)
-        self.registry.note_fork_stamps(new, {t: self.topics.stamp_of(t) for t in descriptor["forked_topics"]})
-        descriptor = self.with_kinds(self.registry.get(new))
+        await self.topics.stored()  # the fork's own topics are durable before it is answered
+        descriptor = self.with_kinds(descriptor)
         if deliver:
             return {**descriptor, "notebook": self.openable(self.registry.notebook(descriptor["head"]))}
         assert path is not None
@@ -236,6 +240,7 @@ class NotebookService:
         result = self.registry.merge(name, actor.name, strategy, bool(force), into)
         for original, copy in forked.items():
             self.topics.fold(copy, original, take_theirs)
+        await self.topics.stored()
         parent = result.get("workspace")
         if result.get("merged") and parent and parent.get("path"):
             await self.write(parent["path"], self.registry.notebook(result["head"]))

@@ -10,6 +10,7 @@ made durable together by :meth:`NodeStore.sync`, each directory fsynced once.
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ class NodeStore:
         durable.make_directory(directory)
         durable.sweep(directory, "??/*" + durable.SUFFIX)
         self._batch = durable.Batch()
+        self._counting = threading.Lock()
         self.count = 0
         self.bytes = 0
         for path in directory.glob("??/*"):
@@ -64,17 +66,19 @@ class NodeStore:
     def _path(self, key: str) -> Path:
         return self.directory / key[:2] / key[2:]
 
-    def put(self, value: Any) -> str:
-        """Store ``value`` (if it is not there yet) and return its key; durable once :meth:`sync` returns."""
+    def put(self, value: Any, batch: durable.Batch | None = None) -> str:
+        """Store ``value`` (if it is not there yet) and return its key; durable once :meth:`sync`
+        returns, or ``batch``'s sync when one is given (a group written on another thread)."""
         data = node_bytes(value)
         key = node_hash(data)
         path = self._path(key)
         if path.exists():
             return key
         durable.make_directory(path.parent)
-        self._batch.write(path, data)
-        self.count += 1
-        self.bytes += len(data)
+        (batch or self._batch).write(path, data)
+        with self._counting:
+            self.count += 1
+            self.bytes += len(data)
         return key
 
     def sync(self) -> None:

@@ -19,7 +19,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Schedule = Callable[[float, Callable[[], None]], Any]
+Waiters = list["asyncio.Future[None]"]
 #: The highest change number to acknowledge, per peer and topic.
 Acks = dict[tuple["Member", str], int]
 
@@ -93,6 +94,8 @@ class TopicStore:
         #: With a schedule (the server's event loop), groups are written on this thread, one at a time.
         self._writer = ThreadPoolExecutor(1, "spindel-topics") if schedule and directory is not None else None
         self._writing: Future[None] | None = None
+        #: Who waits for the changes made so far to be durable (see :meth:`stored`).
+        self._waiters: Waiters = []
         #: Called after changes are stored, when the topic list or a value changed.
         self.on_change: Callable[[], None] | None = None
         #: Changes received and frames relayed, for /spindel/api/stats.
@@ -319,6 +322,17 @@ class TopicStore:
 
     # -- durability ----------------------------------------------------------------------
 
+    def stored(self) -> Awaitable[None]:
+        """Done once every change made so far is durable (an answer that names them can leave)."""
+        if self.schedule is None or not (self._dirty or self._writing is not None):
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._request_flush()
+        return waiter
+
     def _ack_later(self, member: Member, name: str, seq: int, topic: Topic, dirty: bool = False) -> None:
         key = (member, name)
         self._acks[key] = max(seq, self._acks.get(key, 0))
@@ -354,6 +368,7 @@ class TopicStore:
         self._flush_pending = False
         dirty, self._dirty = self._dirty, set()
         acks, self._acks = self._acks, {}
+        waiters, self._waiters = self._waiters, []
         changed, self._listing_changed = bool(dirty) or self._listing_changed, False
         records = [(topic, self._encode(topic)) for topic in dirty]
         files = [(self._path(topic), data) for topic, data in records] if self.directory is not None else []
@@ -363,18 +378,25 @@ class TopicStore:
                 durable.write_files(files)
             except OSError as exc:
                 error = exc
-            self._written(dirty, acks, changed, error)
+            self._written(dirty, acks, waiters, changed, error)
             return
         loop = asyncio.get_running_loop()
 
         def written(done: Future[None]) -> None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to acknowledge
-                loop.call_soon_threadsafe(self._written, dirty, acks, changed, done.exception())
+                loop.call_soon_threadsafe(self._written, dirty, acks, waiters, changed, done.exception())
 
         self._writing = self._writer.submit(durable.write_files, files)
         self._writing.add_done_callback(written)
 
-    def _written(self, dirty: set[Topic], acks: Acks, changed: bool, error: BaseException | None) -> None:
+    def _written(
+        self,
+        dirty: set[Topic],
+        acks: Acks,
+        waiters: Waiters,
+        changed: bool,
+        error: BaseException | None,
+    ) -> None:
         """A group is durable: acknowledge its changes. If it failed, they wait for the next group."""
         self._writing = None
         if error is None:
@@ -382,11 +404,15 @@ class TopicStore:
                 self.on_change()
             for (member, name), seq in acks.items():
                 member.link.send(wire.pack_frame({"t": ACK, "topic": name, "seq": seq, "from": HUB}))
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         else:
             log.error("spindel: could not store topics, their changes stay unacknowledged: %s", error)
             self._dirty |= dirty
             for key, seq in acks.items():
                 self._acks[key] = max(seq, self._acks.get(key, 0))
+            self._waiters.extend(waiters)
         if self._flush_pending and self.schedule is not None:
             self.schedule(FLUSH_DELAY, self.flush)
 

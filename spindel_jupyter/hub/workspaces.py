@@ -159,8 +159,18 @@ class Registry:
         self._saved(descriptor, new_head=True)
         return self._public(descriptor)
 
-    def fork(self, name: str, new: str, peer: str, path: str | None = None) -> dict[str, Any]:
-        """A new workspace ``new`` at ``name``'s head, owned by ``peer``: a pointer, no content copied."""
+    def fork(
+        self,
+        name: str,
+        new: str,
+        peer: str,
+        path: str | None = None,
+        stamps: Callable[[str], Any] | None = None,
+    ) -> dict[str, Any]:
+        """A new workspace ``new`` at ``name``'s head, owned by ``peer``: a pointer, no content copied.
+
+        ``stamps`` gives each plain topic's stamp now: a merge tells from them who changed what.
+        """
         _check_name(new)
         parent = self._descriptor(name)
         if new in self.workspaces:
@@ -181,9 +191,20 @@ class Registry:
             "publisher": peer if path else None,
             "followers": [],
         }
+        if stamps is not None:
+            at_fork = {t: stamps(t) for t in parent.get("topics") or []}
+            descriptor["fork_stamps"] = {t: list(s) if s is not None else None for t, s in at_fork.items()}
         self.workspaces[new] = descriptor
         self._saved(descriptor, new_head=False)
         return self._public(descriptor)
+
+    def store_cells(self, notebook: dict[str, Any]) -> None:
+        """Store the cells of ``notebook`` durably, ahead of its publish (safe on another thread:
+        the publish then finds them stored and writes only its commit)."""
+        batch = durable.Batch()
+        for cell in notebook.get("cells", []):
+            self.store.put(_content(cell), batch)
+        batch.sync()
 
     def claim(self, name: str, peer: str, force: bool = False) -> dict[str, Any]:
         """Take (or renew) the lease of ``name``; refused while another peer holds it, unless forced."""
@@ -196,12 +217,6 @@ class Registry:
         descriptor["owner"] = {"peer": peer, "expires": self.clock() + self.lease_seconds}
         self._saved(descriptor, new_head=False)
         return self._public(descriptor)
-
-    def note_fork_stamps(self, name: str, stamps: dict[str, Any]) -> None:
-        """Remember the plain topics' stamps at the fork: a merge tells from them who changed what."""
-        descriptor = self._descriptor(name)
-        descriptor["fork_stamps"] = {t: list(s) if s is not None else None for t, s in stamps.items()}
-        self._saved(descriptor, new_head=False)
 
     def follow(self, name: str, peer: str, path: str | None) -> dict[str, Any]:
         """Record that ``peer`` follows ``name`` in the server's notebook at ``path``, or, with no

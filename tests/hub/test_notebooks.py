@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from jupyter_server.services.contents.manager import ContentsManager
 from tornado import web
 
 from spindel_jupyter.demo import code_notebook as notebook
+from spindel_jupyter.hub import durable
 from spindel_jupyter.hub.access import Actor, Forbidden
 from spindel_jupyter.hub.notebooks import NotebookService
 from spindel_jupyter.hub.store import NodeStore
@@ -172,3 +174,19 @@ def test_copies_the_hub_writes_or_sends_name_a_kernel_to_open_with(
     for path in ("forks/lecture-b.ipynb", "following/lecture.ipynb"):
         assert json.loads((root / path).read_text())["metadata"]["kernelspec"]["name"] == "python3", path
     assert delivered["notebook"]["metadata"]["kernelspec"]["name"] == "python3"
+
+
+def test_a_publish_writes_its_cells_off_the_event_loop_and_its_commit_on_it(
+    on_disk: NotebookService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[tuple[str, bool]] = []
+    write = durable.Batch.write
+
+    def recording(batch: durable.Batch, path: Path, data: bytes) -> None:
+        threads.append((path.parent.parent.name, threading.current_thread() is threading.main_thread()))
+        write(batch, path, data)
+
+    monkeypatch.setattr(durable.Batch, "write", recording)
+    asyncio.run(on_disk.publish(OWNER, "big", notebook=notebook(*(f"x{i} = {i}" for i in range(20)))))
+    nodes = [main for name, main in threads if name == "nodes"]
+    assert nodes.count(False) == 20 and nodes.count(True) == 1  # the cells elsewhere, the commit on the loop

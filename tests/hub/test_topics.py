@@ -324,3 +324,37 @@ def test_a_change_the_disk_refused_is_not_acknowledged_until_stored(
     relay.topics.flush()
     assert [(h["topic"], h["seq"]) for h, _ in link.of("ack")] == [("level", 5)]
     assert wire.decode(TopicStore(tmp_path / "topics").topics["level"].state) == 1
+
+
+def test_stored_is_done_only_once_every_change_so_far_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a fork or a merge answers with (its topics' copies) is durable before the answer."""
+    writing, release = threading.Event(), threading.Event()
+    fsync = os.fsync
+
+    def held_fsync(fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            writing.set()
+            release.wait(10)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        store = TopicStore(tmp_path / "topics", schedule=loop.call_later)
+        relay = Relay(1 << 20, store)
+        a, _ = join(relay, "a")
+        pub(relay, a, "level", "lww", wire.encode(1), seq=1, stamp=[1, 0, "a"])
+        await asyncio.to_thread(writing.wait, 10)
+        store.copy("level", "fork/level")  # while the first group is being written
+        stored = asyncio.ensure_future(store.stored())
+        await asyncio.sleep(FLUSH_DELAY * 3)
+        assert not stored.done()
+        release.set()
+        await asyncio.wait_for(stored, 10)
+        assert wire.decode(TopicStore(tmp_path / "topics").topics["fork/level"].state) == 1
+        store.close()
+
+    asyncio.run(scenario())

@@ -232,3 +232,26 @@ def test_publish_makes_the_cells_then_the_commit_then_the_descriptor_durable(
     before = {p for kind, p in disk[: disk.index(("rename", descriptor))] if kind == "fsync"}
     assert {p.parent for p in nodes} <= before
     assert disk[-1] == ("fsync", descriptor.parent)  # durable before publish returns
+
+
+def test_a_fork_writes_its_descriptor_once_with_the_stamps_of_its_topics(
+    registry: Registry, disk: Events
+) -> None:
+    registry.publish("lec", notebook("a = 1"), "teacher", topics={"lec/level": {"kind": "lww"}})
+    disk.clear()
+    fork = registry.fork("lec", "lec-s", "student", stamps=lambda topic: (7, 0, "teacher"))
+    assert fork["fork_stamps"] == {"lec/level": [7, 0, "teacher"]}
+    assert [e for e in disk if e[0] == "rename"] == [("rename", registry.directory / "lec-s.json")]
+
+
+def test_cells_stored_ahead_of_a_publish_leave_it_only_its_commit_to_write(
+    registry: Registry, disk: Events
+) -> None:
+    content = notebook("a = 1", "b = 2", "c = 3")
+    registry.store_cells(content)
+    cells = [e for e in disk if e[0] == "rename"]
+    assert len(cells) == 3
+    disk.clear()
+    registry.publish("lec", content, "teacher")
+    nodes = [e for e in disk if e[0] == "rename" and e[1].parent.parent == registry.store.directory]
+    assert len(nodes) == 1  # the commit
