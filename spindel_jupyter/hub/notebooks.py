@@ -189,7 +189,7 @@ class NotebookService:
         if deliver:
             return {**descriptor, "notebook": self.openable(self.registry.notebook(descriptor["head"]))}
         assert path is not None
-        writing = self.write(path, self.registry.notebook(descriptor["head"]))
+        writing = self._write_head(path, descriptor["head"])
         if wait:
             await writing
         else:
@@ -290,6 +290,11 @@ class NotebookService:
             raise Forbidden(f"{path!r} is outside the server's root: nothing was written")
         text = nbformat.writes(nbformat.from_dict(notebook))
         await asyncio.to_thread(_replace, target, text)
+
+    async def _write_head(self, path: str, head: str) -> None:
+        """Write the notebook of commit ``head`` at ``path`` (read from the store only now: with
+        ``wait=False`` a fork answers first, whatever the notebook's size)."""
+        await self.write(path, self.registry.notebook(head))
 
     async def _ensure_directory(self, directory: str) -> None:
         parts = [p for p in directory.split("/") if p]

@@ -190,3 +190,27 @@ def test_a_publish_writes_its_cells_off_the_event_loop_and_its_commit_on_it(
     asyncio.run(on_disk.publish(OWNER, "big", notebook=notebook(*(f"x{i} = {i}" for i in range(20)))))
     nodes = [main for name, main in threads if name == "nodes"]
     assert nodes.count(False) == 20 and nodes.count(True) == 1  # the cells elsewhere, the commit on the loop
+
+
+def test_a_fork_that_does_not_wait_answers_before_reading_its_notebook(
+    on_disk: NotebookService, tmp_path: Path
+) -> None:
+    """A fork costs the same whatever the notebook's size: its file comes after the answer."""
+    reads: list[str] = []
+    notebook_of = on_disk.registry.notebook
+
+    def counted(head: str) -> dict[str, Any]:
+        reads.append(head)
+        return notebook_of(head)
+
+    async def scenario() -> int:
+        await on_disk.publish(OWNER, "lecture", path="lecture.ipynb")
+        on_disk.registry.notebook = counted  # type: ignore[method-assign]
+        await on_disk.fork(OWNER, "lecture", "lecture-b", wait=False)
+        answered_after = len(reads)
+        while on_disk._tasks:
+            await asyncio.sleep(0.01)
+        return answered_after
+
+    assert asyncio.run(scenario()) == 0 and len(reads) == 1
+    assert (tmp_path / "root" / "forks" / "lecture-b.ipynb").exists()
