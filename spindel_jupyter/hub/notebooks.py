@@ -333,8 +333,10 @@ class NotebookService:
         try:
             while True:
                 descriptor = self._newest[name]
-                notebook = read_only(self.registry.notebook(descriptor["head"]), name, descriptor["head"])
-                notebook = self.openable(notebook)
+                notebook: dict[str, Any] = {}
+                if descriptor.get("followers"):  # else nobody needs the notebook read back
+                    head = descriptor["head"]
+                    notebook = self.openable(read_only(self.registry.notebook(head), name, head))
                 for follower in descriptor.get("followers") or []:
                     if follower.get("path"):
                         try:
