@@ -2,7 +2,7 @@
 
 Each role connects with :func:`spindel_jupyter.connect`, prints ``READY`` once
 set up, does its bounded work and prints one ``RESULT {json}`` line. Signal
-observers run on the process's home thread (see ``spindel_jupyter.home``), so
+observers run on the process's home thread (see ``spindel_jupyter.core.home``), so
 timestamps are taken in the observer itself.
 """
 
@@ -18,8 +18,9 @@ import time
 from typing import Any
 
 import spindel_jupyter
-from spindel_jupyter import remote, subscribe_signal, sync_signal
-from spindel_jupyter.crdt import ORSet
+from spindel_jupyter import subscribe_signal, sync_signal
+from spindel_jupyter.core.crdt import ORSet
+from spindel_jupyter.kernel import remote
 
 from .common import RateWindow, emit, serve_blocks, stdin_lines, watchdog
 
@@ -217,7 +218,7 @@ def role_producer(args: argparse.Namespace) -> None:
     send_seconds = time.monotonic() - started
     flushed = True
     try:
-        spindel_jupyter.sync.flush(timeout=args.max_seconds)
+        spindel_jupyter.peer.sync.flush(timeout=args.max_seconds)
     except spindel_jupyter.SpindelError:
         flushed = False
     emit(

@@ -25,7 +25,7 @@ from tornado.websocket import (
     websocket_connect,
 )
 
-from spindel_jupyter.transport import OP_BINARY, frame_header
+from spindel_jupyter.core.websocket import OP_BINARY, frame_header
 
 from .common import Block, Proc, RateWindow, aserve_blocks, emit, free_port, start, watchdog, worker_blocks
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from spindel_jupyter import wire
-from spindel_jupyter.protocol import REP, REQ
-from spindel_jupyter.remote import RemoteFunction
+from spindel_jupyter.core import wire
+from spindel_jupyter.core.protocol import REP, REQ
+from spindel_jupyter.kernel.remote import RemoteFunction
 
 from . import raw_relay
 from .common import (

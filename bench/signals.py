@@ -6,8 +6,8 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from spindel_jupyter import wire
-from spindel_jupyter.protocol import LWW, PUB
+from spindel_jupyter.core import wire
+from spindel_jupyter.core.protocol import LWW, PUB
 
 from . import raw_relay, ycrdt
 from .common import CLEANUP, Block, Shared, guarded, interleave, latency, percentile, start, worker_blocks

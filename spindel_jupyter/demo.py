@@ -40,9 +40,10 @@ from typing import Any
 
 from jupyter_client.manager import KernelManager
 
-from . import client
-from .errors import NAME_TAKEN, NameTaken, SpindelError
-from .protocol import check_name
+from .core.errors import NAME_TAKEN, NameTaken, SpindelError
+from .core.protocol import check_name
+from .kernel import session
+from .peer import client
 
 _private_hub: subprocess.Popen[bytes] | None = None
 _peers: list[DemoPeer] = []
@@ -77,7 +78,7 @@ def ensure_hub(timeout: float = 60.0) -> client.Peer:
     except SpindelError:
         pass
     if os.environ.get(client.ENV_URL):
-        return client.connect()
+        return session.connect()
     port, token = _free_port(), secrets.token_hex(16)
     log = (_workdir / "hub.log").open("ab")
     _private_hub = subprocess.Popen(
@@ -105,7 +106,7 @@ def ensure_hub(timeout: float = 60.0) -> client.Peer:
     os.environ[client.ENV_URL] = url
     os.environ[client.ENV_TOKEN] = token
     # A stable name, so a notebook run outside a server always shows the same peers.
-    return client.connect(url, name=os.environ.get(client.ENV_PEER) or "notebook", token=token)
+    return session.connect(url, name=os.environ.get(client.ENV_PEER) or "notebook", token=token)
 
 
 def _wait_for_http(url: str, timeout: float) -> None:
@@ -278,7 +279,7 @@ def start_peer(name: str, timeout: float = 60.0) -> DemoPeer:
             raise SpindelError(f"start_peer({name!r}): the new kernel did not connect to the hub: {why}")
         peer._record = _record(me.url, name)
         peer._record.write_text(
-            json.dumps({"owner": os.getpid(), "notebook": Path(client.notebook_file()).name})
+            json.dumps({"owner": os.getpid(), "notebook": Path(session.notebook_file()).name})
         )
     except BaseException:
         peer._stop(wait=False)

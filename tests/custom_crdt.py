@@ -1,11 +1,11 @@
-"""A custom convergent type (the example of :mod:`spindel_jupyter.crdt`), for tests and hubs."""
+"""A custom convergent type (the example of :mod:`spindel_jupyter.core.crdt`), for tests and hubs."""
 
 from __future__ import annotations
 
 import math
 from typing import Any, ClassVar
 
-from spindel_jupyter import crdt
+from spindel_jupyter.core import crdt
 
 
 @crdt.register

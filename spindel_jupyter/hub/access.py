@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SpindelError
-from ..protocol import INVITED, OWN
+from ..core.errors import SpindelError
+from ..core.protocol import INVITED, OWN
 
 __all__ = ["INVITED", "OWN", "Actor", "Forbidden", "acting", "require"]
 

@@ -17,7 +17,7 @@ from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Float, Int, List, Unicode, default
 
-from ..protocol import name_from
+from ..core.protocol import name_from
 from . import durable
 from .handlers import (
     PeersHandler,

@@ -16,10 +16,10 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
-from ..errors import MergeConflict, NotWritable, SpindelError
-from ..protocol import INVITED, OWN
-from ..transport import OP_BINARY, frame_header
-from ..wire import Buffer
+from ..core.errors import MergeConflict, NotWritable, SpindelError
+from ..core.protocol import INVITED, OWN
+from ..core.websocket import OP_BINARY, frame_header
+from ..core.wire import Buffer
 from .access import Actor, Forbidden
 from .workspaces import WorkspaceExists, WorkspaceNotFound
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import SpindelError
-from ..protocol import check_name
+from ..core.errors import SpindelError
+from ..core.protocol import check_name
 from . import durable
 from .access import require
 

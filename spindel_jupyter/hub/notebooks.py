@@ -29,8 +29,8 @@ import nbformat
 from jupyter_server.services.contents.fileio import FileManagerMixin
 from jupyter_server.utils import ensure_async
 
-from ..errors import MergeConflict, SpindelError
-from ..protocol import LWW, OWN
+from ..core.errors import MergeConflict, SpindelError
+from ..core.protocol import LWW, OWN
 from . import durable
 from .access import Actor, Forbidden, acting, require
 from .topics import TopicStore

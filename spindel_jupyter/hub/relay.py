@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .. import errors, wire
-from ..protocol import (
+from ..core import errors, wire
+from ..core.protocol import (
     CANCEL,
     ERROR,
     EVENT,

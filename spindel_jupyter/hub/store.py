@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .. import wire
-from ..errors import SpindelError
+from ..core import wire
+from ..core.errors import SpindelError
 from . import durable
 
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import crdt, errors, wire
-from ..clock import Stamp, as_stamp
-from ..protocol import ACK, HUB, LWW, PUB, SNAP, FrameError, error_dict
+from ..core import crdt, errors, wire
+from ..core.clock import Stamp, as_stamp
+from ..core.protocol import ACK, HUB, LWW, PUB, SNAP, FrameError, error_dict
 from . import durable
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from typing import Any
 
 import nbformat
 
-from ..errors import MergeConflict, NotWritable, SpindelError
+from ..core.errors import MergeConflict, NotWritable, SpindelError
 from . import durable
 from .store import NodeStore
 

@@ -84,7 +84,7 @@ def test_fresh_name_skips_names_the_hub_keeps(hub: HubServer) -> None:
     try:
         assert kernel.ok("print(demo.fresh_name('fresh-demo'))").stdout.strip() == "fresh-demo"
         kernel.ok(
-            "import spindel_jupyter.sync as sync\n"
+            "import spindel_jupyter.peer.sync as sync\n"
             "signal = sync.sync_signal('fresh-demo/x', 0)\n"
             "signal.set(1)\n"
             "sync.flush()"

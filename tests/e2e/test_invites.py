@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from spindel_jupyter import demo
-from spindel_jupyter.client import Peer
-from spindel_jupyter.errors import NameTaken, NotConnected, SpindelError
+from spindel_jupyter.core.errors import NameTaken, NotConnected, SpindelError
+from spindel_jupyter.peer.client import Peer
 from tests.support import HubServer, start_kernel, wait_until
 
 

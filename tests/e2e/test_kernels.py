@@ -135,7 +135,11 @@ def test_the_peer_name_follows_the_notebook_when_it_is_renamed_or_moved(hub: Hub
         wait_until(lambda: "carla" in hub.peer_names() and "Untitled" not in hub.peer_names())
         untitled.ok("import spindel_jupyter as sj\nsj.connect()")
         assert "carla" in hub.peer_names()
-        assert untitled.ok("print(sj.client.notebook_file())").stdout.strip().endswith("renamed/carla.ipynb")
+        assert (
+            untitled.ok("from spindel_jupyter.kernel import session\nprint(session.notebook_file())")
+            .stdout.strip()
+            .endswith("renamed/carla.ipynb")
+        )
     finally:
         untitled.shutdown()
         explicit.shutdown()

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from spindel_jupyter.client import Peer
-from spindel_jupyter.errors import HubError, NameTaken, NotConnected, NotServed, SpindelError
+from spindel_jupyter.core.errors import HubError, NameTaken, NotConnected, NotServed, SpindelError
+from spindel_jupyter.peer.client import Peer
 from tests.support import REPO, HubServer, Kernel, wait_until
 
 OWN, INVITED, REST = "own peer", "invited peer", "REST request"

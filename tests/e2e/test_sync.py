@@ -11,7 +11,7 @@ import pytest
 
 from tests.support import HubServer, Kernel, start_kernel, wait_until
 
-SETUP = "%load_ext spindel_jupyter\nfrom spindel_jupyter import *\nfrom spindel_jupyter.crdt import *"
+SETUP = "%load_ext spindel_jupyter\nfrom spindel_jupyter import *\nfrom spindel_jupyter.core.crdt import *"
 
 
 def value_of(kernel: Kernel, expression: str) -> Any:

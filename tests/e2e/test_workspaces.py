@@ -218,7 +218,7 @@ def test_workspace_topics_are_wired_by_role_forked_and_merged(
     teacher, student = classroom
     save(hub, "class/signals.ipynb", "s = 1")
     teacher.ok(
-        "from spindel_jupyter import sync_signal, sync\nfrom spindel_jupyter.crdt import ORSet\n"
+        "from spindel_jupyter import sync_signal, sync\nfrom spindel_jupyter.core.crdt import ORSet\n"
         "tags = sync_signal('sig/tags', ORSet())\ntags.update(lambda s: s.add('intro'))\n"
         "level = sync_signal('sig/level', 0)\nlevel.set(3)\nsync.flush()"
     )

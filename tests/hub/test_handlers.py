@@ -11,8 +11,8 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from spindel_jupyter import errors, wire
-from spindel_jupyter.transport import open_websocket
+from spindel_jupyter.core import errors, wire
+from spindel_jupyter.peer.transport import open_websocket
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spindel_jupyter.errors import SpindelError
+from spindel_jupyter.core.errors import SpindelError
 from spindel_jupyter.hub.invites import Invites, parse_duration
 from tests.hub.conftest import Events
 

@@ -7,7 +7,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from spindel_jupyter import errors, wire
+from spindel_jupyter.core import errors, wire
 from spindel_jupyter.hub.relay import Member, Relay
 
 

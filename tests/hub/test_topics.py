@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from spindel_jupyter import errors, wire
-from spindel_jupyter.crdt import GSet, ORSet, replica
+from spindel_jupyter.core import errors, wire
+from spindel_jupyter.core.crdt import GSet, ORSet, replica
 from spindel_jupyter.hub.relay import Relay
 from spindel_jupyter.hub.topics import FLUSH_DELAY, TopicStore
 from tests.hub.conftest import Events

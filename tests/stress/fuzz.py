@@ -9,7 +9,7 @@ from typing import Any
 
 import msgpack
 
-from spindel_jupyter import wire
+from spindel_jupyter.core import wire
 
 #: Honest peers the fuzzer addresses and impersonates.
 HONEST = ("ping", "pong")

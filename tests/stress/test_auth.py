@@ -13,7 +13,7 @@ from typing import Any
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from spindel_jupyter import wire
+from spindel_jupyter.core import wire
 from tests.stress.common import StressHub, record
 
 NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}

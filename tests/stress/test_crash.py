@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from spindel_jupyter import wire
+from spindel_jupyter.core import wire
 from tests.stress.common import StressHub, finish, record, scale, start_worker, stop_all
 from tests.support import wait_until
 

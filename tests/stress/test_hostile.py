@@ -14,9 +14,9 @@ import psutil
 import pytest
 from tornado.websocket import WebSocketClosedError
 
-from spindel_jupyter import wire
-from spindel_jupyter.client import Peer
-from spindel_jupyter.errors import NotServed
+from spindel_jupyter.core import wire
+from spindel_jupyter.core.errors import NotServed
+from spindel_jupyter.peer.client import Peer
 from tests.stress.common import RawSocket, StressHub, percentile, record, scale
 from tests.stress.fuzz import Case, Fuzzer
 from tests.support import Kernel, start_kernel, wait_until

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from spindel_jupyter import wire
-from spindel_jupyter.client import Peer
-from spindel_jupyter.errors import SpindelError
+from spindel_jupyter.core import wire
+from spindel_jupyter.core.errors import SpindelError
+from spindel_jupyter.peer.client import Peer
 from tests.stress.common import RawSocket, StressHub, record
 from tests.support import wait_until
 

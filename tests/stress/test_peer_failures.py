@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from spindel_jupyter.client import Peer
-from spindel_jupyter.errors import PeerLost, RemoteTimeout
+from spindel_jupyter.core.errors import PeerLost, RemoteTimeout
+from spindel_jupyter.peer.client import Peer
 from tests.stress.common import StressHub, record
 from tests.support import Kernel, start_kernel, wait_until
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import spindel_jupyter
-from spindel_jupyter import sync
-from spindel_jupyter.crdt import ORSet, PNCounter
-from spindel_jupyter.errors import SpindelError
-from spindel_jupyter.home import home
+from spindel_jupyter.core.crdt import ORSet, PNCounter
+from spindel_jupyter.core.errors import SpindelError
+from spindel_jupyter.core.home import home
+from spindel_jupyter.peer import sync
 
 
 def wait_for_file(path: Path, timeout: float) -> None:

@@ -14,9 +14,10 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 from traitlets import Float
 
-from . import client, invite, workspace
+from ..core.errors import MergeConflict, SpindelError, SpindelWarning, UnsendableResult
+from ..peer import client
+from . import invite, session, workspace
 from .display import peer_table
-from .errors import MergeConflict, SpindelError, SpindelWarning, UnsendableResult
 from .remote import run as run_remote
 from .remote import serve, unserve
 
@@ -40,7 +41,7 @@ class SpindelMagics(Magics):
         """Connect this kernel to a Spindel hub, or rename it with ``--as``."""
         args = _parsed(self.spin_connect, line)
         try:
-            peer = client.connect(args.url, args.name, args.token, kind="kernel")
+            peer = session.connect(args.url, args.name, args.token, kind="kernel")
         except (SpindelError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         print(f"spindel: connected to {peer.url} as {peer.name!r}")
@@ -294,7 +295,7 @@ def load(ip: Any) -> None:
     if not os.environ.get(client.ENV_URL) or client._current is not None:
         return
     try:
-        peer = client.connect(kind="kernel")
+        peer = session.connect(kind="kernel")
     except (SpindelError, ValueError) as exc:
         print(f"spindel: not connected ({exc}); use %spin_connect", file=sys.stderr)
         return

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from spindel_jupyter.errors import SpindelError, UnboundNames
-from spindel_jupyter.remote import _check_bound, _split, function_source, remote
+from spindel_jupyter.core.errors import SpindelError, UnboundNames
+from spindel_jupyter.kernel.remote import _check_bound, _split, function_source, remote
 
 
 def decorated(f: Any) -> Any:

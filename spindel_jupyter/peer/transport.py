@@ -26,14 +26,23 @@ from urllib.parse import urlsplit
 
 from tornado.util import _websocket_mask  # tornado's C masking routine (Python fallback without it)
 
-from .wire import Buffer
+from ..core.websocket import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    frame_header,
+)
+from ..core.wire import Buffer
 
 try:  # masks large payloads (arrays) in one pass when available
     import numpy as np
 except ImportError:  # pragma: no cover - exercised only without numpy
     np = None  # type: ignore[assignment]
 
-__all__ = ["HandshakeError", "WebSocket", "frame_header", "open_websocket"]
+__all__ = ["HandshakeError", "WebSocket", "open_websocket"]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _MAX_RESPONSE = 64 * 1024
@@ -44,8 +53,6 @@ _DIRECT = 64 * 1024
 _CONTROL_WAIT = 0.5
 #: A larger frame from the server closes the connection (the hub's own limit is far lower).
 MAX_MESSAGE = 2**31
-
-OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 class HandshakeError(ConnectionError):
@@ -163,18 +170,6 @@ def _mask(key: bytes, data: Buffer) -> Buffer:
     )
     np.bitwise_xor(source[words:], np.frombuffer(key * 2, np.uint8)[: len(source) - words], out=out[words:])
     return out.data
-
-
-def frame_header(opcode: int, length: int, mask: bytes = b"") -> bytes:
-    """The header of one final frame of ``length`` bytes (RFC 6455, 5.2); a client's carries its mask."""
-    masked = 0x80 if mask else 0
-    if length < 126:
-        head = struct.pack("!BB", 0x80 | opcode, masked | length)
-    elif length <= 0xFFFF:
-        head = struct.pack("!BBH", 0x80 | opcode, masked | 126, length)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, masked | 127, length)
-    return head + mask
 
 
 def _wait_writable(sock: socket.socket) -> None:

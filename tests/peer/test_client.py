@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 
 import spindel_jupyter
-from spindel_jupyter import client
-from spindel_jupyter.client import Peer, jittered
-from spindel_jupyter.errors import (
+from spindel_jupyter.core.errors import (
     HubError,
     NameTaken,
     NotConnected,
@@ -26,6 +24,9 @@ from spindel_jupyter.errors import (
     RemoteTimeout,
     SpindelError,
 )
+from spindel_jupyter.kernel import session
+from spindel_jupyter.peer import client
+from spindel_jupyter.peer.client import Peer, jittered
 from tests.support import ContendedLock, HubServer, wait_until
 
 
@@ -181,11 +182,11 @@ def test_connect_without_a_hub_says_how(monkeypatch: pytest.MonkeyPatch) -> None
 def test_default_name_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPINDEL_PEER", "explicit")
     monkeypatch.setenv("JPY_SESSION_NAME", "/x/lecture3.ipynb")
-    assert client.default_name() == "explicit"
+    assert session.default_name() == "explicit"
     monkeypatch.delenv("SPINDEL_PEER")
-    assert client.default_name() == "lecture3"
+    assert session.default_name() == "lecture3"
     monkeypatch.delenv("JPY_SESSION_NAME")
-    assert client.default_name()  # host-pid outside a kernel
+    assert session.default_name()  # host-pid outside a kernel
 
 
 def test_pending_calls_fail_at_once_when_the_hub_dies_and_peers_reconnect(own_hub: HubServer) -> None:

@@ -20,7 +20,6 @@ import os
 import random
 import secrets
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -30,10 +29,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import errors, wire
-from .errors import HubError, NameTaken, NotConnected, PeerLost, RemoteTimeout, SpindelError
-from .home import in_kernel
-from .protocol import (
+from ..core import errors, wire
+from ..core.errors import HubError, NameTaken, NotConnected, PeerLost, RemoteTimeout, SpindelError
+from ..core.protocol import (
     CANCEL,
     ERROR,
     EVENT,
@@ -112,6 +110,8 @@ class Peer:
         self.session = session
         self.connect_timeout = connect_timeout
         self.contexts: list[str] = []
+        #: The Jupyter kernel this peer is ("" for any other process): the lab marks its notebook's peer.
+        self.kernel = ""
         #: The notebook this peer's name follows (absolute path), "" for a name set explicitly:
         #: when the notebook is renamed or moved, the hub renames the peer after it.
         self.notebook = ""
@@ -403,7 +403,7 @@ class Peer:
             "kind": self.kind,
             "session": self.session,
             "contexts": self.contexts,
-            "kernel": kernel_id(),
+            "kernel": self.kernel,
         }
         if self.notebook:
             hello["notebook"] = self.notebook
@@ -579,7 +579,8 @@ def remote_error(exc: BaseException, peer: str) -> dict[str, Any]:
     )
 
 
-_PACKAGE_DIR = str(Path(__file__).parent)
+#: Frames of this package (any layer) are not the user's: a remote traceback leaves them out.
+_PACKAGE_DIR = str(Path(__file__).parent.parent) + os.sep
 
 
 def _user_frames(tb: TracebackType | None) -> TracebackType | None:
@@ -618,54 +619,23 @@ def on_new_peer(setup: Callable[[Peer], None]) -> None:
         setup(_current)
 
 
-def kernel_id() -> str:
-    """The id of the Jupyter kernel this process is ("" outside a kernel): lets the lab mark its peer."""
-    if "ipykernel" not in sys.modules:
-        return ""
-    try:
-        from ipykernel.connect import get_connection_file
-
-        return Path(get_connection_file()).stem.removeprefix("kernel-")
-    except Exception:
-        return ""
-
-
-def notebook_file() -> str:
-    """This kernel's notebook (absolute path; "" if it has none): as the server started it, or as
-    it is now named, once it was renamed or moved while the kernel ran."""
-    peer = _current
-    if peer is not None and peer.notebook:
-        return peer.notebook
-    return os.environ.get("JPY_SESSION_NAME", "")
-
-
-def default_name() -> str:
-    """The peer name to use when none is given: ``SPINDEL_PEER``, the notebook, or the kernel."""
-    explicit = os.environ.get(ENV_PEER)
-    if explicit:
-        return check_name(explicit)
-    notebook = notebook_file()
-    if notebook:
-        return name_from(Path(notebook).stem)
-    kernel = kernel_id()
-    if kernel:
-        return name_from(f"kernel-{kernel[:8]}")
-    return name_from(f"{socket.gethostname().split('.')[0]}-{os.getpid()}")
-
-
 def connect(
     url: str | None = None,
     name: str | None = None,
     token: str | None = None,
-    kind: str | None = None,
+    kind: str = "script",
+    *,
+    derived: bool = False,
+    kernel: str = "",
+    notebook: str = "",
 ) -> Peer:
     """Connect this process to a hub and make it the peer the rest of the API uses.
 
-    ``url`` and ``token`` default to ``SPINDEL_HUB_URL`` and ``SPINDEL_TOKEN`` (a Jupyter
-    server with this extension sets both for the kernels it starts). ``name``
-    defaults to :func:`default_name`; a derived name that is taken gets a suffix,
-    an explicit one is refused with :class:`NameTaken`. An earlier connection of
-    this process is closed once the new one is up.
+    ``url`` and ``token`` default to ``SPINDEL_HUB_URL`` and ``SPINDEL_TOKEN``; ``name`` to
+    ``SPINDEL_PEER``, else this host and process. A ``derived`` name (not one the user chose)
+    that is taken gets a suffix; any other is refused with :class:`NameTaken`. ``kernel`` and
+    ``notebook`` say which Jupyter kernel this is and the notebook its name follows. An earlier
+    connection of this process is closed once the new one is up.
     """
     global _current
     url = url or os.environ.get(ENV_URL)
@@ -675,19 +645,16 @@ def connect(
             "(a Jupyter server with spindel_jupyter sets it for the kernels it starts)"
         )
     token = os.environ.get(ENV_TOKEN, "") if token is None else token
-    kind = kind or ("kernel" if in_kernel() else "script")
-    explicit = name is not None or bool(os.environ.get(ENV_PEER))
-    base = check_name(name) if name is not None else default_name()
+    base = check_name(name or os.environ.get(ENV_PEER) or process_name())
     with _current_lock:
         previous = _current
         contexts = previous.contexts if previous is not None else []
-        candidates = [base] if explicit else [base, *(f"{base}-{i}" for i in range(2, 10))]
+        candidates = [base, *(f"{base}-{i}" for i in range(2, 10))] if derived else [base]
         for candidate in candidates:
             # Reusing this process's own name is fine: the hub hands it to the new connection.
             peer = Peer(url, candidate, token, kind=kind)
             peer.contexts = list(contexts)
-            if not explicit:
-                peer.notebook = notebook_file()
+            peer.kernel, peer.notebook = kernel, notebook
             for setup in _peer_setups:
                 setup(peer)
             try:
@@ -702,6 +669,11 @@ def connect(
             previous.close()
         _current = peer
         return peer
+
+
+def process_name() -> str:
+    """A peer name for a process with none of its own: this host and process id."""
+    return name_from(f"{socket.gethostname().split('.')[0]}-{os.getpid()}")
 
 
 def current_peer() -> Peer:
@@ -726,4 +698,4 @@ def disconnect() -> None:
 
 atexit.register(disconnect)
 
-__all__ = ["HubError", "Peer", "connect", "current_peer", "default_name", "disconnect"]
+__all__ = ["HubError", "Peer", "connect", "current_peer", "disconnect"]

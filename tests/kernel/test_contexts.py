@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from spindel_jupyter import contexts
+from spindel_jupyter.kernel import contexts
 
 
 @pytest.fixture(autouse=True)

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 
-from spindel_jupyter import client, sync, wire
-from spindel_jupyter.client import Peer
-from spindel_jupyter.clock import as_stamp
-from spindel_jupyter.crdt import GSet
-from spindel_jupyter.protocol import PUB
-from spindel_jupyter.signals import Signal
-from spindel_jupyter.sync import _Topic
+from spindel_jupyter.core import wire
+from spindel_jupyter.core.clock import as_stamp
+from spindel_jupyter.core.crdt import GSet
+from spindel_jupyter.core.protocol import PUB
+from spindel_jupyter.core.signals import Signal
+from spindel_jupyter.peer import client, sync
+from spindel_jupyter.peer.client import Peer
+from spindel_jupyter.peer.sync import _Topic
 from tests.support import ContendedLock, wait_until
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spindel_jupyter.clock import HybridClock, Stamp, as_stamp, is_stamp
+from spindel_jupyter.core.clock import HybridClock, Stamp, as_stamp, is_stamp
 
 
 class FakeWall:

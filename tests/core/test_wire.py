@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from spindel_jupyter import wire
-from spindel_jupyter.errors import DecodeError, EncodeError
+from spindel_jupyter.core import wire
+from spindel_jupyter.core.errors import DecodeError, EncodeError
 
 
 def same(a: Any, b: Any) -> bool:

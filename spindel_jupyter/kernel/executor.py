@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from types import CodeType
 from typing import Any
 
-from .errors import Interrupted
-from .home import home, shell
+from ..core.errors import Interrupted
+from ..core.home import home, shell
 
 Send = Callable[[dict[str, Any]], None]
 

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from spindel_jupyter.freenames import free_names
+from spindel_jupyter.kernel.freenames import free_names
 
 CASES = [
     # Plain reads and bindings.

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from spindel_jupyter.errors import SpindelError
-from spindel_jupyter.home import home
-from spindel_jupyter.signals import Signal
+from spindel_jupyter.core.errors import SpindelError
+from spindel_jupyter.core.home import home
+from spindel_jupyter.core.signals import Signal
 from tests.support import wait_until
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spindel_jupyter.magics import SpindelMagics, _parsed
+from spindel_jupyter.kernel.magics import SpindelMagics, _parsed
 
 
 def test_the_cell_magic_usage_names_it_with_two_percent_signs() -> None:

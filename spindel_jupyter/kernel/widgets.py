@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .signals import Observation, Signal
-from .sync import followed, sync_signal
+from ..core.signals import Observation, Signal
+from ..peer.sync import followed, sync_signal
 
 
 class _Binding:

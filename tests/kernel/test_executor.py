@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from spindel_jupyter import executor as executor_module
-from spindel_jupyter.executor import Executor, Interrupted, compile_cell, forward_output
-from spindel_jupyter.home import Home
+from spindel_jupyter.core.home import Home
+from spindel_jupyter.kernel import executor as executor_module
+from spindel_jupyter.kernel.executor import Executor, Interrupted, compile_cell, forward_output
 
 
 def run(source: str, ns: dict[str, Any]) -> Any:

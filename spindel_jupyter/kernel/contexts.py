@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .home import shell
+from ..core.home import shell
 
 DEFAULT = "default"
 

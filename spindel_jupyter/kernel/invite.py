@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import client
+from ..peer import client
 from .display import Table
 
 

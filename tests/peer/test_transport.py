@@ -24,7 +24,13 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError
 from tornado.websocket import WebSocketHandler
 
-from spindel_jupyter.transport import MAX_MESSAGE, HandshakeError, ProtocolError, WebSocket, open_websocket
+from spindel_jupyter.peer.transport import (
+    MAX_MESSAGE,
+    HandshakeError,
+    ProtocolError,
+    WebSocket,
+    open_websocket,
+)
 
 
 class Echo(WebSocketHandler):

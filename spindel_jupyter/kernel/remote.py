@@ -24,8 +24,8 @@ import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from . import client, contexts, wire
-from .errors import (
+from ..core import wire
+from ..core.errors import (
     EncodeError,
     NotServed,
     RemoteTimeout,
@@ -34,10 +34,12 @@ from .errors import (
     UnboundNames,
     UnsendableResult,
 )
+from ..core.home import in_kernel, shell
+from ..core.protocol import OWN
+from ..peer import client
+from . import contexts
 from .executor import Cell, Executor, compile_cell, forward_output, rich_bundle, transform
 from .freenames import free_names
-from .home import in_kernel, shell
-from .protocol import OWN
 
 OP_CALL = "call"
 #: ``--allow`` entry that lets every peer call, invited ones included.

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spindel_jupyter import crdt, wire
-from spindel_jupyter.clock import HybridClock
-from spindel_jupyter.crdt import GSet, LWWMap, ORSet, PNCounter
+from spindel_jupyter.core import crdt, wire
+from spindel_jupyter.core.clock import HybridClock
+from spindel_jupyter.core.crdt import GSet, LWWMap, ORSet, PNCounter
 from tests.custom_crdt import MaxRegister
 
 # -- random histories on several replicas --------------------------------------------
@@ -584,7 +584,7 @@ def test_register_refuses_a_taken_name_but_accepts_a_redefinition() -> None:
     class Impostor(MaxRegister):
         type_name = "orset"
 
-    with pytest.raises(ValueError, match=r"'orset' is taken by spindel_jupyter\.crdt\.ORSet"):
+    with pytest.raises(ValueError, match=r"'orset' is taken by spindel_jupyter\.core\.crdt\.ORSet"):
         crdt.register(Impostor)
     namespace: dict[str, Any] = {"__name__": MaxRegister.__module__}
     exec(  # re-running the notebook cell that defines the class

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from spindel_jupyter import errors
-from spindel_jupyter.protocol import FrameError, check_inbound, check_name, name_from
+from spindel_jupyter.core import errors
+from spindel_jupyter.core.protocol import FrameError, check_inbound, check_name, name_from
 
 
 @pytest.mark.parametrize("name", ["alice", "Bob_2", "lecture3.v2", "ünïcode", "_x", "a" * 64])
