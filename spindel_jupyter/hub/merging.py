@@ -1,0 +1,184 @@
+"""Forks and merges: what a fork takes with it, and how its changes come back.
+
+A fork gets its own copy of each of its workspace's topics, named under it,
+and notes the stamp of each at fork. A merge brings the fork's cells back
+three-way against the fork's base (with nbdime) and its topics by their kind:
+CRDT topics join, a plain topic is taken from the fork if only the fork
+changed it. A merge changes nothing when it finds a conflict - a cell edited on
+both sides, or a plain topic set on both sides since the fork - unless a
+strategy (ours, theirs, union) or force (theirs wins) settles it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import types
+from typing import Any
+
+import nbformat
+
+from ..core.errors import MergeConflict, SpindelError
+from ..core.protocol import LWW
+from .topics import TopicStore
+
+STRATEGIES = {"ours": "use-local", "theirs": "use-remote", "union": "use-local"}
+
+#: How a fork's topic comes back: (the fork's copy, the parent's topic, whether the fork's plain value wins).
+Fold = tuple[str, str, bool]
+
+
+def check_strategy(strategy: str | None) -> None:
+    if strategy is not None and strategy not in STRATEGIES:
+        raise SpindelError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+
+
+# -- topics ------------------------------------------------------------------------------
+
+
+def fork_topics(topics: TopicStore, parent: dict[str, Any], new: str) -> dict[str, Any]:
+    """The descriptor fields of fork ``new``'s own topics: the parent's topics named under the fork
+    (parent topic -> the fork's copy, with their roles), and each one's stamp now."""
+    names = parent.get("topics") or []
+    return {
+        "forked_topics": {t: f"{new}/{t}" for t in names},
+        "topics": [f"{new}/{t}" for t in names],
+        "roles": {f"{new}/{t}": r for t, r in (parent.get("roles") or {}).items()},
+        "fork_stamps": {t: _listed(topics.stamp_of(t)) for t in names},
+    }
+
+
+def copy_topics(topics: TopicStore, fork: dict[str, Any]) -> None:
+    """Start each of the fork's topics as its parent topic is now."""
+    for original, forked in (fork.get("forked_topics") or {}).items():
+        topics.copy(original, forked)
+
+
+def topics_back(topics: TopicStore, fork: dict[str, Any], strategy: str | None, force: bool) -> list[Fold]:
+    """How each of the fork's topics comes back; :class:`MergeConflict` if a plain topic changed on
+    both sides since the fork and neither ``strategy`` nor ``force`` says who wins."""
+    forked = fork.get("forked_topics") or {}
+    stamps = fork.get("fork_stamps") or {}
+    take_theirs = force or strategy in ("theirs", "union")
+    conflicts = []
+    for original, copied in forked.items():
+        if topics.kind_of(original) != LWW or strategy is not None or force:
+            continue
+        at_fork = _stamp(stamps.get(original))
+        ours_moved = _stamp(topics.stamp_of(original)) != at_fork
+        theirs_moved = _stamp(topics.stamp_of(copied)) != at_fork
+        if ours_moved and theirs_moved:
+            conflicts.append(
+                {
+                    "index": None,
+                    "id": None,
+                    "topic": original,
+                    "base": None,
+                    "ours": topics.value_text(original),
+                    "theirs": topics.value_text(copied),
+                }
+            )
+        elif theirs_moved:
+            take_theirs = True
+    if conflicts:
+        names = ", ".join(c["topic"] for c in conflicts)
+        raise MergeConflict(f"conflicting values of topic(s) {names}: nothing was merged", conflicts)
+    return [(copied, original, take_theirs) for original, copied in forked.items()]
+
+
+def _listed(stamp: Any) -> list[Any] | None:
+    return list(stamp) if stamp is not None else None
+
+
+def _stamp(value: Any) -> tuple[Any, ...] | None:
+    return tuple(value) if value is not None else None
+
+
+# -- cells -------------------------------------------------------------------------------
+
+
+def three_way(
+    base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any], strategy: str | None, force: bool
+) -> Any:
+    """The cells of ``ours`` and ``theirs`` merged against ``base`` (nbformat's node); a
+    :class:`MergeConflict` listing the conflicting cells unless ``strategy`` or ``force`` settles them."""
+    from nbdime.merging import merge_notebooks
+
+    nbs = [_node(nb) for nb in (base, ours, theirs)]
+    detect = types.SimpleNamespace(
+        merge_strategy="mergetool",
+        input_strategy=None,
+        output_strategy=None,
+        ignore_transients=True,
+        log_level="ERROR",
+    )
+    quiet = logging.getLogger("nbdime")
+    level, quiet.level = quiet.level, logging.CRITICAL
+    try:
+        _, decisions = merge_notebooks(*nbs, detect)
+        conflicts = [d for d in decisions if d.conflict]
+        if conflicts and strategy is None and not force:
+            rows = _conflict_rows(conflicts, base, ours, theirs)
+            names = ", ".join(str(r["index"]) for r in rows)
+            raise MergeConflict(f"conflicting edits in cell(s) {names}: nothing was merged", rows)
+        choice = STRATEGIES.get(strategy or "theirs", "use-remote")
+        resolve = types.SimpleNamespace(**{**vars(detect), "merge_strategy": choice})
+        merged, _ = merge_notebooks(*[_node(nb) for nb in (base, ours, theirs)], resolve)
+    finally:
+        quiet.level = level
+    if strategy == "union" and conflicts:
+        merged["cells"] = _with_theirs_after(merged["cells"], _conflict_rows(conflicts, base, ours, theirs))
+    return merged
+
+
+def _node(notebook: dict[str, Any]) -> Any:
+    return nbformat.from_dict(copy.deepcopy(notebook))
+
+
+def _conflict_rows(
+    conflicts: list[Any], base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Each conflicting cell side by side: base, ours and theirs (None where it was deleted)."""
+    by_id = [{c.get("id"): c for c in nb["cells"]} for nb in (ours, theirs)]
+    rows = []
+    for decision in conflicts:
+        path = tuple(decision.common_path)
+        index = path[1] if len(path) > 1 and path[0] == "cells" else None
+        if index is None:
+            keys = [op.get("key") for op in (decision.local_diff or []) + (decision.remote_diff or [])]
+            index = next((k for k in keys if isinstance(k, int)), 0)
+        cell = base["cells"][index] if index < len(base["cells"]) else {}
+        cell_id = cell.get("id")
+        rows.append(
+            {
+                "index": index,
+                "id": cell_id,
+                "base": _source(cell),
+                "ours": _source(by_id[0].get(cell_id)),
+                "theirs": _source(by_id[1].get(cell_id)),
+            }
+        )
+    return rows
+
+
+def _source(cell: dict[str, Any] | None) -> str | None:
+    if not cell:
+        return None
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def _with_theirs_after(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Union: after each conflicting cell (kept as ours), a copy holding theirs."""
+    theirs = {row["id"]: row["theirs"] for row in rows if row["theirs"] is not None}
+    out = []
+    for cell in cells:
+        out.append(cell)
+        if cell.get("id") in theirs:
+            twin = copy.deepcopy(cell)
+            twin["id"] = f"{cell['id']}-theirs"[:64]
+            twin["source"] = theirs[cell["id"]]
+            if twin.get("cell_type") == "code":
+                twin["outputs"], twin["execution_count"] = [], None
+            out.append(twin)
+    return out
