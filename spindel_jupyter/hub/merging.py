@@ -11,9 +11,9 @@ strategy (ours, theirs, union) or force (theirs wins) settles it.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
-import types
 from typing import Any
 
 import nbformat
@@ -22,7 +22,9 @@ from ..core.errors import MergeConflict, SpindelError
 from ..core.protocol import LWW
 from .topics import TopicStore
 
-STRATEGIES = {"ours": "use-local", "theirs": "use-remote", "union": "use-local"}
+#: The side that wins a conflicting change under each strategy, named as nbdime's decisions do.
+_SIDES = {"ours": "local", "theirs": "remote", "union": "local"}
+STRATEGIES = tuple(_SIDES)
 
 #: How a fork's topic comes back: (the fork's copy, the parent's topic, whether the fork's plain value wins).
 Fold = tuple[str, str, bool]
@@ -101,34 +103,52 @@ def three_way(
     base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any], strategy: str | None, force: bool
 ) -> Any:
     """The cells of ``ours`` and ``theirs`` merged against ``base`` (nbformat's node); a
-    :class:`MergeConflict` listing the conflicting cells unless ``strategy`` or ``force`` settles them."""
-    from nbdime.merging import merge_notebooks
+    :class:`MergeConflict` listing the conflicting cells unless ``strategy`` or ``force`` settles them.
 
-    nbs = [_node(nb) for nb in (base, ours, theirs)]
-    detect = types.SimpleNamespace(
-        merge_strategy="mergetool",
-        input_strategy=None,
-        output_strategy=None,
-        ignore_transients=True,
-        log_level="ERROR",
-    )
-    quiet = logging.getLogger("nbdime")
+    nbdime decides the merge once, leaving conflicts unresolved (as for its
+    own merge tool); each conflict then takes the side the strategy names.
+    """
+    from nbdime.merging import apply_decisions
+    from nbdime.merging.notebooks import decide_notebook_merge
+
+    base_node = _node(base)
+    quiet = logging.getLogger("nbdime")  # it warns of every conflict it leaves unresolved
     level, quiet.level = quiet.level, logging.CRITICAL
     try:
-        _, decisions = merge_notebooks(*nbs, detect)
-        conflicts = [d for d in decisions if d.conflict]
-        if conflicts and strategy is None and not force:
-            rows = _conflict_rows(conflicts, base, ours, theirs)
-            names = ", ".join(str(r["index"]) for r in rows)
-            raise MergeConflict(f"conflicting edits in cell(s) {names}: nothing was merged", rows)
-        choice = STRATEGIES.get(strategy or "theirs", "use-remote")
-        resolve = types.SimpleNamespace(**{**vars(detect), "merge_strategy": choice})
-        merged, _ = merge_notebooks(*[_node(nb) for nb in (base, ours, theirs)], resolve)
+        decisions = decide_notebook_merge(base_node, _node(ours), _node(theirs), _decide_only())
     finally:
         quiet.level = level
-    if strategy == "union" and conflicts:
-        merged["cells"] = _with_theirs_after(merged["cells"], _conflict_rows(conflicts, base, ours, theirs))
+    conflicts = [d for d in decisions if d.conflict]
+    if not conflicts:
+        return apply_decisions(base_node, decisions)
+    rows = _conflict_rows(conflicts, base, ours, theirs)
+    if strategy is None and not force:
+        names = ", ".join(str(r["index"]) for r in rows)
+        raise MergeConflict(f"conflicting edits in cell(s) {names}: nothing was merged", rows)
+    side = _SIDES[strategy or "theirs"]  # force: theirs
+    for decision in conflicts:
+        decision.action, decision.conflict = side, False
+    merged = apply_decisions(base_node, decisions)
+    if strategy == "union":
+        merged["cells"] = _with_theirs_after(merged["cells"], rows)
     return merged
+
+
+def _decide_only() -> argparse.Namespace:
+    """nbdime's merge arguments, its defaults but for the ``mergetool`` strategy: decide, resolve nothing.
+
+    Only the merge arguments are declared: nbdime's generic ones configure the
+    root logger as they are declared. ``mergetool`` is not among the command
+    line's choices; nbdime's web merge tool sets it the same way.
+    """
+    from nbdime.args import add_merge_args
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_merge_args(parser)
+    args = parser.parse_args([])
+    args.merge_strategy = "mergetool"
+    args.log_level = "ERROR"  # read only to print nbdime's debug output
+    return args
 
 
 def _node(notebook: dict[str, Any]) -> Any:
@@ -169,7 +189,14 @@ def _source(cell: dict[str, Any] | None) -> str | None:
 
 
 def _with_theirs_after(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Union: after each conflicting cell (kept as ours), a copy holding theirs."""
+    """Union: after each conflicting cell (kept as ours), a copy holding theirs.
+
+    nbdime's own ``union`` is not used: it works inside a cell, applying both
+    sides' edits to one source one after the other (``b = 20`` and ``b = 200``
+    edited from ``b = 2`` come out as ``b = 2000``, neither side's code), and
+    leaves conflicts it cannot join, in metadata, unresolved. Here each side's
+    cell stays whole, as it was written and run, and the reader picks.
+    """
     theirs = {row["id"]: row["theirs"] for row in rows if row["theirs"] is not None}
     out = []
     for cell in cells:

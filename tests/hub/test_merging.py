@@ -128,3 +128,33 @@ def test_a_strategy_or_force_settles_a_plain_topic_conflict(
 def test_an_unknown_strategy_is_refused_before_anything_is_compared() -> None:
     with pytest.raises(SpindelError, match="unknown strategy 'mine': use one of ours, theirs, union"):
         merging.check_strategy("mine")
+
+
+@pytest.mark.parametrize(
+    ("strategy", "force"), [(None, False), ("ours", False), ("theirs", False), ("union", False), (None, True)]
+)
+def test_nbdime_decides_a_merge_once_and_the_strategy_settles_its_conflicts(
+    monkeypatch: pytest.MonkeyPatch, strategy: str | None, force: bool
+) -> None:
+    import nbdime.merging.notebooks
+
+    decide = nbdime.merging.notebooks.decide_merge_with_diff
+    calls: list[None] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(None)
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(nbdime.merging.notebooks, "decide_merge_with_diff", counted)
+    base, ours, theirs = (
+        notebook("a = 1", "b = 2"),
+        notebook("a = 1", "b = 20"),
+        notebook("a = 10", "b = 200"),
+    )
+    if strategy is None and not force:
+        with pytest.raises(MergeConflict):
+            merging.three_way(base, ours, theirs, strategy, force)
+    else:
+        merged = merging.three_way(base, ours, theirs, strategy, force)
+        assert merged["cells"][0]["source"] == "a = 10"  # the clean change is in, whoever wins the conflict
+    assert len(calls) == 1
