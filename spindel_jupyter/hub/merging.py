@@ -3,8 +3,8 @@
 A fork gets its own copy of each of its workspace's topics, named under it,
 and notes the stamp of each at fork. A merge brings the fork's cells back
 three-way against the fork's base (with nbdime) and its topics by their kind:
-CRDT topics join, a plain topic is taken from the fork if only the fork
-changed it. A merge changes nothing when it finds a conflict - a cell edited on
+CRDT topics join, a plain topic comes from the side that changed it since the
+fork. A merge changes nothing when it finds a conflict - a cell edited on
 both sides, or a plain topic set on both sides since the fork - unless a
 strategy (ours, theirs, union) or force (theirs wins) settles it.
 """
@@ -19,7 +19,6 @@ from typing import Any
 import nbformat
 
 from ..core.errors import MergeConflict, SpindelError
-from ..core.protocol import LWW
 from .topics import TopicStore
 
 #: The side that wins a conflicting change under each strategy, named as nbdime's decisions do.
@@ -57,19 +56,24 @@ def copy_topics(topics: TopicStore, fork: dict[str, Any]) -> None:
 
 
 def topics_back(topics: TopicStore, fork: dict[str, Any], strategy: str | None, force: bool) -> list[Fold]:
-    """How each of the fork's topics comes back; :class:`MergeConflict` if a plain topic changed on
-    both sides since the fork and neither ``strategy`` nor ``force`` says who wins."""
+    """How each of the fork's topics comes back, each on its own.
+
+    A CRDT topic joins. A plain topic is three-way by its stamp at fork: it
+    comes from the side that changed it; changed on both sides it is a
+    conflict - :class:`MergeConflict` listing every such topic - unless
+    ``strategy`` or ``force`` says who wins, as for cells.
+    """
     forked = fork.get("forked_topics") or {}
     stamps = fork.get("fork_stamps") or {}
-    take_theirs = force or strategy in ("theirs", "union")
+    theirs_win = force or strategy in ("theirs", "union")  # a plain value cannot be both: union takes theirs
+    folds: list[Fold] = []
     conflicts = []
     for original, copied in forked.items():
-        if topics.kind_of(original) != LWW or strategy is not None or force:
-            continue
+        # Only plain topics have stamps: a CRDT never moves here, and joins whoever wins.
         at_fork = _stamp(stamps.get(original))
         ours_moved = _stamp(topics.stamp_of(original)) != at_fork
         theirs_moved = _stamp(topics.stamp_of(copied)) != at_fork
-        if ours_moved and theirs_moved:
+        if ours_moved and theirs_moved and strategy is None and not force:
             conflicts.append(
                 {
                     "index": None,
@@ -80,12 +84,11 @@ def topics_back(topics: TopicStore, fork: dict[str, Any], strategy: str | None, 
                     "theirs": topics.value_text(copied),
                 }
             )
-        elif theirs_moved:
-            take_theirs = True
+        folds.append((copied, original, theirs_moved and (theirs_win or not ours_moved)))
     if conflicts:
         names = ", ".join(c["topic"] for c in conflicts)
         raise MergeConflict(f"conflicting values of topic(s) {names}: nothing was merged", conflicts)
-    return [(copied, original, take_theirs) for original, copied in forked.items()]
+    return folds
 
 
 def _listed(stamp: Any) -> list[Any] | None:

@@ -77,22 +77,6 @@ def test_crdt_topics_join_back_even_when_no_cell_changed(hub: Hub) -> None:
     assert hub.value("tags") == {"x", "fork", "parent"}  # ... but the topic joined back
 
 
-def test_a_plain_topic_changed_only_by_the_fork_is_taken(hub: Hub) -> None:
-    hub.set("level", 1)
-    hub.publish_and_fork("level")
-    hub.set("lec-s/level", 9)
-    hub.registry.merge("lec-s", "teacher")
-    assert hub.value("level") == 9
-
-
-def test_a_plain_topic_changed_only_by_the_parent_is_kept(hub: Hub) -> None:
-    hub.set("level", 1)
-    hub.publish_and_fork("level")
-    hub.set("level", 7)
-    hub.registry.merge("lec-s", "teacher")
-    assert hub.value("level") == 7
-
-
 def test_a_plain_topic_changed_on_both_sides_is_a_conflict_and_nothing_is_merged(hub: Hub) -> None:
     hub.set("level", 1)
     hub.tag("tags", "x")
@@ -123,6 +107,31 @@ def test_a_strategy_or_force_settles_a_plain_topic_conflict(
     hub.set("lec-s/level", 9)
     hub.registry.merge("lec-s", "teacher", strategy, force)
     assert hub.value("level") == level
+
+
+@pytest.mark.parametrize(
+    ("strategy", "force"), [(None, False), ("ours", False), ("theirs", False), ("union", False), (None, True)]
+)
+def test_a_plain_topic_comes_back_from_the_side_that_changed_it_whatever_the_strategy(
+    hub: Hub, strategy: str | None, force: bool
+) -> None:
+    """Each topic on its own; a strategy only settles topics both sides changed."""
+    hub.set("level", 1)
+    hub.set("mode", "quiz")
+    hub.publish_and_fork("level", "mode")
+    hub.set("lec-s/level", 9)  # only the fork changed the level ...
+    hub.set("mode", "exam")  # ... and only the parent the mode
+    hub.registry.merge("lec-s", "teacher", strategy, force)
+    assert (hub.value("level"), hub.value("mode")) == (9, "exam")
+
+
+def test_a_plain_topic_the_fork_started_comes_back(hub: Hub) -> None:
+    hub.registry.publish("lec", notebook("a = 1"), "teacher", topics={"level": {}})  # no value yet
+    fork = hub.registry.fork("lec", "lec-s", "teacher")
+    assert fork["fork_stamps"] == {"level": None}
+    hub.set("lec-s/level", 9)
+    hub.registry.merge("lec-s", "teacher")
+    assert hub.value("level") == 9
 
 
 def test_an_unknown_strategy_is_refused_before_anything_is_compared() -> None:
