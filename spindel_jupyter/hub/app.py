@@ -97,10 +97,10 @@ class SpindelHub(ExtensionApp):
         # The registry's directory is the hub's own, as the topics' and nodes' are: made and swept alike.
         durable.make_directory(store_dir / "workspaces")
         durable.sweep(store_dir / "workspaces")
-        self.registry = Registry(store_dir / "workspaces", self.nodes, self.lease_seconds)
+        self.registry = Registry(store_dir / "workspaces", self.nodes, self.lease_seconds, topics=topics)
         server = self.serverapp
         assert server is not None
-        self.notebooks = NotebookService(self.registry, server.contents_manager, server.root_dir, topics)
+        self.notebooks = NotebookService(self.registry, server.contents_manager, server.root_dir)
         self.notebooks.server_user = _server_user()
         self.notebooks.kernelspec = _default_kernelspec(server)
         self.notebooks.announce = self._announce_head

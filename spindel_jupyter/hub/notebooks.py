@@ -29,11 +29,10 @@ import nbformat
 from jupyter_server.services.contents.fileio import FileManagerMixin
 from jupyter_server.utils import ensure_async
 
-from ..core.errors import MergeConflict, SpindelError
-from ..core.protocol import LWW, OWN
+from ..core.errors import SpindelError
+from ..core.protocol import OWN
 from . import durable
 from .access import Actor, Forbidden, acting, require
-from .topics import TopicStore
 from .workspaces import Registry, normalized, plain
 
 log = logging.getLogger(__name__)
@@ -48,15 +47,9 @@ Announce = Callable[[dict[str, Any], dict[str, Any]], None]
 class NotebookService:
     """Workspace operations on notebook paths of one Jupyter server."""
 
-    def __init__(
-        self,
-        registry: Registry,
-        contents: Any,
-        root_dir: str,
-        topics: TopicStore | None = None,
-    ) -> None:
+    def __init__(self, registry: Registry, contents: Any, root_dir: str) -> None:
         self.registry = registry
-        self.topics = topics or TopicStore()
+        self.topics = registry.topics
         self.contents = contents
         self.root_dir = root_dir
         #: Where announcements of new heads go (the app tells followers and the lab).
@@ -179,11 +172,7 @@ class NotebookService:
             path = self.contents_path(path or f"forks/{new}.ipynb")
             self.registry.get(name)
             await self._check_writable(path, new)
-        descriptor = self.registry.fork(
-            name, new, actor.name, path=None if deliver else path, stamps=self.topics.stamp_of
-        )
-        for original, copy in (descriptor.get("forked_topics") or {}).items():
-            self.topics.copy(original, copy)
+        descriptor = self.registry.fork(name, new, actor.name, path=None if deliver else path)
         await self.topics.stored()  # the fork's own topics are durable before it is answered
         descriptor = self.with_kinds(descriptor)
         if deliver:
@@ -204,43 +193,15 @@ class NotebookService:
         force: bool = False,
         into: str | None = None,
     ) -> dict[str, Any]:
-        """Merge fork ``name`` back: cells in the registry, topics here (CRDT topics join back,
-        plain ones follow the strategy), and the parent's notebook file if it has one."""
+        """Merge fork ``name`` back (cells and topics, in the registry), then the parent's notebook
+        file if it has one."""
         source = self.registry.get(name)
         parent_name = into or (source.get("fork_of") or {}).get("workspace")
         parent_path = self.registry.get(parent_name).get("path") if parent_name else None
         if parent_path:
             require(actor, "merge_into_file")
-        forked = source.get("forked_topics") or {}
-        stamps = source.get("fork_stamps") or {}
-        take_theirs = bool(force) or strategy in ("theirs", "union")
-        conflicts = []
-        for original, copy in forked.items():
-            if self.topics.kind_of(original) != LWW or strategy is not None or force:
-                continue
-            at_fork = stamps.get(original)
-            ours_moved = _stamp(self.topics.stamp_of(original)) != _stamp(at_fork)
-            theirs_moved = _stamp(self.topics.stamp_of(copy)) != _stamp(at_fork)
-            if ours_moved and theirs_moved:
-                conflicts.append(
-                    {
-                        "index": None,
-                        "id": None,
-                        "topic": original,
-                        "base": None,
-                        "ours": self.topics.value_text(original),
-                        "theirs": self.topics.value_text(copy),
-                    }
-                )
-            elif theirs_moved:
-                take_theirs = True
-        if conflicts:
-            topics = ", ".join(c["topic"] for c in conflicts)
-            raise MergeConflict(f"conflicting values of topic(s) {topics}: nothing was merged", conflicts)
         result = self.registry.merge(name, actor.name, strategy, bool(force), into)
-        for original, copy in forked.items():
-            self.topics.fold(copy, original, take_theirs)
-        await self.topics.stored()
+        await self.topics.stored()  # the topics merged back are durable before it is answered
         parent = result.get("workspace")
         if result.get("merged") and parent and parent.get("path"):
             await self.write(parent["path"], self.registry.notebook(result["head"]))
@@ -382,10 +343,6 @@ def _notebook_content(notebook: Any) -> dict[str, Any]:
     except Exception as exc:
         raise SpindelError(f"'notebook' is not a valid notebook: {exc}") from None
     return content
-
-
-def _stamp(value: Any) -> tuple[Any, ...] | None:
-    return tuple(value) if value is not None else None
 
 
 def _replace(target: Path, text: str) -> None:

@@ -5,10 +5,11 @@ updated, path, followers}`` kept as a JSON file; its content is nodes in the
 :class:`~.store.NodeStore`: one node per cell (so identical cells are stored
 once) and one commit node per version (parents, cell keys and ids, notebook
 metadata, synced-topic states, author, time, message). A fork is only a new
-descriptor pointing at the parent's head: it copies no content. A merge is
-three-way against the fork's base (with nbdime) and changes nothing when it
-finds a conflict, unless a strategy or force is given. One peer at a time holds
-a workspace's writer lease; others get :class:`NotWritable`.
+descriptor pointing at the parent's head: it copies no cell, and starts its
+own copies of the workspace's topics. A merge is three-way against the fork's
+base and changes nothing when it finds a conflict, unless a strategy or force
+is given (the rules of both are in :mod:`.merging`). One peer at a time holds a
+workspace's writer lease; others get :class:`NotWritable`.
 
 Plain Python: the handlers and the hub's ops call it, and it reports new heads
 to ``on_head`` so the server can write followers' copies.
@@ -21,20 +22,19 @@ import json
 import logging
 import re
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nbformat
 
-from ..core.errors import MergeConflict, NotWritable, SpindelError
-from . import durable
+from ..core.errors import NotWritable, SpindelError
+from . import durable, merging
 from .store import NodeStore
+from .topics import TopicStore
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = {"ours": "use-local", "theirs": "use-remote", "union": "use-local"}
 _NAME = re.compile(r"[\w][\w.\-]{0,127}")
 
 
@@ -62,9 +62,12 @@ class Registry:
         store: NodeStore,
         lease_seconds: float = 300.0,
         clock: Callable[[], float] = time.time,
+        topics: TopicStore | None = None,
     ) -> None:
         self.directory = directory
         self.store = store
+        #: The hub's topics: a fork copies its workspace's, a merge brings them back.
+        self.topics = topics or TopicStore()
         self.lease_seconds = lease_seconds
         self.clock = clock
         #: Called with the descriptor when a workspace gets a new head; on any other change, on_change.
@@ -159,18 +162,9 @@ class Registry:
         self._saved(descriptor, new_head=True)
         return self._public(descriptor)
 
-    def fork(
-        self,
-        name: str,
-        new: str,
-        peer: str,
-        path: str | None = None,
-        stamps: Callable[[str], Any] | None = None,
-    ) -> dict[str, Any]:
-        """A new workspace ``new`` at ``name``'s head, owned by ``peer``: a pointer, no content copied.
-
-        ``stamps`` gives each plain topic's stamp now: a merge tells from them who changed what.
-        """
+    def fork(self, name: str, new: str, peer: str, path: str | None = None) -> dict[str, Any]:
+        """A new workspace ``new`` at ``name``'s head, owned by ``peer``: a pointer, no cell copied;
+        the workspace's topics are copied, the fork's own from now on (see :mod:`.merging`)."""
         _check_name(new)
         parent = self._descriptor(name)
         if new in self.workspaces:
@@ -181,21 +175,16 @@ class Registry:
             "owner": {"peer": peer, "expires": now + self.lease_seconds},
             "head": parent["head"],
             "fork_of": {"workspace": name, "head": parent["head"]},
-            # The fork's own topics, named under it: parent topic -> the fork's copy.
-            "forked_topics": {t: f"{new}/{t}" for t in parent.get("topics") or []},
-            "topics": [f"{new}/{t}" for t in parent.get("topics") or []],
-            "roles": {f"{new}/{t}": r for t, r in (parent.get("roles") or {}).items()},
+            **merging.fork_topics(self.topics, parent, new),
             "created": now,
             "updated": now,
             "path": path,
             "publisher": peer if path else None,
             "followers": [],
         }
-        if stamps is not None:
-            at_fork = {t: stamps(t) for t in parent.get("topics") or []}
-            descriptor["fork_stamps"] = {t: list(s) if s is not None else None for t, s in at_fork.items()}
         self.workspaces[new] = descriptor
         self._saved(descriptor, new_head=False)
+        merging.copy_topics(self.topics, descriptor)
         return self._public(descriptor)
 
     def store_cells(self, notebook: dict[str, Any]) -> None:
@@ -239,25 +228,38 @@ class Registry:
     def merge(
         self, fork: str, peer: str, strategy: str | None = None, force: bool = False, into: str | None = None
     ) -> dict[str, Any]:
-        """Merge ``fork`` back into the workspace it was forked from (three-way, against the fork base).
+        """Merge ``fork`` back into the workspace it was forked from: cells three-way against the
+        fork base, topics by their kind (see :mod:`.merging`).
 
         Any conflict aborts the whole merge with :class:`MergeConflict` listing
-        the conflicting cells, unless ``strategy`` (ours, theirs, union) or
-        ``force`` (theirs wins) is given. Needs the parent's lease.
+        the conflicting cells or topics, unless ``strategy`` (ours, theirs, union)
+        or ``force`` (theirs wins) is given. Needs the parent's lease.
         """
-        if strategy is not None and strategy not in STRATEGIES:
-            raise SpindelError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+        merging.check_strategy(strategy)
         source = self._descriptor(fork)
         if not source.get("fork_of"):
             raise SpindelError(f"{fork!r} is not a fork: merge a fork into the workspace it came from")
         parent = self._descriptor(into or source["fork_of"]["workspace"])
         self._check_writer(parent, peer, merging=fork)
+        folds = merging.topics_back(self.topics, source, strategy, force)
+        result = self._merge_cells(source, parent, peer, strategy, force)
+        for forked, original, take_theirs in folds:
+            self.topics.fold(forked, original, take_theirs)
+        return result
+
+    def _merge_cells(
+        self, source: dict[str, Any], parent: dict[str, Any], peer: str, strategy: str | None, force: bool
+    ) -> dict[str, Any]:
+        fork = source["name"]
         base_head, ours_head, theirs_head = source["fork_of"]["head"], parent["head"], source["head"]
         if theirs_head == base_head:
             return {"merged": False, "head": ours_head, "reason": f"{fork!r} has no changes to merge"}
         base, ours, theirs = (self.notebook(h) for h in (base_head, ours_head, theirs_head))
         # When nothing changed on the parent, the fork is taken as it is.
-        merged = theirs if ours_head == base_head else _three_way(base, ours, theirs, strategy, force)
+        if ours_head == base_head:
+            merged = theirs
+        else:
+            merged = normalized(merging.three_way(base, ours, theirs, strategy, force))
         message = f"merge {fork} into {parent['name']}"
         head = self._commit(merged, [ours_head, theirs_head], peer, message, {})
         parent["head"] = head
@@ -386,39 +388,6 @@ def _check_name(name: str) -> None:
         raise SpindelError(f"invalid workspace name {name!r}: use letters, digits, '_', '.' or '-'")
 
 
-def _three_way(
-    base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any], strategy: str | None, force: bool
-) -> dict[str, Any]:
-    from nbdime.merging import merge_notebooks
-
-    nbs = [_node(nb) for nb in (base, ours, theirs)]
-    detect = types.SimpleNamespace(
-        merge_strategy="mergetool",
-        input_strategy=None,
-        output_strategy=None,
-        ignore_transients=True,
-        log_level="ERROR",
-    )
-    quiet = logging.getLogger("nbdime")
-    level, quiet.level = quiet.level, logging.CRITICAL
-    try:
-        _, decisions = merge_notebooks(*nbs, detect)
-        conflicts = [d for d in decisions if d.conflict]
-        if conflicts and strategy is None and not force:
-            rows = _conflict_rows(conflicts, base, ours, theirs)
-            names = ", ".join(str(r["index"]) for r in rows)
-            raise MergeConflict(f"conflicting edits in cell(s) {names}: nothing was merged", rows)
-        choice = STRATEGIES.get(strategy or "theirs", "use-remote")
-        resolve = types.SimpleNamespace(**{**vars(detect), "merge_strategy": choice})
-        merged, _ = merge_notebooks(*[_node(nb) for nb in (base, ours, theirs)], resolve)
-    finally:
-        quiet.level = level
-    result = normalized(merged)
-    if strategy == "union" and conflicts:
-        result["cells"] = _with_theirs_after(result["cells"], _conflict_rows(conflicts, base, ours, theirs))
-    return result
-
-
 def normalized(notebook: Any) -> dict[str, Any]:
     """A notebook as plain JSON data with each source a single string (as the contents API gives)."""
     text = json.dumps(notebook) if isinstance(notebook, dict) else nbformat.writes(notebook)
@@ -432,56 +401,3 @@ def plain(node: Any) -> Any:
     if isinstance(node, list):
         return [plain(item) for item in node]
     return node
-
-
-def _node(notebook: dict[str, Any]) -> Any:
-    return nbformat.from_dict(copy.deepcopy(notebook))
-
-
-def _conflict_rows(
-    conflicts: list[Any], base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Each conflicting cell side by side: base, ours and theirs (None where it was deleted)."""
-    by_id = [{c.get("id"): c for c in nb["cells"]} for nb in (ours, theirs)]
-    rows = []
-    for decision in conflicts:
-        path = tuple(decision.common_path)
-        index = path[1] if len(path) > 1 and path[0] == "cells" else None
-        if index is None:
-            keys = [op.get("key") for op in (decision.local_diff or []) + (decision.remote_diff or [])]
-            index = next((k for k in keys if isinstance(k, int)), 0)
-        cell = base["cells"][index] if index < len(base["cells"]) else {}
-        cell_id = cell.get("id")
-        rows.append(
-            {
-                "index": index,
-                "id": cell_id,
-                "base": _source(cell),
-                "ours": _source(by_id[0].get(cell_id)),
-                "theirs": _source(by_id[1].get(cell_id)),
-            }
-        )
-    return rows
-
-
-def _source(cell: dict[str, Any] | None) -> str | None:
-    if not cell:
-        return None
-    source = cell.get("source", "")
-    return "".join(source) if isinstance(source, list) else str(source)
-
-
-def _with_theirs_after(cells: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Union: after each conflicting cell (kept as ours), a copy holding theirs."""
-    theirs = {row["id"]: row["theirs"] for row in rows if row["theirs"] is not None}
-    out = []
-    for cell in cells:
-        out.append(cell)
-        if cell.get("id") in theirs:
-            twin = copy.deepcopy(cell)
-            twin["id"] = f"{cell['id']}-theirs"[:64]
-            twin["source"] = theirs[cell["id"]]
-            if twin.get("cell_type") == "code":
-                twin["outputs"], twin["execution_count"] = [], None
-            out.append(twin)
-    return out

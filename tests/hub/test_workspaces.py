@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from spindel_jupyter.core import wire
 from spindel_jupyter.core.errors import MergeConflict, NotWritable
+from spindel_jupyter.core.protocol import LWW
 from spindel_jupyter.demo import code_notebook as notebook
 from spindel_jupyter.hub.store import NodeStore
+from spindel_jupyter.hub.topics import Topic
 from spindel_jupyter.hub.workspaces import Registry, WorkspaceExists, WorkspaceNotFound
 from tests.hub.conftest import Events
 
@@ -237,9 +240,10 @@ def test_publish_makes_the_cells_then_the_commit_then_the_descriptor_durable(
 def test_a_fork_writes_its_descriptor_once_with_the_stamps_of_its_topics(
     registry: Registry, disk: Events
 ) -> None:
+    registry.topics.topics["lec/level"] = Topic("lec/level", LWW, wire.encode(3), (7, 0, "teacher"))
     registry.publish("lec", notebook("a = 1"), "teacher", topics={"lec/level": {"kind": "lww"}})
     disk.clear()
-    fork = registry.fork("lec", "lec-s", "student", stamps=lambda topic: (7, 0, "teacher"))
+    fork = registry.fork("lec", "lec-s", "student")
     assert fork["fork_stamps"] == {"lec/level": [7, 0, "teacher"]}
     assert [e for e in disk if e[0] == "rename"] == [("rename", registry.directory / "lec-s.json")]
 
