@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from spindel_jupyter.core.errors import MergeConflict, NotWritable
+from spindel_jupyter.core.errors import MergeConflict, NotWritable, WorkspaceExists, WorkspaceNotFound
 from spindel_jupyter.demo import code_notebook as notebook
 from spindel_jupyter.hub.store import NodeStore
-from spindel_jupyter.hub.workspaces import Registry, WorkspaceExists, WorkspaceNotFound
+from spindel_jupyter.hub.workspaces import Registry
 from tests.hub.conftest import Events
 
 
