@@ -254,20 +254,6 @@ class MergeConflict(SpindelError):
             lines.append(f"cell {c.get('index')}: ours {c.get('ours')!r} | theirs {c.get('theirs')!r}")
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
-        import html
-
-        def cell(text: Any) -> str:
-            shown = "(deleted)" if text is None else html.escape(str(text))
-            return f"<td style='text-align:left;vertical-align:top'><pre>{shown}</pre></td>"
-
-        rows = "".join(
-            f"<tr><td>{c.get('index')}</td>{cell(c.get('base'))}{cell(c.get('ours'))}{cell(c.get('theirs'))}</tr>"
-            for c in self.conflicts
-        )
-        head = "<tr><th>cell</th><th>base</th><th>ours</th><th>theirs</th></tr>"
-        return f"<p>{html.escape(str(self))}</p><table>{head}{rows}</table>"
-
 
 class NotWritable(SpindelError):
     """Another peer holds the workspace's writer lease."""

@@ -1,10 +1,16 @@
-"""Rich notebook display of tabular results (HTML in a notebook, text in a terminal)."""
+"""What the kernel shows: tables, merge conflicts side by side (HTML in a notebook, text elsewhere).
+
+The core's exceptions know nothing of notebooks; their rich forms are here and
+:func:`register_displays` has IPython use them.
+"""
 
 from __future__ import annotations
 
 import html
 from collections.abc import Sequence
 from typing import Any
+
+from ..core.errors import MergeConflict
 
 
 class Table:
@@ -66,3 +72,23 @@ def peer_table(peers: Sequence[dict[str, Any]], me: str = "") -> Table:
     n = len(peers)
     title = f"{n} peer{'s' if n != 1 else ''} connected"
     return Table(["peer", "kind", "serves", "connected since"], rows, title=title, highlight=highlight)
+
+
+def conflicts_html(conflict: MergeConflict) -> str:
+    """A merge's conflicting cells side by side: base, ours and theirs (a deleted cell says so)."""
+
+    def cell(text: Any) -> str:
+        shown = "(deleted)" if text is None else html.escape(str(text))
+        return f"<td style='text-align:left;vertical-align:top'><pre>{shown}</pre></td>"
+
+    rows = "".join(
+        f"<tr><td>{c.get('index')}</td>{cell(c.get('base'))}{cell(c.get('ours'))}{cell(c.get('theirs'))}</tr>"
+        for c in conflict.conflicts
+    )
+    head = "<tr><th>cell</th><th>base</th><th>ours</th><th>theirs</th></tr>"
+    return f"<p>{html.escape(str(conflict))}</p><table>{head}{rows}</table>"
+
+
+def register_displays(ip: Any) -> None:
+    """Have the shell ``ip`` show a :class:`MergeConflict` as its cells side by side."""
+    ip.display_formatter.formatters["text/html"].for_type(MergeConflict, conflicts_html)
