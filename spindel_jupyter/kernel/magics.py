@@ -17,9 +17,9 @@ from traitlets import Float
 from ..core.errors import MergeConflict, SpindelError, SpindelWarning, UnsendableResult
 from ..peer import client
 from . import invite, session, workspace
+from .calling import run as run_remote
 from .display import peer_table, register_displays
-from .remote import run as run_remote
-from .remote import serve, unserve
+from .serving import serve, unserve
 
 
 @magics_class

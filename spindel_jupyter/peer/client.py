@@ -457,7 +457,7 @@ class Peer:
         elif kind in (REQ, MSG):
             self._incoming(header, body)
         elif kind == CANCEL:
-            self._incoming({**header, "op": "cancel"}, memoryview(wire.encode(header["id"])))
+            self._incoming({**header, "op": CANCEL}, memoryview(wire.encode(header["id"])))
         elif kind == EVENT:
             event = str(header.get("event"))
             payload = wire.decode(body) if body else None
