@@ -20,7 +20,7 @@ from typing import Any
 import spindel_jupyter
 from spindel_jupyter import subscribe_signal, sync_signal
 from spindel_jupyter.core.crdt import ORSet
-from spindel_jupyter.kernel import remote
+from spindel_jupyter.kernel.calling import remote
 
 from .common import RateWindow, emit, serve_blocks, stdin_lines, watchdog
 

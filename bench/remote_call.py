@@ -7,7 +7,7 @@ from typing import Any
 
 from spindel_jupyter.core import wire
 from spindel_jupyter.core.protocol import REP, REQ
-from spindel_jupyter.kernel.remote import RemoteFunction
+from spindel_jupyter.kernel.calling import RemoteFunction
 
 from . import raw_relay
 from .common import (

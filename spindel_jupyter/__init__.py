@@ -34,13 +34,13 @@ _EXPORTS = {
     "SpindelError": ".core.errors",
     "UnboundNames": ".core.errors",
     "UnsendableResult": ".core.errors",
-    "RemoteFunction": ".kernel.remote",
-    "call": ".kernel.remote",
-    "remote": ".kernel.remote",
-    "run": ".kernel.remote",
-    "serve": ".kernel.remote",
-    "serving": ".kernel.remote",
-    "unserve": ".kernel.remote",
+    "RemoteFunction": ".kernel.calling",
+    "call": ".kernel.calling",
+    "remote": ".kernel.calling",
+    "run": ".kernel.calling",
+    "serve": ".kernel.serving",
+    "serving": ".kernel.serving",
+    "unserve": ".kernel.serving",
     "Signal": ".core.signals",
     "export_signal": ".peer.sync",
     "subscribe_signal": ".peer.sync",
@@ -65,8 +65,9 @@ if TYPE_CHECKING:
         UnsendableResult,
     )
     from .core.signals import Signal
+    from .kernel.calling import RemoteFunction, call, remote, run
     from .kernel.contexts import fork_context, list_contexts, register_context, unregister_context
-    from .kernel.remote import RemoteFunction, call, remote, run, serve, serving, unserve
+    from .kernel.serving import serve, serving, unserve
     from .kernel.session import connect
     from .kernel.widgets import bind_widget, unbind_widget
     from .peer.bridges import from_queue, to_queue

@@ -40,7 +40,7 @@ from typing import Any
 
 from jupyter_client.manager import KernelManager
 
-from .core.errors import NAME_TAKEN, NameTaken, SpindelError
+from .core.errors import NameTaken, SpindelError
 from .core.protocol import check_name
 from .kernel import session
 from .peer import client
@@ -325,8 +325,7 @@ def _claim_name(me: client.Peer, name: str) -> None:
         fix = "stop that kernel"
     raise NameTaken(
         f"a peer named {name!r} is already connected to this hub: {holder}. "
-        f"To start this one, {fix}, or give it another name: demo.start_peer({name + '-2'!r})",
-        NAME_TAKEN,
+        f"To start this one, {fix}, or give it another name: demo.start_peer({name + '-2'!r})"
     )
 
 

@@ -1,8 +1,9 @@
-"""The exceptions users see, and the mapping from wire error codes to them.
+"""The exceptions this package raises, the hub's and the serving peers' included.
 
-Every error that crosses the wire carries a ``code``; :func:`from_wire` turns it
-back into the matching exception so a caller catches ``PeerNotFound`` whether the
-hub or the remote kernel raised it.
+An error that crosses the wire travels as its class's ``code`` (see
+:mod:`~spindel_jupyter.core.codes`) and arrives as the same class, so a caller
+catches ``WorkspaceNotFound`` or ``PeerNotFound`` whichever side raised it
+(:func:`~spindel_jupyter.core.protocol.from_wire`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from . import codes
+
 
 class SpindelError(Exception):
     """Base class of every error this package raises."""
 
-    #: The wire code this error travels under when a peer raises it while serving.
-    code = "error"
+    #: The wire code this error travels under (a subclass that can travel has one of its own).
+    code = codes.ERROR
 
     def _render_traceback_(self) -> list[str]:
         # IPython shows this instead of a traceback through this package's internals.
@@ -45,15 +48,111 @@ class DecodeError(SpindelError, ValueError):
 
 
 class HubError(SpindelError):
-    """The hub refused a frame or a request; the message says why and what to do."""
+    """The hub refused a frame or a request; the message says why and what to do.
 
-    def __init__(self, message: str, code: str = "hub_error") -> None:
-        self.code = code
+    Each refusal with a code of its own arrives as the subclass of that code; a
+    bare ``HubError`` is one without (or with a code this side does not know,
+    kept in ``code``).
+    """
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        if code is not None:
+            self.code = code
         super().__init__(message)
+
+
+class HubFailure(HubError):
+    """The hub failed on a frame or a request: nothing else was affected, and its log has the details."""
+
+    code = codes.HUB_ERROR
+
+
+class BadFrame(HubError):
+    """A frame the hub cannot read, or one that breaks the protocol's rules."""
+
+    code = codes.BAD_FRAME
+
+
+class FrameTooLarge(HubError):
+    """A frame over the hub's ``max_frame_bytes``."""
+
+    code = codes.FRAME_TOO_LARGE
+
+
+class HelloFirst(HubError):
+    """A frame sent before the ``hello`` that names the peer."""
+
+    code = codes.HELLO_FIRST
+
+
+class BadName(HubError):
+    """A peer name the hub refuses: not a valid name, or not the one an invite allows."""
+
+    code = codes.BAD_NAME
 
 
 class NameTaken(HubError):
     """The peer name asked for is already connected to the hub."""
+
+    code = codes.NAME_TAKEN
+
+
+class HubFull(HubError):
+    """The hub has as many peers connected as it takes (``c.SpindelHub.max_peers``)."""
+
+    code = codes.HUB_FULL
+
+
+class UnknownOp(HubError):
+    """A request for an operation that the hub, or the peer asked, does not serve."""
+
+    code = codes.UNKNOWN_OP
+
+
+class BadTopicKind(HubError):
+    """A topic written with another kind of value than it holds, or with a kind that does not exist."""
+
+    code = codes.TOPIC_KIND
+
+
+class TooManyTopics(HubError):
+    """The hub holds as many topics as it takes (``c.SpindelHub.max_topics``)."""
+
+    code = codes.TOO_MANY_TOPICS
+
+
+class Forbidden(HubError):
+    """The hub refuses an operation to whoever asked; the message names the rule and what to do."""
+
+    code = codes.FORBIDDEN
+
+
+class WorkspaceNotFound(HubError, KeyError):
+    """No workspace has that name."""
+
+    code = codes.WORKSPACE_NOT_FOUND
+
+    def __str__(self) -> str:
+        # KeyError would quote the message.
+        return str(self.args[0]) if self.args else "workspace not found"
+
+
+class WorkspaceExists(HubError):
+    """A workspace of that name already exists."""
+
+    code = codes.WORKSPACE_EXISTS
+
+
+class CorruptNode(HubError):
+    """A stored node whose bytes no longer match its hash."""
+
+    code = codes.CORRUPT_NODE
+
+
+class MissingNode(HubError):
+    """A node that is not in the store."""
+
+    code = codes.MISSING_NODE
 
 
 class NotConnected(SpindelError):
@@ -63,19 +162,19 @@ class NotConnected(SpindelError):
 class NotServed(SpindelError):
     """The peer does not serve this call: not opted in, not this context, or not this caller."""
 
-    code = "not_served"
+    code = codes.NOT_SERVED
 
 
 class Interrupted(SpindelError):
     """Served code was interrupted because its caller stopped waiting."""
 
-    code = "interrupted"
+    code = codes.INTERRUPTED
 
 
 class UnsendableResult(SpindelError):
     """A remote result the codec cannot carry; ``bundle`` holds its rich display."""
 
-    code = "unsendable"
+    code = codes.UNSENDABLE
 
     def __init__(self, message: str, bundle: dict[str, Any] | None = None) -> None:
         self.bundle = bundle or {}
@@ -84,6 +183,8 @@ class UnsendableResult(SpindelError):
 
 class PeerNotFound(SpindelError):
     """The target peer is not connected to the hub."""
+
+    code = codes.PEER_NOT_FOUND
 
     def __init__(self, peer: str, connected: list[str] | None = None) -> None:
         self.peer = peer
@@ -97,6 +198,8 @@ class PeerNotFound(SpindelError):
 class PeerLost(SpindelError):
     """The peer (or the hub) went away while a call to it was pending."""
 
+    code = codes.PEER_LOST
+
     def __init__(self, peer: str, detail: str = "") -> None:
         self.peer = peer
         super().__init__(detail or f"peer {peer!r} disconnected before it answered")
@@ -105,11 +208,13 @@ class PeerLost(SpindelError):
 class RemoteTimeout(SpindelError, TimeoutError):
     """A remote call did not answer within its timeout."""
 
-    code = "timeout"
+    code = codes.TIMEOUT
 
 
 class RemoteError(SpindelError):
     """An exception raised on a remote peer, with its remote traceback."""
+
+    code = codes.REMOTE_ERROR
 
     def __init__(self, peer: str, ename: str, evalue: str, traceback: list[str] | None = None) -> None:
         self.peer = peer
@@ -127,7 +232,7 @@ class RemoteError(SpindelError):
 class UnboundNames(SpindelError):
     """Names a remote body reads that are neither arguments nor defined remotely."""
 
-    code = "unbound_names"
+    code = codes.UNBOUND_NAMES
 
     def __init__(self, message: str, names: list[str] | None = None) -> None:
         self.names = list(names or [])
@@ -137,7 +242,7 @@ class UnboundNames(SpindelError):
 class MergeConflict(SpindelError):
     """A merge found conflicting edits and changed nothing; ``conflicts`` lists them side by side."""
 
-    code = "merge_conflict"
+    code = codes.MERGE_CONFLICT
 
     def __init__(self, message: str, conflicts: list[dict[str, Any]] | None = None) -> None:
         self.conflicts = list(conflicts or [])
@@ -149,83 +254,8 @@ class MergeConflict(SpindelError):
             lines.append(f"cell {c.get('index')}: ours {c.get('ours')!r} | theirs {c.get('theirs')!r}")
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
-        import html
-
-        def cell(text: Any) -> str:
-            shown = "(deleted)" if text is None else html.escape(str(text))
-            return f"<td style='text-align:left;vertical-align:top'><pre>{shown}</pre></td>"
-
-        rows = "".join(
-            f"<tr><td>{c.get('index')}</td>{cell(c.get('base'))}{cell(c.get('ours'))}{cell(c.get('theirs'))}</tr>"
-            for c in self.conflicts
-        )
-        head = "<tr><th>cell</th><th>base</th><th>ours</th><th>theirs</th></tr>"
-        return f"<p>{html.escape(str(self))}</p><table>{head}{rows}</table>"
-
 
 class NotWritable(SpindelError):
     """Another peer holds the workspace's writer lease."""
 
-    code = "not_writable"
-
-
-# Wire error codes, in one place. The hub and the peers both speak these.
-BAD_FRAME = "bad_frame"
-FRAME_TOO_LARGE = "frame_too_large"
-HELLO_FIRST = "hello_first"
-BAD_NAME = "bad_name"
-NAME_TAKEN = "name_taken"
-PEER_NOT_FOUND = "peer_not_found"
-PEER_LOST = "peer_lost"
-REMOTE_ERROR = "remote_error"
-UNKNOWN_OP = "unknown_op"
-TOPIC_KIND = "topic_kind"
-HUB_FULL = "hub_full"
-TOO_MANY_TOPICS = "too_many_topics"
-HUB_ERROR = "hub_error"
-
-# Errors that travel as just a code and a message.
-_PLAIN: dict[str, type[SpindelError]] = {
-    cls.code: cls for cls in (NotServed, Interrupted, RemoteTimeout, NotWritable)
-}
-
-
-def from_wire(error: dict[str, Any], peer: str = "") -> SpindelError:
-    """The exception for an error dict received in a reply or an error frame."""
-    code = str(error.get("code", "hub_error"))
-    message = str(error.get("message", "unknown error"))
-    if code == PEER_NOT_FOUND:
-        return PeerNotFound(str(error.get("peer", peer)), list(error.get("peers") or []))
-    if code == PEER_LOST:
-        return PeerLost(str(error.get("peer", peer)), message)
-    if code == REMOTE_ERROR:
-        return RemoteError(
-            str(error.get("peer", peer)),
-            str(error.get("ename", "Exception")),
-            str(error.get("evalue", message)),
-            [str(line) for line in error.get("traceback") or []],
-        )
-    if code == UnboundNames.code:
-        return UnboundNames(message, [str(n) for n in error.get("names") or []])
-    if code == MergeConflict.code:
-        return MergeConflict(message, list(error.get("conflicts") or []))
-    if code == UnsendableResult.code:
-        return UnsendableResult(message, error.get("bundle"))
-    if code in _PLAIN:
-        return _PLAIN[code](message)
-    if code == NAME_TAKEN:
-        return NameTaken(message, code)
-    return HubError(message, code)
-
-
-def to_wire(exc: SpindelError) -> dict[str, Any]:
-    """The error dict for a :class:`SpindelError` raised while serving a request."""
-    error: dict[str, Any] = {"code": exc.code, "message": str(exc)}
-    if isinstance(exc, UnboundNames):
-        error["names"] = exc.names
-    if isinstance(exc, UnsendableResult):
-        error["bundle"] = exc.bundle
-    if isinstance(exc, MergeConflict):
-        error["conflicts"] = exc.conflicts
-    return error
+    code = codes.NOT_WRITABLE

@@ -21,6 +21,10 @@ For topics it answers ``sub`` with ``snap`` ``{re, topic, kind, stamp?, error?}`
 state before the joiner's, as body, when the joiner lacks something), relays
 ``pub`` to the other followers, and sends ``ack`` ``{topic, seq}`` once a change
 is stored durably.
+
+An error, in a ``rep`` or an ``error`` frame, is a map ``{code, message, ...}``
+(the codes are in :mod:`~spindel_jupyter.core.codes`): :func:`to_wire` makes it
+from an exception, :func:`from_wire` makes the exception of its class again.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import errors
+from . import codes, errors
 
 HELLO = "hello"
 WELCOME = "welcome"
@@ -49,6 +53,11 @@ LWW = "lww"
 MAX_TOPIC = 256
 ERROR = "error"
 EVENT = "event"
+
+#: The ops of a remote call: the call itself (a request), and what the serving
+#: peer sends its caller while it runs (one-way: output, queued/running status).
+OP_CALL = "call"
+OP_OUTPUT = "output"
 
 #: Sender stamped on frames the hub itself originates.
 HUB = "@hub"
@@ -83,14 +92,6 @@ _OPTIONAL: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
-class FrameError(Exception):
-    """A frame the hub refuses; ``code`` is one of the wire codes in :mod:`errors`."""
-
-    def __init__(self, message: str, code: str = errors.BAD_FRAME) -> None:
-        self.code = code
-        super().__init__(message)
-
-
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid peer name, else raise ``ValueError`` saying why."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -109,34 +110,94 @@ def name_from(text: str) -> str:
 
 
 def check_inbound(header: dict[str, Any]) -> str:
-    """Validate a header sent by a peer and return its type; raise :class:`FrameError`."""
+    """Validate a header sent by a peer and return its type; raise :class:`~errors.BadFrame`."""
     kind = header.get("t")
     if kind not in _FIELDS:
         known = ", ".join(sorted(_FIELDS))
-        raise FrameError(f"unknown frame type {kind!r}: a peer sends one of {known}")
+        raise errors.BadFrame(f"unknown frame type {kind!r}: a peer sends one of {known}")
     for field, expected in _FIELDS[kind].items():
         value = header.get(field)
         if not isinstance(value, expected) or isinstance(value, bool):
-            raise FrameError(f"{kind} frame needs field {field!r} of type {_type_names(expected)}")
+            raise errors.BadFrame(f"{kind} frame needs field {field!r} of type {_type_names(expected)}")
     for field, expected in _OPTIONAL.get(kind, {}).items():
         if field in header and (not isinstance(header[field], expected) or isinstance(header[field], bool)):
-            raise FrameError(f"{kind} frame field {field!r} must be of type {_type_names(expected)}")
+            raise errors.BadFrame(f"{kind} frame field {field!r} must be of type {_type_names(expected)}")
     op = header.get("op")
     if isinstance(op, str) and not 0 < len(op) <= _MAX_OP:
-        raise FrameError(f"op must be 1-{_MAX_OP} characters")
+        raise errors.BadFrame(f"op must be 1-{_MAX_OP} characters")
     if kind == HELLO and header["kind"] not in KINDS:
-        raise FrameError(f"hello kind must be one of {', '.join(KINDS)}")
+        raise errors.BadFrame(f"hello kind must be one of {', '.join(KINDS)}")
     if kind == SUB and header["mode"] not in MODES:
-        raise FrameError(f"sub mode must be one of {', '.join(MODES)}")
+        raise errors.BadFrame(f"sub mode must be one of {', '.join(MODES)}")
     topic = header.get("topic")
     if isinstance(topic, str) and not 0 < len(topic) <= MAX_TOPIC:
-        raise FrameError(f"topic names are 1-{MAX_TOPIC} characters")
+        raise errors.BadFrame(f"topic names are 1-{MAX_TOPIC} characters")
     return str(kind)
+
+
+# -- errors on the wire ------------------------------------------------------------
+
+#: The classes whose errors carry only their message: every refusal of the hub, and these.
+_PLAIN_CLASSES: tuple[type[errors.SpindelError], ...] = (
+    errors.HubError,
+    *errors.HubError.__subclasses__(),
+    errors.NotWritable,
+    errors.NotServed,
+    errors.Interrupted,
+    errors.RemoteTimeout,
+)
+_PLAIN = {cls.code: cls for cls in _PLAIN_CLASSES}
 
 
 def error_dict(code: str, message: str, **extra: Any) -> dict[str, Any]:
     """The error map carried by ``rep`` and ``error`` frames."""
     return {"code": code, "message": message, **extra}
+
+
+def to_wire(exc: errors.SpindelError) -> dict[str, Any]:
+    """The error map of ``exc``: its code, its message, and the fields its class carries."""
+    extra: dict[str, Any] = {}
+    if isinstance(exc, (errors.PeerNotFound, errors.PeerLost, errors.RemoteError)):
+        extra["peer"] = exc.peer
+    if isinstance(exc, errors.PeerNotFound):
+        extra["peers"] = exc.connected
+    elif isinstance(exc, errors.RemoteError):
+        extra.update(ename=exc.ename, evalue=exc.evalue, traceback=exc.traceback)
+    elif isinstance(exc, errors.UnboundNames):
+        extra["names"] = exc.names
+    elif isinstance(exc, errors.UnsendableResult):
+        extra["bundle"] = exc.bundle
+    elif isinstance(exc, errors.MergeConflict):
+        extra["conflicts"] = exc.conflicts
+    return error_dict(exc.code, str(exc), **extra)
+
+
+def from_wire(error: dict[str, Any], peer: str = "") -> errors.SpindelError:
+    """The exception an error map stands for, of its code's class; ``peer``: who answered."""
+    code = str(error.get("code", codes.HUB_ERROR))
+    message = str(error.get("message", "unknown error"))
+    who = str(error.get("peer", peer))
+    if code == codes.PEER_NOT_FOUND:
+        return errors.PeerNotFound(who, [str(p) for p in error.get("peers") or []])
+    if code == codes.PEER_LOST:
+        return errors.PeerLost(who, message)
+    if code == codes.REMOTE_ERROR:
+        return errors.RemoteError(
+            who,
+            str(error.get("ename", "Exception")),
+            str(error.get("evalue", message)),
+            [str(line) for line in error.get("traceback") or []],
+        )
+    if code == codes.UNBOUND_NAMES:
+        return errors.UnboundNames(message, [str(n) for n in error.get("names") or []])
+    if code == codes.UNSENDABLE:
+        return errors.UnsendableResult(message, error.get("bundle"))
+    if code == codes.MERGE_CONFLICT:
+        return errors.MergeConflict(message, list(error.get("conflicts") or []))
+    if code in _PLAIN:
+        return _PLAIN[code](message)
+    # A code this side does not know (a newer hub's): still the hub's refusal, code kept.
+    return errors.HubError(message, code)
 
 
 def _type_names(expected: type | tuple[type, ...]) -> str:

@@ -15,16 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import SpindelError
+from ..core.errors import Forbidden
 from ..core.protocol import INVITED, OWN
 
 __all__ = ["INVITED", "OWN", "Actor", "Forbidden", "acting", "require"]
-
-
-class Forbidden(SpindelError):
-    """The hub refuses an operation to whoever asked; the message names the rule and what to do."""
-
-    code = "forbidden"
 
 
 @dataclass(frozen=True)

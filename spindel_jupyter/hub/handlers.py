@@ -16,12 +16,18 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
-from ..core.errors import MergeConflict, NotWritable, SpindelError
+from ..core.errors import (
+    Forbidden,
+    MergeConflict,
+    NotWritable,
+    SpindelError,
+    WorkspaceExists,
+    WorkspaceNotFound,
+)
 from ..core.protocol import INVITED, OWN
 from ..core.websocket import OP_BINARY, frame_header
 from ..core.wire import Buffer
-from .access import Actor, Forbidden
-from .workspaces import WorkspaceExists, WorkspaceNotFound
+from .access import Actor
 
 if TYPE_CHECKING:
     from .app import SpindelHub

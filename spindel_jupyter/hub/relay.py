@@ -31,10 +31,9 @@ from ..core.protocol import (
     SUB,
     UNSUB,
     WELCOME,
-    FrameError,
     check_inbound,
     check_name,
-    error_dict,
+    to_wire,
 )
 from .access import Actor
 from .topics import TopicStore
@@ -166,15 +165,14 @@ class Relay:
         request_id = None
         try:
             if len(data) > self.max_frame_bytes:
-                raise FrameError(
+                raise errors.FrameTooLarge(
                     f"frame of {len(data)} bytes is over the hub's limit of {self.max_frame_bytes} "
-                    "bytes (c.SpindelHub.max_frame_bytes); send smaller values",
-                    errors.FRAME_TOO_LARGE,
+                    "bytes (c.SpindelHub.max_frame_bytes); send smaller values"
                 )
             try:
                 header, body = wire.unpack_frame(data)
             except errors.DecodeError as exc:
-                raise FrameError(f"frame is not valid msgpack: {exc}") from None
+                raise errors.BadFrame(f"frame is not valid msgpack: {exc}") from None
             if header.get("t") == REQ and isinstance(header.get("id"), int):
                 request_id = header["id"]
             kind = check_inbound(header)
@@ -182,7 +180,7 @@ class Relay:
             if kind == HELLO:
                 self._hello(member, header)
             elif not member.name:
-                raise FrameError("say hello first: the first frame names the peer", errors.HELLO_FIRST)
+                raise errors.HelloFirst("say hello first: the first frame names the peer")
             elif kind == REQ:
                 self._request(member, header, body)
             elif kind == REP:
@@ -197,40 +195,36 @@ class Relay:
                 self.topics.publish(member, header, body)
             else:
                 self._forward(member, header, body)
-        except FrameError as exc:
-            self._refuse(member, exc.code, str(exc), request_id)
+        except errors.HubError as exc:
+            self._refuse(member, exc, request_id)
         except Exception as exc:
             log.exception("spindel: failed to handle a frame from %r", member.name or "(no hello yet)")
-            self._refuse(member, errors.HUB_ERROR, _failed(exc), request_id)
+            self._refuse(member, errors.HubFailure(_failed(exc)), request_id)
 
-    def _refuse(self, member: Member, code: str, message: str, request_id: int | None) -> None:
-        log.debug("refused frame from %r: %s", member.name or "(no hello yet)", message)
+    def _refuse(self, member: Member, exc: errors.HubError, request_id: int | None) -> None:
+        log.debug("refused frame from %r: %s", member.name or "(no hello yet)", exc)
         if request_id is not None:
-            member.link.send(_reply_error(request_id, HUB, error_dict(code, message)))
+            member.link.send(_reply_error(request_id, HUB, to_wire(exc)))
         else:
-            member.link.send(wire.pack_frame({"t": ERROR, "from": HUB, **error_dict(code, message)}))
+            member.link.send(wire.pack_frame({"t": ERROR, "from": HUB, **to_wire(exc)}))
 
     def _hello(self, member: Member, header: dict[str, Any]) -> None:
         if member.name:
-            raise FrameError(f"already connected as {member.name!r}")
+            raise errors.BadFrame(f"already connected as {member.name!r}")
         try:
             name = check_name(header["name"])
         except ValueError as exc:
-            raise FrameError(str(exc), errors.BAD_NAME) from None
+            raise errors.BadName(str(exc)) from None
         if member.invite is not None and name != member.invite.name:
-            raise FrameError(f"this invite lets you join only as {member.invite.name!r}", errors.BAD_NAME)
+            raise errors.BadName(f"this invite lets you join only as {member.invite.name!r}")
         current = self.members.get(name)
         if current is None and len(self.members) >= self.max_peers:
-            raise FrameError(
-                f"the hub is full: {self.max_peers} peers are connected (c.SpindelHub.max_peers)",
-                errors.HUB_FULL,
+            raise errors.HubFull(
+                f"the hub is full: {self.max_peers} peers are connected (c.SpindelHub.max_peers)"
             )
         if current is not None:
             if current.session != header["session"]:
-                raise FrameError(
-                    f"name {name!r} is already connected; use %spin_connect --as OTHER",
-                    errors.NAME_TAKEN,
-                )
+                raise errors.NameTaken(f"name {name!r} is already connected; use %spin_connect --as OTHER")
             # The same peer reconnecting before the hub saw its old connection drop.
             current.link.close(4000, "replaced by a new connection of the same peer")
             self.disconnect(current)
@@ -285,22 +279,13 @@ class Relay:
             return
         target = self.members.get(target_name)
         if target is None:
-            member.link.send(
-                _reply_error(
-                    header["id"],
-                    target_name,
-                    error_dict(
-                        errors.PEER_NOT_FOUND,
-                        f"no peer named {target_name!r}",
-                        peer=target_name,
-                        # The lab's panels are peers too, but nobody calls them.
-                        peers=sorted(n for n, m in self.members.items() if m.kind != "ui"),
-                    ),
-                )
-            )
+            # The lab's panels are peers too, but nobody calls them.
+            callable_peers = sorted(n for n, m in self.members.items() if m.kind != "ui")
+            error = to_wire(errors.PeerNotFound(target_name, callable_peers))
+            member.link.send(_reply_error(header["id"], target_name, error))
             return
         if member.outstanding >= MAX_PENDING_PER_PEER:
-            raise FrameError(f"over {MAX_PENDING_PER_PEER} requests waiting for replies; wait for some")
+            raise errors.BadFrame(f"over {MAX_PENDING_PER_PEER} requests waiting for replies; wait for some")
         target.awaiting.add((member.name, header["id"]))
         member.outstanding += 1
         self._forward(member, header, body, target)
@@ -341,21 +326,19 @@ class Relay:
         op = self._hub_ops.get(header["op"])
         if op is None:
             known = ", ".join(sorted(self._hub_ops))
-            raise FrameError(f"the hub has no op {header['op']!r} (known: {known})", errors.UNKNOWN_OP)
+            raise errors.UnknownOp(f"the hub has no op {header['op']!r} (known: {known})")
         try:
             argument = wire.decode(body) if body else None
         except errors.DecodeError as exc:
-            raise FrameError(f"request body is not valid: {exc}") from None
+            raise errors.BadFrame(f"request body is not valid: {exc}") from None
         try:
             result = op(member, argument)
         except errors.SpindelError as exc:
-            member.link.send(_reply_error(header["id"], HUB, errors.to_wire(exc)))
+            member.link.send(_reply_error(header["id"], HUB, to_wire(exc)))
             return
-        except FrameError:
-            raise
         except Exception as exc:
             log.exception("spindel: hub op %r failed", header["op"])
-            member.link.send(_reply_error(header["id"], HUB, error_dict(errors.HUB_ERROR, _failed(exc))))
+            member.link.send(_reply_error(header["id"], HUB, to_wire(errors.HubFailure(_failed(exc)))))
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(self._finish_op(member, header["id"], result))
@@ -368,10 +351,10 @@ class Relay:
         try:
             result = await awaitable
         except errors.SpindelError as exc:
-            member.link.send(_reply_error(request_id, HUB, errors.to_wire(exc)))
+            member.link.send(_reply_error(request_id, HUB, to_wire(exc)))
         except Exception as exc:
             log.exception("spindel: hub op failed")
-            member.link.send(_reply_error(request_id, HUB, error_dict(errors.HUB_ERROR, _failed(exc))))
+            member.link.send(_reply_error(request_id, HUB, to_wire(errors.HubFailure(_failed(exc)))))
         else:
             _reply(member, request_id, result)
 
@@ -400,7 +383,7 @@ class Relay:
 
     def _op_update(self, member: Member, argument: Any) -> Any:
         if not isinstance(argument, dict):
-            raise FrameError("update takes a map, e.g. {'contexts': [...]}")
+            raise errors.BadFrame("update takes a map, e.g. {'contexts': [...]}")
         if "contexts" in argument:
             member.contexts = _str_list(argument["contexts"])
         self._broadcast_peers()
@@ -414,10 +397,8 @@ class Relay:
             if caller is None:
                 continue
             caller.outstanding -= 1
-            message = f"peer {member.name!r} {why} before it answered"
-            caller.link.send(
-                _reply_error(request_id, member.name, error_dict(errors.PEER_LOST, message, peer=member.name))
-            )
+            lost = errors.PeerLost(member.name, f"peer {member.name!r} {why} before it answered")
+            caller.link.send(_reply_error(request_id, member.name, to_wire(lost)))
         member.awaiting.clear()
 
     def _broadcast_topics(self) -> None:

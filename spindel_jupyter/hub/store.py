@@ -15,20 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core import wire
-from ..core.errors import SpindelError
+from ..core.errors import CorruptNode, MissingNode
 from . import durable
-
-
-class CorruptNode(SpindelError):
-    """A stored node whose bytes no longer match its hash."""
-
-    code = "corrupt_node"
-
-
-class MissingNode(SpindelError):
-    """A node that is not in the store."""
-
-    code = "missing_node"
 
 
 def canonical(value: Any) -> Any:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import crdt, errors, wire
 from ..core.clock import Stamp, as_stamp
-from ..core.protocol import ACK, HUB, LWW, PUB, SNAP, FrameError, error_dict
+from ..core.protocol import ACK, HUB, LWW, PUB, SNAP, to_wire
 from . import durable
 
 if TYPE_CHECKING:
@@ -133,8 +133,8 @@ class TopicStore:
                 member.link.send(wire.pack_frame(snapshot, reply))
             else:
                 member.link.send(wire.pack_frame(snapshot))
-        except FrameError as exc:
-            error = error_dict(exc.code, str(exc), topic=name)
+        except errors.HubError as exc:
+            error = {**to_wire(exc), "topic": name}
             member.link.send(wire.pack_frame({"t": SNAP, "re": request_id, "topic": name, "error": error}))
 
     def _followers_changed(self) -> None:
@@ -259,25 +259,23 @@ class TopicStore:
         topic = self.topics.get(name)
         if topic is not None:
             if kind is not None and kind != topic.kind:
-                raise FrameError(
+                raise errors.BadTopicKind(
                     f"topic {name!r} holds {_kind_name(topic.kind)}, not {_kind_name(kind)}: "
-                    "use another topic name, or the same kind of value",
-                    errors.TOPIC_KIND,
+                    "use another topic name, or the same kind of value"
                 )
             return topic
         if not create or kind is None:
             return None
         if len(self.topics) >= self.max_topics:
-            raise FrameError(
+            raise errors.TooManyTopics(
                 f"the hub holds {self.max_topics} topics already (c.SpindelHub.max_topics): "
-                f"cannot create {name!r}",
-                errors.TOO_MANY_TOPICS,
+                f"cannot create {name!r}"
             )
         if kind != LWW:
             try:
                 crdt.type_for(kind)
             except KeyError as exc:
-                raise FrameError(str(exc).strip("'\""), errors.TOPIC_KIND) from None
+                raise errors.BadTopicKind(str(exc).strip("'\"")) from None
         topic = self.topics[name] = Topic(name, kind)
         # Mirrors that subscribed before anyone wrote now follow it.
         for member, mode in self._pending_mirrors.pop(name, {}).items():
@@ -458,14 +456,14 @@ def _stamp(value: Any) -> Stamp:
     try:
         return as_stamp(value)
     except ValueError as exc:
-        raise FrameError(f"bad stamp: {exc}") from None
+        raise errors.BadFrame(f"bad stamp: {exc}") from None
 
 
 def _crdt_value(kind: str, body: memoryview) -> Any:
     try:
         return crdt.type_for(kind).from_state(wire.decode(body))
     except (errors.DecodeError, ValueError, KeyError) as exc:
-        raise FrameError(f"bad {kind} state: {exc}") from None
+        raise errors.BadFrame(f"bad {kind} state: {exc}") from None
 
 
 def _kind_name(kind: str) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import nbformat
 
-from ..core.errors import NotWritable, SpindelError
+from ..core.errors import NotWritable, SpindelError, WorkspaceExists, WorkspaceNotFound
 from . import durable, merging
 from .store import NodeStore
 from .topics import TopicStore
@@ -36,21 +36,6 @@ from .topics import TopicStore
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[\w][\w.\-]{0,127}")
-
-
-class WorkspaceNotFound(SpindelError, KeyError):
-    """No workspace has that name."""
-
-    code = "workspace_not_found"
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "workspace not found"
-
-
-class WorkspaceExists(SpindelError):
-    """A workspace of that name already exists."""
-
-    code = "workspace_exists"
 
 
 class Registry:

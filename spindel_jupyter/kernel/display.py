@@ -1,10 +1,23 @@
-"""Rich notebook display of tabular results (HTML in a notebook, text in a terminal)."""
+"""What the kernel shows: tables, merge conflicts side by side, and what a running call sends.
+
+HTML in a notebook, text elsewhere. The core's exceptions know nothing of
+notebooks: their rich forms are here, and :func:`register_displays` has IPython
+use them.
+"""
 
 from __future__ import annotations
 
 import html
+import sys
+import time
 from collections.abc import Sequence
 from typing import Any
+
+from ..core.errors import MergeConflict
+from ..core.home import in_kernel, shell
+
+#: A call running longer than this shows that it is still running.
+PROGRESS_AFTER = 3.0
 
 
 class Table:
@@ -66,3 +79,93 @@ def peer_table(peers: Sequence[dict[str, Any]], me: str = "") -> Table:
     n = len(peers)
     title = f"{n} peer{'s' if n != 1 else ''} connected"
     return Table(["peer", "kind", "serves", "connected since"], rows, title=title, highlight=highlight)
+
+
+def conflicts_html(conflict: MergeConflict) -> str:
+    """A merge's conflicting cells side by side: base, ours and theirs (a deleted cell says so)."""
+
+    def cell(text: Any) -> str:
+        shown = "(deleted)" if text is None else html.escape(str(text))
+        return f"<td style='text-align:left;vertical-align:top'><pre>{shown}</pre></td>"
+
+    rows = "".join(
+        f"<tr><td>{c.get('index')}</td>{cell(c.get('base'))}{cell(c.get('ours'))}{cell(c.get('theirs'))}</tr>"
+        for c in conflict.conflicts
+    )
+    head = "<tr><th>cell</th><th>base</th><th>ours</th><th>theirs</th></tr>"
+    return f"<p>{html.escape(str(conflict))}</p><table>{head}{rows}</table>"
+
+
+def register_displays(ip: Any) -> None:
+    """Have the shell ``ip`` show a :class:`MergeConflict` as its cells side by side."""
+    ip.display_formatter.formatters["text/html"].for_type(MergeConflict, conflicts_html)
+
+
+class CallDisplay:
+    """What a running call shows: its output as it arrives, and a status line while it is slow or queued."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.started = time.monotonic()
+        self.status = ""
+        self._handle: Any = None
+        self._shown = ""
+
+    def show(self, item: dict[str, Any]) -> None:
+        """Show one item the serving peer sent: a stream's text, a display, a clear, or a status."""
+        if "stream" in item:
+            stream = sys.stdout if item["stream"] == "stdout" else sys.stderr
+            stream.write(str(item.get("text", "")))
+            stream.flush()
+        elif "display" in item:
+            _publish(item["display"])
+        elif "clear" in item:
+            _clear_output(bool(item["clear"]))
+        elif "status" in item:
+            self.status = str(item["status"])
+            self.tick()
+
+    def tick(self) -> None:
+        """Update the status line: queued, or still running once it runs long."""
+        elapsed = time.monotonic() - self.started
+        if self.status == "queued":
+            text = f"{self.target} is busy running a cell; this call is queued ({elapsed:.0f} s)"
+        elif elapsed >= PROGRESS_AFTER:
+            text = f"running on {self.target}… {elapsed:.0f} s"
+        else:
+            return
+        self._status_line(text)
+
+    def close(self) -> None:
+        """Blank the status line, if there was one: the call has ended."""
+        if self._handle is not None:
+            self._handle.update({"text/plain": ""}, raw=True)
+
+    def _status_line(self, text: str) -> None:
+        if text == self._shown or not in_kernel():
+            return
+        from IPython.display import display
+
+        self._shown = text
+        bundle = {"text/plain": text, "text/html": f"<span style='opacity:0.7'>⏳ {text}</span>"}
+        if self._handle is None:
+            self._handle = display(bundle, raw=True, display_id=True)
+        else:
+            self._handle.update(bundle, raw=True)
+
+
+def _publish(display: dict[str, Any]) -> None:
+    data, metadata = display.get("data") or {}, display.get("metadata") or {}
+    if shell() is not None:
+        from IPython.display import publish_display_data
+
+        publish_display_data(data, metadata)
+        return
+    print(data.get("text/plain", ""))
+
+
+def _clear_output(wait: bool) -> None:
+    if in_kernel():
+        from IPython.display import clear_output
+
+        clear_output(wait=wait)

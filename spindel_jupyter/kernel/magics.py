@@ -17,9 +17,9 @@ from traitlets import Float
 from ..core.errors import MergeConflict, SpindelError, SpindelWarning, UnsendableResult
 from ..peer import client
 from . import invite, session, workspace
-from .display import peer_table
-from .remote import run as run_remote
-from .remote import serve, unserve
+from .calling import run as run_remote
+from .display import peer_table, register_displays
+from .serving import serve, unserve
 
 
 @magics_class
@@ -199,12 +199,10 @@ class SpindelMagics(Magics):
         """Merge a fork back (three-way); on conflicts nothing changes and they are listed."""
         args = _parsed(self.spin_merge, line)
         try:
-            result = workspace.merge(args.fork, args.strategy, args.force, args.into)
+            result = _workspace_call(workspace.merge, args.fork, args.strategy, args.force, args.into)
         except MergeConflict as exc:
             display(exc)
             raise
-        except SpindelError as exc:
-            raise UsageError(str(exc)) from None
         if result.get("merged"):
             print(f"spindel: merged {args.fork!r}; new head {result['head'][:12]}")
         else:
@@ -275,11 +273,10 @@ def _unquoted(text: str) -> str:
 
 
 def _workspace_call(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` once connected. What the hub refuses reaches the cell as its own class
+    (``WorkspaceNotFound``, ``Forbidden``, ...), shown in one line like a usage error."""
     _peer()
-    try:
-        return fn(*args)
-    except SpindelError as exc:
-        raise UsageError(str(exc)) from None
+    return fn(*args)
 
 
 def _peer() -> client.Peer:
@@ -290,8 +287,9 @@ def _peer() -> client.Peer:
 
 
 def load(ip: Any) -> None:
-    """Register the magics and, inside a Jupyter server with the hub, connect."""
+    """Register the magics and the rich displays and, inside a Jupyter server with the hub, connect."""
     ip.register_magics(SpindelMagics)
+    register_displays(ip)
     if not os.environ.get(client.ENV_URL) or client._current is not None:
         return
     try:

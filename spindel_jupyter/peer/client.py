@@ -38,13 +38,15 @@ from ..core.protocol import (
     HELLO,
     INVITED,
     MSG,
+    OP_CALL,
     OWN,
     REP,
     REQ,
     WELCOME,
     check_name,
-    error_dict,
+    from_wire,
     name_from,
+    to_wire,
 )
 from .transport import HandshakeError, WebSocket, open_websocket
 
@@ -417,7 +419,7 @@ class Peer:
             self.scope = str(header.get("scope", OWN))
             return ws
         ws.close()
-        raise errors.from_wire(header)
+        raise from_wire(header)
 
     async def _heartbeat(self, ws: WebSocket) -> None:
         """Ping the hub when it has been quiet; drop a connection silent for too long."""
@@ -455,7 +457,7 @@ class Peer:
         elif kind in (REQ, MSG):
             self._incoming(header, body)
         elif kind == CANCEL:
-            self._incoming({**header, "op": "cancel"}, memoryview(wire.encode(header["id"])))
+            self._incoming({**header, "op": CANCEL}, memoryview(wire.encode(header["id"])))
         elif kind == EVENT:
             event = str(header.get("event"))
             payload = wire.decode(body) if body else None
@@ -488,9 +490,9 @@ class Peer:
         scope = OWN if header.get("scope") == OWN else INVITED
         if handler is None:
             if rid is not None:
-                what = "remote calls; run %spin_serve there" if op == "call" else f"{op!r}"
+                what = "remote calls; run %spin_serve there" if op == OP_CALL else f"{op!r}"
                 message = f"peer {self.name!r} does not serve {what}"
-                self._reply(sender, rid, error=error_dict(errors.UNKNOWN_OP, message, peer=self.name))
+                self._reply(sender, rid, error=to_wire(errors.UnknownOp(message)))
             return
         try:
             result = handler(Incoming(sender, op, wire.decode(body) if body else None, rid, scope))
@@ -520,7 +522,7 @@ class Peer:
 
     def _reply_when_done(self, to: str, rid: int, future: concurrent.futures.Future[Any]) -> None:
         if future.cancelled():
-            error = errors.to_wire(errors.Interrupted("the call was dropped: the caller stopped waiting"))
+            error = to_wire(errors.Interrupted("the call was dropped: the caller stopped waiting"))
             self._reply(to, rid, error=error)
         elif (failure := future.exception()) is not None:
             self._reply(to, rid, error=remote_error(failure, self.name))
@@ -567,16 +569,10 @@ def remote_error(exc: BaseException, peer: str) -> dict[str, Any]:
     if isinstance(exc, asyncio.CancelledError):
         exc = errors.Interrupted("interrupted: the caller stopped waiting")
     if isinstance(exc, SpindelError):
-        return errors.to_wire(exc)
+        return to_wire(exc)
     lines = traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__))
-    return error_dict(
-        errors.REMOTE_ERROR,
-        f"{type(exc).__name__}: {exc}",
-        peer=peer,
-        ename=type(exc).__name__,
-        evalue=str(exc),
-        traceback=[line.rstrip("\n") for line in lines],
-    )
+    trace = [line.rstrip("\n") for line in lines]
+    return to_wire(errors.RemoteError(peer, type(exc).__name__, str(exc), trace))
 
 
 #: Frames of this package (any layer) are not the user's: a remote traceback leaves them out.
@@ -597,7 +593,7 @@ def reply_value(header: dict[str, Any], payload: memoryview, to: str | None) -> 
     """The decoded body of a reply, or the exception its error stands for."""
     error = header.get("error")
     if error is not None:
-        raise errors.from_wire(error, peer=to or "hub")
+        raise from_wire(error, peer=to or "hub")
     return wire.decode(payload) if payload else None
 
 

@@ -20,11 +20,11 @@ import threading
 import weakref
 from typing import Any
 
-from ..core import crdt, errors, wire
+from ..core import crdt, wire
 from ..core.clock import HybridClock, Stamp, as_stamp
 from ..core.errors import NotConnected, SpindelError
 from ..core.home import home
-from ..core.protocol import ACK, LWW, PUB, SNAP, SUB, UNSUB
+from ..core.protocol import ACK, LWW, PUB, SNAP, SUB, UNSUB, from_wire
 from ..core.signals import Signal
 from . import client
 
@@ -194,7 +194,7 @@ def _follow(name: str, signal: Signal[Any], mode: str, kind: str | None) -> Sign
         with _lock:
             _topics.pop(name, None)
         signal._remove_writer(topic.write)
-        raise errors.from_wire(header["error"])
+        raise from_wire(header["error"])
     topic.receive(header, body, full_state=True)
     return signal
 

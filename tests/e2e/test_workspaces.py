@@ -137,6 +137,10 @@ def test_only_the_lease_holder_publishes(hub: HubServer, classroom: tuple[Kernel
 def test_rest_lists_gets_and_reports_unknown_names(hub: HubServer, classroom: tuple[Kernel, Kernel]) -> None:
     teacher, _ = classroom
     teacher.ok("%spin_workspaces")
+    out = teacher.run("%spin_follow nosuch")
+    assert out.error is not None and out.error["ename"] == "WorkspaceNotFound"
+    assert "no workspace named 'nosuch'" in out.error["evalue"]
+    assert out.error["traceback"] == [f"WorkspaceNotFound: {out.error['evalue']}"]  # one line, as before
     names = [w["name"] for w in hub.get("spindel/api/workspaces")]
     assert "lecture3" in names
     with pytest.raises(urllib.error.HTTPError) as info:

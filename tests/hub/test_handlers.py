@@ -11,7 +11,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from spindel_jupyter.core import errors, wire
+from spindel_jupyter.core import codes, wire
 from spindel_jupyter.peer.transport import open_websocket
 
 
@@ -129,10 +129,10 @@ async def test_bad_frames_get_error_frames_while_others_keep_working(
     await next_frame(bob, "welcome")
 
     hostile = [
-        (b"\x00\xffnot msgpack at all", errors.BAD_FRAME),
-        (wire.pack_frame({"t": 1, "x": [1, 2]}), errors.BAD_FRAME),
-        (wire.encode([1, 2, 3]), errors.BAD_FRAME),
-        (wire.pack_frame({"t": "msg", "op": "x", "to": "bob"}, b"x" * 5000), errors.FRAME_TOO_LARGE),
+        (b"\x00\xffnot msgpack at all", codes.BAD_FRAME),
+        (wire.pack_frame({"t": 1, "x": [1, 2]}), codes.BAD_FRAME),
+        (wire.encode([1, 2, 3]), codes.BAD_FRAME),
+        (wire.pack_frame({"t": "msg", "op": "x", "to": "bob"}, b"x" * 5000), codes.FRAME_TOO_LARGE),
     ]
     for data, code in hostile:
         await mallory.write_message(data, binary=True)

@@ -7,7 +7,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from spindel_jupyter.core import errors, wire
+from spindel_jupyter.core import codes, wire
 from spindel_jupyter.hub.relay import Member, Relay
 
 
@@ -65,7 +65,7 @@ def test_duplicate_name_is_refused_with_the_fix(relay: Relay) -> None:
     join(relay, "alice")
     _, other = join(relay, "alice", session="another-process")
     error = other.last("error")
-    assert error["code"] == errors.NAME_TAKEN
+    assert error["code"] == codes.NAME_TAKEN
     assert "name 'alice' is already connected; use %spin_connect --as OTHER" in error["message"]
     assert [p["name"] for p in relay.peers()] == ["alice"]
 
@@ -104,7 +104,7 @@ def test_unknown_target_is_answered_at_once_listing_peers(relay: Relay) -> None:
     send(relay, alice, {"t": "req", "id": 5, "op": "call", "to": "carol"})
     reply = link.last("rep")
     assert reply["re"] == 5
-    assert reply["error"]["code"] == errors.PEER_NOT_FOUND
+    assert reply["error"]["code"] == codes.PEER_NOT_FOUND
     assert reply["error"]["peers"] == ["alice", "bob"]
 
 
@@ -116,9 +116,9 @@ def test_callers_waiting_on_a_peer_that_leaves_are_told(relay: Relay) -> None:
     send(relay, carol, {"t": "req", "id": 2, "op": "call", "to": "bob"})
     send(relay, carol, {"t": "req", "id": 3, "op": "call", "to": "alice"})
     relay.disconnect(bob)
-    assert alice_link.last("rep")["error"]["code"] == errors.PEER_LOST
+    assert alice_link.last("rep")["error"]["code"] == codes.PEER_LOST
     lost = [h for h, _ in carol_link.of("rep")]
-    assert [(h["re"], h["error"]["code"]) for h in lost] == [(2, errors.PEER_LOST)]
+    assert [(h["re"], h["error"]["code"]) for h in lost] == [(2, codes.PEER_LOST)]
     assert "bob" in lost[0]["error"]["message"]
 
 
@@ -162,7 +162,7 @@ def test_bad_frames_get_an_error_frame_and_the_connection_lives(relay: Relay, da
     alice, alice_link = join(relay, "alice")
     bob, _bob_link = join(relay, "bob")
     relay.receive(alice, data)
-    assert alice_link.last("error")["code"] == errors.BAD_FRAME
+    assert alice_link.last("error")["code"] == codes.BAD_FRAME
     send(relay, bob, {"t": "req", "id": 1, "op": "call", "to": "alice"})
     assert alice_link.last("req")["from"] == "bob"
     assert "alice" in relay.members
@@ -172,7 +172,7 @@ def test_malformed_request_with_an_id_is_answered_as_a_reply(relay: Relay) -> No
     alice, link = join(relay, "alice")
     relay.receive(alice, msgpack.packb({"t": "req", "id": 3, "op": "x", "to": 12}))
     reply = link.last("rep")
-    assert (reply["re"], reply["error"]["code"]) == (3, errors.BAD_FRAME)
+    assert (reply["re"], reply["error"]["code"]) == (3, codes.BAD_FRAME)
 
 
 def test_oversized_frame_gets_an_error(relay: Relay) -> None:
@@ -180,7 +180,7 @@ def test_oversized_frame_gets_an_error(relay: Relay) -> None:
     join(relay, "bob")
     send(relay, alice, {"t": "msg", "op": "x", "to": "bob"}, b"x" * 2000)
     error = link.last("error")
-    assert error["code"] == errors.FRAME_TOO_LARGE
+    assert error["code"] == codes.FRAME_TOO_LARGE
     assert "max_frame_bytes" in error["message"]
 
 
@@ -188,9 +188,9 @@ def test_frames_before_hello_are_refused(relay: Relay) -> None:
     link = RecordingLink()
     member = relay.connect(link)
     send(relay, member, {"t": "req", "id": 1, "op": "peers"})
-    assert link.last("rep")["error"]["code"] == errors.HELLO_FIRST
+    assert link.last("rep")["error"]["code"] == codes.HELLO_FIRST
     relay.receive(member, wire.pack_frame({"t": "hello", "name": "bad name", "kind": "ui", "session": "s"}))
-    assert link.last("error")["code"] == errors.BAD_NAME
+    assert link.last("error")["code"] == codes.BAD_NAME
     assert relay.peers() == []
 
 
@@ -201,7 +201,7 @@ def test_hub_ops_peers_and_update(relay: Relay) -> None:
     _, peers = link.of("rep")[-1]
     assert peers[0]["contexts"] == ["default", "ctx-a"]
     send(relay, alice, {"t": "req", "id": 3, "op": "launch"})
-    assert link.last("rep")["error"]["code"] == errors.UNKNOWN_OP
+    assert link.last("rep")["error"]["code"] == codes.UNKNOWN_OP
 
 
 def test_a_full_hub_refuses_one_more_peer_clearly() -> None:
@@ -210,7 +210,7 @@ def test_a_full_hub_refuses_one_more_peer_clearly() -> None:
     join(relay, "b")
     _, link = join(relay, "c")
     error = link.last("error")
-    assert error["code"] == errors.HUB_FULL and "max_peers" in error["message"]
+    assert error["code"] == codes.HUB_FULL and "max_peers" in error["message"]
     assert sorted(relay.members) == ["a", "b"]
 
 

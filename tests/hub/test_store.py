@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from spindel_jupyter.hub.store import CorruptNode, MissingNode, NodeStore, node_bytes, node_hash
+from spindel_jupyter.core.errors import CorruptNode, MissingNode
+from spindel_jupyter.hub.store import NodeStore, node_bytes, node_hash
 from tests.hub.conftest import Events
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from spindel_jupyter.core import errors, wire
+from spindel_jupyter.core import codes, wire
 from spindel_jupyter.core.crdt import GSet, ORSet, replica
 from spindel_jupyter.hub.relay import Relay
 from spindel_jupyter.hub.topics import FLUSH_DELAY, TopicStore
@@ -113,18 +113,18 @@ def test_kind_mismatch_is_refused_naming_the_topic(relay: Relay) -> None:
     sub(relay, a, "t", kind="orset")
     sub(relay, b, "t", kind="lww")
     error = b_link.of("snap")[-1][0]["error"]
-    assert error["code"] == errors.TOPIC_KIND
+    assert error["code"] == codes.TOPIC_KIND
     assert "topic 't' holds orset values" in error["message"]
     pub(relay, b, "t", "gset", delta(GSet().add(1)))
-    assert b_link.last("error")["code"] == errors.TOPIC_KIND
+    assert b_link.last("error")["code"] == codes.TOPIC_KIND
 
 
 def test_unknown_kind_and_bad_state_are_errors(relay: Relay) -> None:
     a, link = join(relay, "a")
     pub(relay, a, "t", "teleporter", wire.encode([]))
-    assert link.last("error")["code"] == errors.TOPIC_KIND
+    assert link.last("error")["code"] == codes.TOPIC_KIND
     pub(relay, a, "u", "gset", wire.encode({"not": "a gset"}))
-    assert link.last("error")["code"] == errors.BAD_FRAME
+    assert link.last("error")["code"] == codes.BAD_FRAME
     assert "a" in relay.members
 
 
@@ -202,7 +202,7 @@ def test_topics_are_capped_with_a_clear_error(tmp_path: Path) -> None:
     a, link = join(relay, "a")
     for name in ("t1", "t2", "t3"):
         pub(relay, a, name, "gset", delta(GSet().add(1)))
-    assert link.last("error")["code"] == errors.TOO_MANY_TOPICS
+    assert link.last("error")["code"] == codes.TOO_MANY_TOPICS
     assert sorted(relay.topics.topics) == ["t1", "t2"]
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from spindel_jupyter.core import wire
-from spindel_jupyter.core.errors import MergeConflict, NotWritable
+from spindel_jupyter.core.errors import MergeConflict, NotWritable, WorkspaceExists, WorkspaceNotFound
 from spindel_jupyter.core.protocol import LWW
 from spindel_jupyter.demo import code_notebook as notebook
 from spindel_jupyter.hub.store import NodeStore
 from spindel_jupyter.hub.topics import Topic
-from spindel_jupyter.hub.workspaces import Registry, WorkspaceExists, WorkspaceNotFound
+from spindel_jupyter.hub.workspaces import Registry
 from tests.hub.conftest import Events
 
 
@@ -108,7 +108,6 @@ def test_conflict_aborts_everything_and_lists_the_cells(registry: Registry) -> N
     assert registry.get("lec")["head"] == head  # nothing changed, not even the clean cell
     (row,) = info.value.conflicts
     assert (row["index"], row["base"], row["ours"], row["theirs"]) == (1, "b = 2", "b = 20", "b = 200")
-    assert "b = 200" in info.value._repr_html_()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,277 @@
+"""Serving: this kernel's contexts, opened to other peers' calls.
+
+Serving is opt-in (:func:`serve`), and by default only for the server's own
+peers: an invited one is let in by name (``allow``). The boundary is explicit,
+as in Spindel: a served body sees only the arguments it is given and the names
+of the context it runs in. Every free name is checked here before anything
+runs, and one :class:`UnboundNames` error lists all that are missing.
+
+Served code runs on the thread that owns the namespace, one call at a time,
+with its output streamed back to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+import warnings
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from ..core import wire
+from ..core.errors import EncodeError, NotServed, SpindelError, SpindelWarning, UnboundNames
+from ..core.protocol import CANCEL, OP_CALL, OP_OUTPUT, OWN
+from ..peer import client
+from . import contexts
+from .executor import Cell, Executor, compile_cell, forward_output, rich_bundle, transform
+from .freenames import free_names
+
+#: ``--allow`` entry that lets every peer call, invited ones included.
+EVERYONE = "*"
+#: A call not started within this long is reported to the caller as queued.
+QUEUED_AFTER = 0.2
+
+_MISSING = object()
+Send = Callable[[dict[str, Any]], None]
+
+
+class _Server:
+    """This process's serving state: which contexts, for whom, and where code runs."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.contexts: set[str] = set()
+        #: Callers allowed by name (``*``: every peer); None: the server's own peers only.
+        self.allow: set[str] | None = None
+
+    def describe(self) -> str:
+        if self.allow is None:
+            who = "this server's own peers (invited peers need --allow NAME)"
+        elif EVERYONE in self.allow:
+            who = "every peer of the hub, invited ones included"
+        else:
+            who = ", ".join(sorted(self.allow)) + " only" if self.allow else "no one"
+        names = sorted(self.contexts)
+        served = ["this kernel's namespace" if c == contexts.DEFAULT else f"context {c!r}" for c in names]
+        return f"serving {', '.join(served)} to {who}"
+
+    def check_caller(self, me: str, call: client.Incoming) -> None:
+        """Refuse a caller this kernel does not serve, before anything runs."""
+        if self.allow is None:
+            if call.scope != OWN:
+                raise NotServed(
+                    f"peer {me!r} serves only this server's own peers, and {call.sender!r} joined with "
+                    f"an invite: to let it call, run %spin_serve --allow {call.sender} on {me}"
+                )
+        elif EVERYONE not in self.allow and call.sender not in self.allow:
+            allowed = ", ".join(sorted(self.allow)) or "no one"
+            raise NotServed(
+                f"peer {me!r} does not serve calls from {call.sender!r} (it allows: {allowed}); "
+                f"to let it call, add it: %spin_serve --allow {','.join(sorted({*self.allow, call.sender}))}"
+            )
+
+    def handle_call(self, call: client.Incoming) -> Any:
+        me = client.current_peer().name
+        self.check_caller(me, call)
+        body = call.body if isinstance(call.body, dict) else {}
+        context = str(body.get("context") or contexts.DEFAULT)
+        if context not in self.contexts:
+            served = ", ".join(sorted(self.contexts))
+            raise NotServed(f"peer {me!r} does not serve context {context!r} (it serves: {served})")
+        target = me if context == contexts.DEFAULT else f"{me}/{context}"
+        output = functools.partial(_send_output, call.sender, call.id)
+        state = {"started": False, "queued": False}
+
+        def on_start() -> None:
+            state["started"] = True
+            if state["queued"]:
+                output({"status": "running"})
+
+        def report_queued() -> None:
+            if not state["started"]:
+                state["queued"] = True
+                output({"status": "queued"})
+
+        asyncio.get_running_loop().call_later(QUEUED_AFTER, report_queued)
+        job = functools.partial(self._execute, body, context, target, output)
+        return self.executor.submit((call.sender, call.id), job, on_start)
+
+    def handle_cancel(self, message: client.Incoming) -> None:
+        self.executor.interrupt((message.sender, message.body))
+
+    def _execute(self, body: dict[str, Any], context: str, target: str, output: Send) -> Any:
+        """Run one call on the home thread: its encoded result, or an awaitable of it."""
+        namespace = contexts.namespace(context)
+        if body.get("kind") == "function":
+            return self._call_function(body, namespace, target, output)
+        return self._run_cell(body, namespace, target, output)
+
+    def _run_cell(self, body: dict[str, Any], namespace: dict[str, Any], target: str, output: Send) -> Any:
+        source = _transform(str(body.get("source", "")))
+        cell = compile_cell(source)
+        args = dict(body.get("args") or {})
+        _check_bound(_free_names(source), namespace, args, target)
+        saved = {name: namespace.get(name, _MISSING) for name in args}
+        namespace.update(args)
+        if cell.is_async:
+            return self._run_async_cell(cell, namespace, args, saved, output)
+        try:
+            with forward_output(output):
+                value = cell.run(namespace)
+        finally:
+            _restore(namespace, args, saved)
+        return _encoded_value(value, with_bundle=True)
+
+    async def _run_async_cell(
+        self, cell: Cell, namespace: dict[str, Any], args: dict[str, Any], saved: dict[str, Any], output: Send
+    ) -> wire.Encoded:
+        try:
+            with forward_output(output):
+                value = await cell.run_async(namespace)
+        finally:
+            _restore(namespace, args, saved)
+        return _encoded_value(value, with_bundle=True)
+
+    def _call_function(
+        self, body: dict[str, Any], namespace: dict[str, Any], target: str, output: Send
+    ) -> Any:
+        source, name = str(body.get("source", "")), str(body.get("name", ""))
+        code = _compile_function(source)
+        _check_bound(_free_names(source) - {name}, namespace, {}, target)
+        scratch: dict[str, Any] = {}
+        exec(code, namespace, scratch)
+        with forward_output(output):
+            result = scratch[name](*body.get("args", []), **body.get("kwargs", {}))
+        if inspect.isawaitable(result):
+            return self._await_function(result, output)
+        return _encoded_value(result)
+
+    async def _await_function(self, awaitable: Awaitable[Any], output: Send) -> wire.Encoded:
+        with forward_output(output):
+            result = await awaitable
+        return _encoded_value(result)
+
+
+@functools.lru_cache(maxsize=512)
+def _free_names(source: str) -> set[str]:
+    return free_names(source)
+
+
+@functools.lru_cache(maxsize=512)
+def _compile_function(source: str) -> Any:
+    return compile(source, "<remote function>", "exec")
+
+
+@functools.lru_cache(maxsize=512)
+def _transform(source: str) -> str:
+    return transform(source)
+
+
+def _restore(namespace: dict[str, Any], args: dict[str, Any], saved: dict[str, Any]) -> None:
+    """Arguments do not stay in the served namespace unless the body rebound them."""
+    for name, old in saved.items():
+        if namespace.get(name, _MISSING) is args[name]:
+            if old is _MISSING:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = old
+
+
+def _check_bound(free: Iterable[str], namespace: dict[str, Any], args: dict[str, Any], target: str) -> None:
+    missing = sorted(name for name in free if name not in args and name not in namespace)
+    if not missing:
+        return
+    listed = ", ".join(repr(n) for n in missing)
+    these = "it as an argument" if len(missing) == 1 else "them as arguments"
+    defined = "is" if len(missing) == 1 else "are"
+    host = target.split("/", 1)[0]
+    example = f"%%spin_remote {target} {' '.join(missing)}"
+    raise UnboundNames(
+        f"{'name' if len(missing) == 1 else 'names'} {listed} {defined} not defined on {target}: "
+        f"pass {these} ({example}) or define {'it' if len(missing) == 1 else 'them'} on {host}",
+        missing,
+    )
+
+
+def _encoded_value(value: Any, with_bundle: bool = False) -> wire.Encoded:
+    try:
+        return wire.encode_buffers({"value": value}, where="the result")
+    except EncodeError as exc:
+        kind = f"{type(value).__module__}.{type(value).__qualname__}"
+        bundle = rich_bundle(value) if with_bundle else {}
+        message = f"the result, a {kind}, cannot be sent back: {exc}"
+        return wire.encode_buffers({"unsendable": message, "bundle": bundle})
+
+
+def _send_output(to: str, request_id: int | None, item: dict[str, Any]) -> None:
+    client.current_peer().send(to, OP_OUTPUT, {"re": request_id, **item})
+
+
+_server: _Server | None = None
+_server_lock = threading.Lock()
+
+
+def serve(context: str | None = None, allow: Iterable[str] | None = None) -> str:
+    """Opt in to serving remote calls; nothing is served before this.
+
+    ``context`` names a context to serve (created empty if it does not exist);
+    by default the kernel's own namespace. ``allow`` names the peers that may
+    call (``"*"``: every peer of the hub, invited ones included, with a warning);
+    by default only the server's own peers may, never invited ones. Returns a
+    one-line summary.
+    """
+    if allow is not None:
+        allow = {str(p) for p in allow}
+        if EVERYONE in allow:
+            warnings.warn(
+                "serving every peer of the hub: invited teammates too can run any code in this kernel",
+                SpindelWarning,
+                stacklevel=2,
+            )
+    global _server
+    peer = client.current_peer()
+    with _server_lock:
+        if _server is None:
+            _server = _Server(Executor())
+        name = context or contexts.DEFAULT
+        if name not in contexts.list_contexts():
+            contexts.register_context(name)
+        _server.contexts.add(name)
+        if allow is not None:
+            _server.allow = set(allow)
+        peer.handle(OP_CALL, _server.handle_call)
+        peer.handle(CANCEL, _server.handle_cancel)
+        peer.set_contexts(sorted(_server.contexts))
+        return _server.describe()
+
+
+def unserve() -> None:
+    """Stop serving remote calls (calls already running finish)."""
+    global _server
+    with _server_lock:
+        _server = None
+    try:
+        peer = client.current_peer()
+    except SpindelError:
+        return
+    peer.handle(OP_CALL, None)
+    peer.handle(CANCEL, None)
+    peer.set_contexts([])
+
+
+def serving() -> str:
+    """What this process serves, in one line."""
+    server = _server
+    return server.describe() if server is not None else "not serving"
+
+
+def _on_register(name: str) -> None:
+    server = _server
+    if server is not None:
+        server.contexts.add(name)
+        client.current_peer().set_contexts(sorted(server.contexts))
+
+
+contexts.on_register(_on_register)

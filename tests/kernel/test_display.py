@@ -1,0 +1,35 @@
+"""What the kernel shows: merge conflicts side by side."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from IPython.core.formatters import DisplayFormatter
+
+from spindel_jupyter.core.errors import MergeConflict
+from spindel_jupyter.kernel.display import conflicts_html, register_displays
+
+CONFLICT = MergeConflict(
+    "conflicting edits in cell(s) 0, 2: nothing was merged",
+    [
+        {"index": 0, "base": "x = 1", "ours": "x = 2", "theirs": "x = <3>"},
+        {"index": 2, "base": "y = 1", "ours": None, "theirs": "y = 3"},
+    ],
+)
+
+
+def test_conflicts_show_base_ours_and_theirs_side_by_side() -> None:
+    shown = conflicts_html(CONFLICT)
+    assert shown.startswith("<p>conflicting edits in cell(s) 0, 2: nothing was merged</p><table>")
+    assert "<th>cell</th><th>base</th><th>ours</th><th>theirs</th>" in shown
+    assert "<pre>x = 2</pre>" in shown and "<pre>x = &lt;3&gt;</pre>" in shown  # escaped
+    assert "<pre>(deleted)</pre>" in shown
+
+
+def test_a_notebook_shows_a_conflict_as_html_once_registered() -> None:
+    formatter = DisplayFormatter()
+    assert "text/html" not in formatter.format(CONFLICT)[0]
+    register_displays(SimpleNamespace(display_formatter=formatter))
+    data, _ = formatter.format(CONFLICT)
+    assert data["text/html"] == conflicts_html(CONFLICT)
+    assert data["text/plain"].startswith("conflicting edits")  # the text form stays the core's
