@@ -98,7 +98,7 @@ class Signal(Generic[T]):
         if self._read_only is not None:
             raise SpindelError(self._read_only)
         old = self._value
-        if not _changed(old, new):
+        if not changed(old, new):
             return
         stored = new
         for writer in self._writers:
@@ -111,7 +111,7 @@ class Signal(Generic[T]):
     def _apply_remote(self, new: Any) -> None:
         """Take a value that came from another peer: observers run, writers do not."""
         with self._lock:
-            if not _changed(self._value, new):
+            if not changed(self._value, new):
                 return
             self._value = new
         self._notify(new)
@@ -132,7 +132,7 @@ def _run_observers(observations: list[Observation], value: Any) -> None:
             traceback.print_exception(exc)
 
 
-def _changed(old: Any, new: Any) -> bool:
+def changed(old: Any, new: Any) -> bool:
     """Spindel's old != new guard; identity for CRDT values and for values whose == is not a bool."""
     if old is new:
         return False

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import crdt, errors, wire
 from ..core.clock import Stamp, as_stamp
 from ..core.protocol import ACK, HUB, LWW, PUB, SNAP, to_wire
+from ..core.replica import decode_state, join, lacks, wins
 from . import durable
 
 if TYPE_CHECKING:
@@ -170,13 +171,12 @@ class TopicStore:
         assert topic is not None
         if topic.kind == LWW:
             stamp = _stamp(header.get("stamp"))
-            if topic.stamp is not None and stamp <= topic.stamp:
+            if not wins(stamp, topic.stamp):
                 self._ack_later(member, name, header["seq"], topic)
                 return
             topic.state, topic.stamp = bytes(body), stamp
         else:
-            delta = _crdt_value(topic.kind, body)
-            joined = delta if topic.state is None else topic.state.apply_delta(delta)
+            joined = join(topic.state, _crdt_value(topic.kind, body))
             if joined is topic.state:
                 self._ack_later(member, name, header["seq"], topic)
                 return
@@ -239,7 +239,7 @@ class TopicStore:
             ours.stamp = (max(previous[0], int(time.time() * 1000)), previous[1] + 1, HUB)
             payload: Any = ours.state
         else:
-            joined = theirs.state if ours.state is None else ours.state.merge(theirs.state)
+            joined = join(ours.state, theirs.state, full_state=True)
             if joined is ours.state:
                 return
             ours.state = joined
@@ -288,7 +288,7 @@ class TopicStore:
             before, before_stamp = topic.state, topic.stamp
             if body and header.get("stamp") is not None:
                 stamp = _stamp(header["stamp"])
-                if before_stamp is None or stamp > before_stamp:
+                if wins(stamp, before_stamp):
                     topic.state, topic.stamp = bytes(body), stamp
                     self._relay_state(topic, member)
                     return None
@@ -296,11 +296,11 @@ class TopicStore:
         before = topic.state
         if body:
             theirs = _crdt_value(topic.kind, body)
-            joined = theirs if before is None else before.merge(theirs)
+            joined = join(before, theirs, full_state=True)
             if joined is not before:
                 topic.state = joined
                 self._relay_state(topic, member, body)
-            if before is None or theirs.merge(before) is theirs:
+            if before is None or not lacks(theirs, before):
                 return None
         return wire.encode(before.state()) if before is not None else None
 
@@ -461,7 +461,7 @@ def _stamp(value: Any) -> Stamp:
 
 def _crdt_value(kind: str, body: memoryview) -> Any:
     try:
-        return crdt.type_for(kind).from_state(wire.decode(body))
+        return decode_state(kind, body)
     except (errors.DecodeError, ValueError, KeyError) as exc:
         raise errors.BadFrame(f"bad {kind} state: {exc}") from None
 

@@ -1,14 +1,11 @@
 """Topics: signals kept equal across peers, through the hub.
 
-A topic holds either plain values, last writer wins by hybrid logical clock
-(ties broken by peer name), or a CRDT (:mod:`crdt`), of which only deltas cross
-the wire. Every peer and the hub apply what they receive the same way, so all
-replicas end equal whatever the delivery order.
-
-Following a topic starts with Spindel's symmetric handshake: the peer ships
-its own state (if it wrote before connecting, or while disconnected), the hub
-joins it and answers with whatever the peer lacks, so both hold the union after
-one round trip. It happens again after every reconnection.
+The sync rules are the core's (:mod:`~spindel_jupyter.core.replica`): plain
+values last writer wins by hybrid logical clock, CRDTs by their join, and
+Spindel's symmetric handshake, made again after every reconnection. Here each
+topic's replica is bound to this process: its value lives in a :class:`Signal`
+(whose lock serializes the topic's writes, applies and handshakes), its frames
+go through the process's peer, and what arrives is applied on the home thread.
 """
 
 from __future__ import annotations
@@ -21,10 +18,11 @@ import weakref
 from typing import Any
 
 from ..core import crdt, wire
-from ..core.clock import HybridClock, Stamp, as_stamp
-from ..core.errors import NotConnected, SpindelError
+from ..core.clock import HybridClock
+from ..core.errors import NotConnected
 from ..core.home import home
-from ..core.protocol import ACK, LWW, PUB, SNAP, SUB, UNSUB, from_wire
+from ..core.protocol import ACK, LWW, PUB, SNAP, UNSUB, from_wire
+from ..core.replica import Change, Frame, Replica, kind_of
 from ..core.signals import Signal
 from . import client
 
@@ -38,141 +36,47 @@ _ids = itertools.count(1)
 _lock = threading.Lock()
 _acked = threading.Condition(_lock)
 _topics: dict[str, _Topic] = {}
-_waiting: dict[int, concurrent.futures.Future[tuple[dict[str, Any], bytes]]] = {}
+_waiting: dict[int, concurrent.futures.Future[Change]] = {}
 
 
-def _join_pairwise(values: list[Any]) -> Any:
-    """The join of ``values``, in a balanced tree of joins.
-
-    Folding a backlog into one growing value would cost n^2 for types whose join
-    scales with both sides (an ORSet's causal context); pairs of like size cost n log n.
-    """
-    while len(values) > 1:
-        joined = [values[i].merge(values[i + 1]) for i in range(0, len(values) - 1, 2)]
-        if len(values) % 2:
-            joined.append(values[-1])
-        values = joined
-    return values[0]
+def _peer_name() -> str:
+    return client.current_peer().name
 
 
-class _Topic:
-    """One topic this process follows: its signal, how, and where its writes stand."""
+class _Topic(Replica):
+    """A replica of a topic this process follows, bound to its signal and sent through its peer."""
 
     def __init__(self, name: str, signal: Signal[Any], mode: str, kind: str | None) -> None:
-        self.name = name
+        super().__init__(name, mode, kind, _clock, _peer_name)
         self.signal = signal
-        self.mode = mode
-        self.kind = kind
-        #: Plain topics: the stamp of the current value (None until written or received).
-        self.stamp: Stamp | None = None
-        self.sent = 0
-        self.acked = 0
-
-    # -- local writes (on the writing thread, inside the signal's lock) --------------
 
     def write(self, old: Any, new: Any) -> Any:
+        """The signal's writer: publish a local write (on the writing thread, inside the signal's lock)."""
         peer = client.current_peer()
-        if self.kind is None:  # followed before anyone wrote: the first write decides
-            self.kind = _kind_of(new)
-        if self.kind == LWW:
-            body = wire.encode(new, where=f"the value of topic {self.name!r}")
-            self.stamp = _clock.now(peer.name)
-            header: dict[str, Any] = {"t": PUB, "topic": self.name, "kind": LWW, "stamp": list(self.stamp)}
-            self._publish(peer, header, body)
-            return None
-        if not crdt.is_convergent(new) or new.type_name != self.kind:
-            raise SpindelError(
-                f"topic {self.name!r} holds {self.kind} values; set one of those (or use .update)"
-            )
-        delta = new.delta()
-        if delta is None:
-            return None
-        body = wire.encode(delta.state(), where=f"the change to topic {self.name!r}")
-        self._publish(peer, {"t": PUB, "topic": self.name, "kind": self.kind}, body)
-        return new.clear_delta()
-
-    def _publish(self, peer: client.Peer, header: dict[str, Any], body: bytes) -> None:
-        with _lock:
-            self.sent += 1
-            header["seq"] = self.sent
-        if peer.connected:
-            peer.send_frame(header, body)
-
-    # -- what arrives (on the home thread) --------------------------------------------
+        frame, kept = self.publish(new)
+        if frame is not None and peer.connected:
+            peer.send_frame(*frame)
+        return kept
 
     def receive(self, header: dict[str, Any], body: bytes, full_state: bool) -> None:
         self.receive_all([(header, body)], full_state)
 
-    def receive_all(self, changes: list[tuple[dict[str, Any], bytes]], full_state: bool = False) -> None:
+    def receive_all(self, changes: list[Change], full_state: bool = False) -> None:
         """Apply changes from the hub, then tell observers once: a slow observer never falls behind.
 
         Read, join and write happen under the signal's lock: a local write made
         meanwhile on another thread (a script's main thread) is never lost.
         """
         with self.signal._lock:
-            self._receive_all(changes, full_state)
+            current = self.signal.value
+            value = self.apply(current, changes, full_state)
+            if value is not current:  # a no-op apply changes nothing: no observer call, no re-publish
+                self.signal._apply_remote(value)
 
-    def _receive_all(self, changes: list[tuple[dict[str, Any], bytes]], full_state: bool) -> None:
-        current = start = self.signal.value
-        # Deltas that arrived together are joined first and applied once, so that a type
-        # whose join costs in proportion to the value is not paid per delta (the join is
-        # associative and commutative: the result is the same).
-        deltas: list[Any] = []
-        for header, body in changes:
-            kind = header.get("kind")
-            if self.kind is None and isinstance(kind, str):
-                self.kind = kind
-            if kind != self.kind or not body:
-                continue
-            if kind == LWW:
-                stamp = as_stamp(header.get("stamp"))
-                if self.stamp is None or stamp > self.stamp:
-                    self.stamp = stamp
-                    _clock.observe(stamp)
-                    current = wire.decode(body)
-                continue
-            deltas.append(crdt.type_for(str(kind)).from_state(wire.decode(body)))
-        if deltas:
-            joined = _join_pairwise(deltas)
-            if current is None:
-                current = joined
-            else:
-                current = current.merge(joined) if full_state else current.apply_delta(joined)
-        if current is not start:  # a no-op apply changes nothing: no observer call, no re-publish
-            self.signal._apply_remote(current)
-
-    # -- the handshake ---------------------------------------------------------------
-
-    def subscribe_frame(self, request_id: int) -> tuple[dict[str, Any], bytes | None]:
-        """The handshake frame: kind, sequence and state, read in one piece under the signal's lock.
-
-        A write (under that lock) stamps the topic before it stores the value: read
-        apart, the old value could leave under the new stamp, and the hub would drop
-        the real write as not newer.
-        """
+    def subscribe_frame(self, request_id: int) -> Frame:
+        """The handshake frame, its value and stamp read in one piece under the signal's lock."""
         with self.signal._lock:
-            header: dict[str, Any] = {
-                "t": SUB,
-                "id": request_id,
-                "topic": self.name,
-                "mode": self.mode,
-                "seq": self.sent,
-            }
-            if self.kind is not None:
-                header["kind"] = self.kind
-            value = self.signal.value
-            if self.mode == "mirror" or value is None:
-                return header, None
-            if self.kind == LWW:
-                if self.stamp is None:
-                    return header, None
-                header["stamp"] = list(self.stamp)
-                return header, wire.encode(value)
-            return header, wire.encode(value.state())
-
-
-def _kind_of(value: Any) -> str:
-    return str(value.type_name) if crdt.is_convergent(value) else LWW
+            return self.handshake(request_id, self.signal.value)
 
 
 def _follow(name: str, signal: Signal[Any], mode: str, kind: str | None) -> Signal[Any]:
@@ -199,10 +103,10 @@ def _follow(name: str, signal: Signal[Any], mode: str, kind: str | None) -> Sign
     return signal
 
 
-def _subscribe(peer: client.Peer, topic: _Topic) -> tuple[dict[str, Any], bytes]:
+def _subscribe(peer: client.Peer, topic: _Topic) -> Change:
     """Send the handshake and wait for the hub's answer (its state, if we lack any)."""
     request_id = next(_ids)
-    future: concurrent.futures.Future[tuple[dict[str, Any], bytes]] = concurrent.futures.Future()
+    future: concurrent.futures.Future[Change] = concurrent.futures.Future()
     _waiting[request_id] = future
     try:
         if not peer.connected:
@@ -227,7 +131,7 @@ def _stop(topic: _Topic, peer: client.Peer) -> None:
 # -- frames from the hub (connection thread) -----------------------------------------
 
 
-_arrived: dict[str, list[tuple[dict[str, Any], bytes]]] = {}
+_arrived: dict[str, list[Change]] = {}
 _arrived_lock = threading.Lock()
 
 
@@ -276,7 +180,7 @@ def _on_ack(header: dict[str, Any], body: memoryview) -> None:
     if topic is None:
         return
     with _acked:
-        topic.acked = max(topic.acked, int(header.get("seq", 0)))
+        topic.acknowledge(int(header.get("seq", 0)))
         _acked.notify_all()
 
 
@@ -340,13 +244,13 @@ def sync_signal(topic: str, signal_or_value: Any = None) -> Signal[Any]:
     value = signal.value
     if value is not None and not crdt.is_convergent(value):
         wire.encode(value, where=f"the value of topic {topic!r}")
-    return _follow(topic, signal, "sync", _kind_of(value) if value is not None else None)
+    return _follow(topic, signal, "sync", kind_of(value) if value is not None else None)
 
 
 def export_signal(topic: str, signal: Signal[Any]) -> Signal[Any]:
     """Publish ``signal``'s changes to ``topic`` without taking anyone else's."""
     value = signal.value
-    return _follow(topic, signal, "export", _kind_of(value) if value is not None else LWW)
+    return _follow(topic, signal, "export", kind_of(value) if value is not None else LWW)
 
 
 def subscribe_signal(topic: str) -> Signal[Any]:
@@ -365,6 +269,6 @@ def unsync(topic: str) -> None:
 def flush(timeout: float = 10.0) -> None:
     """Wait until the hub has durably stored every change this process published."""
     with _acked:
-        if not _acked.wait_for(lambda: all(t.acked >= t.sent for t in _topics.values()), timeout):
-            pending = [t.name for t in _topics.values() if t.acked < t.sent]
+        if not _acked.wait_for(lambda: not any(t.pending for t in _topics.values()), timeout):
+            pending = [t.name for t in _topics.values() if t.pending]
             raise NotConnected(f"the hub has not stored the changes to {', '.join(pending)} yet")
