@@ -104,14 +104,14 @@ def test_conflicting_merge_changes_nothing_until_a_strategy(
     save(hub, "class/quiz.ipynb", "q = 1", "r = 2")
     teacher.ok("%spin_publish quiz --path class/quiz.ipynb")
     student.ok("%spin_fork quiz quiz-alice")
+    forked = hub.get("spindel/api/workspaces/quiz")["head"]  # the fork's head too, at first
     save(hub, "class/quiz.ipynb", "q = 10", "r = 2")
     save(hub, "class/forks/quiz-alice.ipynb", "q = 100", "r = 2")
     wait_until(
-        lambda: (
-            hub.get("spindel/api/workspaces/quiz-alice")["head"]
-            != hub.get("spindel/api/workspaces/quiz")["head"]
+        lambda: all(
+            hub.get(f"spindel/api/workspaces/{name}")["head"] != forked for name in ("quiz", "quiz-alice")
         ),
-        what="both republished",
+        what="both saves republished",
     )
     head = hub.get("spindel/api/workspaces/quiz")["head"]
     out = teacher.run("%spin_merge quiz-alice")
