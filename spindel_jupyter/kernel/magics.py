@@ -10,8 +10,9 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
+from IPython.utils.process import arg_split
 from traitlets import Float
 
 from ..core.errors import MergeConflict, SpindelError, SpindelWarning, UnsendableResult
@@ -247,7 +248,7 @@ _parses: dict[tuple[str, str], Any] = {}
 
 
 def _parsed(magic: Any, line: str) -> Any:
-    """``parse_argstring``, remembered per line: a cell run again costs no argparse.
+    """The magic's arguments, remembered per line: a cell run again costs no argparse.
 
     IPython splits a magic's line keeping the quotes (``--allow '*'`` gives ``'*'``
     with its quotes): they are taken off here, as a shell would.
@@ -256,7 +257,8 @@ def _parsed(magic: Any, line: str) -> Any:
     if key not in _parses:
         if len(_parses) > 256:
             _parses.clear()
-        args = parse_argstring(magic, line)
+        # Options may come anywhere on the line (%%spin_remote bob -o res x), as in ipyparallel.
+        args = magic.parser.parse_intermixed_args(arg_split(line))
         for name, value in vars(args).items():
             if isinstance(value, str):
                 setattr(args, name, _unquoted(value))

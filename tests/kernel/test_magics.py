@@ -16,3 +16,11 @@ def test_quotes_are_taken_off_as_a_shell_would() -> None:
     assert _parsed(SpindelMagics.spin_invite, "--as maria").name == "maria"
     args = _parsed(SpindelMagics.spin_remote, "bob x y='ab'")
     assert (args.target, args.names) == ("bob", ["x", "y='ab'"])  # an expression keeps its quotes
+
+
+def test_options_may_come_anywhere_on_the_line() -> None:
+    for line in ("bob -o res x y=2", "-o res bob x y=2", "bob x -o res y=2", "bob x y=2 -o res"):
+        args = _parsed(SpindelMagics.spin_remote, line)
+        assert (args.target, args.names, args.output) == ("bob", ["x", "y=2"], "res"), line
+    args = _parsed(SpindelMagics.spin_remote, "bob --timeout 5 x")
+    assert (args.names, args.timeout) == (["x"], 5.0)
