@@ -248,11 +248,15 @@ class Cleanup:
                 self._pids[int(pid)] = psutil.Process(int(pid)).create_time()
 
     def close(self, keep_logs: bool = True) -> None:
-        """Stop everything (never raises); then delete the work directory unless ``keep_logs``."""
+        """Stop everything (never raises); then delete the work directory unless ``keep_logs``.
+
+        A run after this one gets a work directory of its own.
+        """
         self.unwind(0)
         self._sweep()
         if not keep_logs and self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
+        self._workdir = None
 
     def _sweep(self) -> None:
         """Kill what is left of our own descendants and of the recorded process ids."""
