@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import arrays, fork, memory, remote_call, signals
+from . import arrays, fork, memory, remote_call, signals, transport
 from .common import CLEANUP, Shared, guarded, machine
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -32,8 +32,12 @@ FAMILIES: dict[str, Callable[[Shared], Any]] = {
     "array_transfer": arrays.run,
     "fanout_p99": lambda shared: guarded(signals.fanout, shared),
     "fork": lambda shared: guarded(fork.run, shared),
+    "transport": lambda shared: guarded(transport.run, shared),
     "hub_memory": memory.run,
 }
+
+#: Families that run without the shared hub.
+_HUBLESS = {"hub_memory", "transport"}
 
 
 def write_results(path: Path, sections: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +129,13 @@ def table(results: dict[str, Any]) -> str:
             head = "".join(f"{f'{k} sub':>10}" for k in fo["subscribers"])
             lines += ["", f"{'fanout_p99 (ms, one-way by time.time())':<42}{head}"]
             lines.append(f"  {'spindel':<40}" + "".join(f"{_num(v):>10}" for v in fo["spindel"]))
+    if "transport" in results:
+        tr = results["transport"]
+        if "error" in tr:
+            lines += ["", f"transport: FAILED {tr['error'][:80]}"]
+        for measure, section in tr.items():
+            if isinstance(section, dict) and "legacy" in section:
+                lines += ["", *_latency_table(f"transport {measure} (ms)", section, "legacy")]
     if "hub_memory" in results:
         hm = results["hub_memory"]
         lines += ["", "hub_memory"]
@@ -278,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: logs in {CLEANUP.log_dir}", flush=True)
     try:
         # Shared parts first, so that each family's own processes can be stopped after it.
-        if set(chosen) - {"hub_memory"}:
+        if set(chosen) - _HUBLESS:
             shared.hub()
         if {"remote_call", "array_transfer"} & set(chosen):
             shared.bob()
