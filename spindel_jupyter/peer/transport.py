@@ -29,7 +29,8 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from wsproto import ConnectionType, WSConnection
@@ -61,6 +62,8 @@ _MAX_RESPONSE = 64 * 1024
 _CHUNK = 256 * 1024
 #: A binary message at least this large is sent and received by the hand-written paths.
 _LARGE = 64 * 1024
+#: Large messages are masked into (and written from) a reused buffer of this size.
+_MASK_CHUNK = 1024 * 1024
 #: Without numpy, a message at least this large is received into memory mapped for it.
 _MAPPED = 1024 * 1024
 #: Bytes read and frames handled per turn of the loop, at most: then other callbacks run.
@@ -172,17 +175,14 @@ class _Stream:
                     part = part[self.tls.write(part) :]
             return [memoryview(self._out.read())]
 
-    def send_all(self, parts: Sequence[memoryview]) -> None:
-        """Write every part, waiting while the socket is full (callers hold the write lock).
-
-        With TLS a large message is encrypted and written a piece at a time: the
-        reading thread waits at most one piece for the SSL object, and the
-        ciphertext never piles up in memory.
-        """
-        if self.tls is None:
-            self.send(list(parts), block=True)
-            return
+    def send_all(self, parts: Iterable[memoryview]) -> None:
+        """Write every part, one after the other, waiting while the socket is full (callers hold the
+        write lock). With TLS a large part is encrypted and written a piece at a time: the reading
+        thread waits at most one piece for the SSL object."""
         for part in parts:
+            if self.tls is None:
+                self.send([part], block=True)
+                continue
             for start in range(0, len(part), _CHUNK):
                 self.send(self._encrypt([part[start : start + _CHUNK]]), block=True)
 
@@ -214,28 +214,44 @@ def _wait_writable(sock: socket.socket) -> None:
     poller.poll(1000)
 
 
-def _mask(key: bytes, data: memoryview) -> memoryview:
-    """``data`` XOR the repeated 4-byte ``key``, as a new buffer, in one pass of numpy."""
-    source = np.frombuffer(data, np.uint8)
-    out = np.empty(len(source), np.uint8)
+def _masked_frame(parts: Sequence[memoryview], size: int) -> Iterator[memoryview]:
+    """One final binary frame of ``parts``, masked with numpy a chunk at a time into one reused buffer.
+
+    The message is never copied whole (nor its parts joined), and its first bytes
+    are on their way while the rest is masked. Each chunk must be written before
+    the next is asked for. Small parts share a chunk; a large one starts its own,
+    where its words line up with the buffer's (masking unaligned words is slower).
+    """
+    mask = os.urandom(4)
+    yield memoryview(frame_header(OP_BINARY, size, mask))
+    scratch = np.empty(min(size, _MASK_CHUNK), np.uint8)
+    filled = offset = 0
+    for part in parts:
+        source = np.frombuffer(part, np.uint8)
+        if filled % 8 and len(source) >= _LARGE:
+            yield scratch[:filled].data
+            filled = 0
+        done = 0
+        while done < len(source):
+            n = min(len(source) - done, len(scratch) - filled)
+            _mask(source[done : done + n], mask, offset, scratch[filled : filled + n])
+            done, offset, filled = done + n, offset + n, filled + n
+            if filled == len(scratch):
+                yield scratch.data
+                filled = 0
+    if filled:
+        yield scratch[:filled].data
+
+
+def _mask(source: Any, mask: bytes, offset: int, out: Any) -> None:
+    """``out`` = ``source`` XOR the 4-byte ``mask`` repeated from byte ``offset`` of the payload on."""
+    turn = offset % 4
+    key = (mask[turn:] + mask[:turn]) * 2
     words = len(source) // 8 * 8
     np.bitwise_xor(
-        source[:words].view(np.uint64), np.frombuffer(key * 2, np.uint64), out=out[:words].view(np.uint64)
+        source[:words].view(np.uint64), np.frombuffer(key, np.uint64), out=out[:words].view(np.uint64)
     )
-    np.bitwise_xor(source[words:], np.frombuffer(key * 2, np.uint8)[: len(source) - words], out=out[words:])
-    return out.data
-
-
-def _masked_frame(parts: Sequence[memoryview], size: int) -> list[memoryview]:
-    """One final binary frame of ``parts``, masked part by part: the parts are never joined."""
-    mask = os.urandom(4)
-    out = [memoryview(frame_header(OP_BINARY, size, mask))]
-    offset = 0
-    for part in parts:
-        turn = offset % 4
-        out.append(_mask(mask[turn:] + mask[:turn], part))
-        offset += len(part)
-    return out
+    np.bitwise_xor(source[words:], np.frombuffer(key, np.uint8)[: len(source) - words], out=out[words:])
 
 
 def _host_header(parts: SplitResult) -> str:
@@ -406,6 +422,7 @@ class WebSocket:
             parts = [parts]
         views = [view for view in (memoryview(part).cast("B") for part in parts) if len(view)]
         size = sum(len(view) for view in views)
+        frame: Iterable[memoryview]
         if opcode == OP_BINARY and size >= _LARGE and np is not None:
             frame = _masked_frame(views, size)
         elif opcode in (OP_BINARY, OP_TEXT):
