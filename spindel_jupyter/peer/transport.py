@@ -503,8 +503,9 @@ class WebSocket:
         except OSError as exc:
             self._finish(None, exc)
             return
-        if (self._unsent or self._queued) and self._loop is not None and not self.closed:
-            self._loop.call_soon_threadsafe(self._watch_writable)
+        loop = self._loop
+        if (self._unsent or self._queued) and loop is not None and not loop.is_closed() and not self.closed:
+            loop.call_soon_threadsafe(self._watch_writable)
 
     def _release(self, block: bool = True) -> None:
         """Let go of the write lock, first writing control frames queued meanwhile: whoever
@@ -573,7 +574,10 @@ class WebSocket:
             else:
                 if self._start:
                     self._compact()
-                with memoryview(self._buffer)[self._end : self._end + budget] as view:
+                room = min(budget, len(self._buffer) - self._end)
+                if not room:  # the buffer is full of frames still to handle
+                    return False
+                with memoryview(self._buffer)[self._end : self._end + room] as view:
                     n = self._stream.recv_into(view)
                 self._end += n
             if not n:
