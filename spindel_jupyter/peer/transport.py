@@ -64,6 +64,8 @@ _CHUNK = 256 * 1024
 _LARGE = 64 * 1024
 #: Large messages are masked into (and written from) a reused buffer of this size.
 _MASK_CHUNK = 1024 * 1024
+#: Room for a frame header (at most 14 bytes) ahead of the payload, whose words stay aligned.
+_HEAD_ROOM = 16
 #: Without numpy, a message at least this large is received into memory mapped for it.
 _MAPPED = 1024 * 1024
 #: Bytes read and frames handled per turn of the loop, at most: then other callbacks run.
@@ -223,24 +225,28 @@ def _masked_frame(parts: Sequence[memoryview], size: int) -> Iterator[memoryview
     where its words line up with the buffer's (masking unaligned words is slower).
     """
     mask = os.urandom(4)
-    yield memoryview(frame_header(OP_BINARY, size, mask))
-    scratch = np.empty(min(size, _MASK_CHUNK), np.uint8)
-    filled = offset = 0
+    head = frame_header(OP_BINARY, size, mask)
+    # The header goes first in the buffer, ending where the payload's words start.
+    scratch = np.empty(_HEAD_ROOM + min(size, _MASK_CHUNK), np.uint8)
+    begin = filled = _HEAD_ROOM
+    begin -= len(head)
+    scratch[begin:filled] = np.frombuffer(head, np.uint8)
+    offset = 0
     for part in parts:
         source = np.frombuffer(part, np.uint8)
         if filled % 8 and len(source) >= _LARGE:
-            yield scratch[:filled].data
-            filled = 0
+            yield scratch[begin:filled].data
+            begin = filled = 0
         done = 0
         while done < len(source):
             n = min(len(source) - done, len(scratch) - filled)
             _mask(source[done : done + n], mask, offset, scratch[filled : filled + n])
             done, offset, filled = done + n, offset + n, filled + n
             if filled == len(scratch):
-                yield scratch.data
-                filled = 0
-    if filled:
-        yield scratch[:filled].data
+                yield scratch[begin:].data
+                begin = filled = 0
+    if filled > begin:
+        yield scratch[begin:filled].data
 
 
 def _mask(source: Any, mask: bytes, offset: int, out: Any) -> None:
