@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -156,6 +156,10 @@ class _Stream:
             if not data:
                 return 0
             self._in.write(data)
+
+    def buffered(self) -> bool:
+        """Whether TLS holds bytes already read from the socket (no socket event will announce them)."""
+        return self.tls is not None and (self.tls.pending() > 0 or self._in.pending > 0)
 
     def recv_some(self, size: int) -> bytes:
         """Up to ``size`` bytes, at least one (the handshake, on the still blocking socket)."""
@@ -311,14 +315,14 @@ def open_websocket(
         if isinstance(answer, RejectConnection):
             status_line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
             raise HandshakeError(answer.status_code, status_line[2] if len(status_line) > 2 else "")
-        if not isinstance(answer, AcceptConnection):
+        if not isinstance(answer, AcceptConnection) or proto.connection is None:
             raise ProtocolError(f"the server at {url} did not answer the WebSocket upgrade")
     except BaseException:
         stream.sock.close()
         raise
     stream.sock.settimeout(None)
     stream.sock.setblocking(False)
-    return WebSocket(stream, proto, rest, max_message)
+    return WebSocket(stream, proto.connection, rest, max_message)
 
 
 def _allocate(size: int) -> memoryview:
@@ -359,10 +363,10 @@ class WebSocket:
     """An open client WebSocket: :meth:`send` from any thread; messages arrive on the :meth:`start` loop."""
 
     def __init__(
-        self, stream: _Stream, proto: WSConnection, initial: bytes = b"", max_message: int = MAX_MESSAGE
+        self, stream: _Stream, proto: Connection, initial: bytes = b"", max_message: int = MAX_MESSAGE
     ) -> None:
         self._stream = stream
-        #: wsproto's connection: every call into it holds this lock (it keeps state across calls).
+        #: wsproto's connection, upgraded: every call into it holds this lock (it keeps state across calls).
         self._proto = proto
         self._proto_lock = threading.Lock()
         #: Largest message taken from the server (bytes); a larger one closes with 1009.
@@ -575,7 +579,7 @@ class WebSocket:
             large = self._large
             if large is not None:
                 with large.rest(budget) as view:
-                    n = self._stream.recv_into(view)
+                    asked, n = len(view), self._stream.recv_into(view)
                 large.got += n
             else:
                 if self._start:
@@ -584,13 +588,15 @@ class WebSocket:
                 if not room:  # the buffer is full of frames still to handle
                     return False
                 with memoryview(self._buffer)[self._end : self._end + room] as view:
-                    n = self._stream.recv_into(view)
+                    asked, n = room, self._stream.recv_into(view)
                 self._end += n
             if not n:
                 self._finish(None)  # end of stream without a close frame
                 return True
             budget -= n
             self.last_seen = time.monotonic()
+            if n < asked and not self._stream.buffered():
+                return self._process()  # the socket is empty: its next bytes wake the reader
         return True
 
     def _compact(self) -> None:
