@@ -430,13 +430,13 @@ class WebSocket:
         """
         if isinstance(parts, (bytes, bytearray, memoryview)):
             parts = [parts]
-        views = [view for view in (memoryview(part).cast("B") for part in parts) if len(view)]
+        views = [memoryview(part).cast("B") for part in parts]  # lengths in bytes, whatever the items
         size = sum(len(view) for view in views)
         frame: Iterable[memoryview]
         if opcode == OP_BINARY and size >= _LARGE and np is not None:
             frame = _masked_frame(views, size)
         elif opcode in (OP_BINARY, OP_TEXT):
-            payload = b"".join(views)
+            payload = views[0].tobytes() if len(views) == 1 else b"".join(views)
             event = BytesMessage(data=payload) if opcode == OP_BINARY else TextMessage(data=payload.decode())
             try:
                 with self._proto_lock:
@@ -451,7 +451,8 @@ class WebSocket:
             if self.closed:
                 raise ConnectionResetError("the WebSocket is closed")
             try:
-                self._flush(block=True)
+                if self._unsent or self._queued:
+                    self._flush(block=True)
                 self._stream.send_all(frame)
             except OSError as exc:
                 self._finish(None, exc)
