@@ -88,10 +88,8 @@ def test_a_request_that_cannot_be_written_fails_at_once(peers: Any, monkeypatch:
 
     assert alice._ws is not None
     monkeypatch.setattr(alice._ws, "send", broken)
-    started = time.monotonic()
-    with pytest.raises(PeerLost, match="while sending 'echo': the socket broke"):
-        alice.request("bob22", "echo", 1, timeout=10)
-    assert time.monotonic() - started < 2, "the caller hears of it at once, not at its timeout"
+    with pytest.raises(PeerLost, match="while sending 'echo': the socket broke"):  # not RemoteTimeout
+        alice.request("bob22", "echo", 1, timeout=30)
     assert not alice._pending
 
 
