@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import arrays, fork, memory, remote_call, signals
+from . import arrays, fork, memory, remote_call, signals, transport
 from .common import CLEANUP, Shared, guarded, machine
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -34,8 +34,12 @@ FAMILIES: dict[str, Callable[[Shared], Any]] = {
     "array_transfer": arrays.run,
     "fanout_p99": lambda shared: guarded(signals.fanout, shared),
     "fork": lambda shared: guarded(fork.run, shared),
+    "transport": lambda shared: guarded(transport.run, shared),
     "hub_memory": memory.run,
 }
+
+#: Families that run without the shared hub.
+_HUBLESS = {"hub_memory", "transport"}
 
 
 def write_results(
@@ -135,6 +139,13 @@ def table(results: dict[str, Any]) -> str:
             head = "".join(f"{f'{k} sub':>10}" for k in fo["subscribers"])
             lines += ["", f"{'fanout_p99 (ms, one-way by time.time())':<42}{head}"]
             lines.append(f"  {'spindel':<40}" + "".join(f"{_num(v):>10}" for v in fo["spindel"]))
+    if "transport" in results:
+        tr = results["transport"]
+        if "error" in tr:
+            lines += ["", f"transport: FAILED {tr['error'][:80]}"]
+        for measure, section in tr.items():
+            if isinstance(section, dict) and "legacy" in section:
+                lines += ["", *_latency_table(f"transport {measure} (ms)", section, "legacy")]
     if "hub_memory" in results:
         hm = results["hub_memory"]
         lines += ["", "hub_memory"]
@@ -271,7 +282,7 @@ def run_once(chosen: list[str], quick: bool) -> dict[str, Any]:
     failed = True
     try:
         # Shared parts first, so that each family's own processes can be stopped after it.
-        if set(chosen) - {"hub_memory"}:
+        if set(chosen) - _HUBLESS:
             shared.hub()
         if {"remote_call", "array_transfer"} & set(chosen):
             shared.bob()

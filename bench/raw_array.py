@@ -19,12 +19,20 @@ MAX_MESSAGE = 2**31
 
 
 class ArrayHandler(WebSocketHandler):
-    """Answers a request naming a size with that many bytes, built once at start."""
+    """Answers a text request naming a size with that many bytes (built once at start), a binary message
+    with two bytes (for the measures of sending)."""
 
     buffers: dict[int, bytes] = {}
 
+    @property
+    def max_message_size(self) -> int:
+        return MAX_MESSAGE
+
     def on_message(self, message: str | bytes) -> None:
-        self.write_message(self.buffers[int(message)], binary=True)
+        if isinstance(message, bytes):
+            self.write_message(b"ok", binary=True)
+        else:
+            self.write_message(self.buffers[int(message)], binary=True)
 
 
 async def server(port: int, sizes: list[int]) -> None:

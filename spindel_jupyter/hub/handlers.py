@@ -148,6 +148,12 @@ class PeerSocketHandler(WebSocketMixin, WebSocketHandler, _HubHandler):
         follow in the same pass go out together at its end, in one write: a peer
         following a busy topic gets its frames in batches, not one packet each.
         A large body (an array) is written as it arrived, never copied into a frame.
+
+        Both need the stream under tornado's WebSocket, which is not tornado's
+        public API: pyproject.toml pins the tornado versions this was tested with,
+        and tests/hub/test_handlers.py fails loudly if tornado changes it. Measured
+        against ``write_message`` (bench/README.md): 64 MB arrays relayed 1.4x
+        faster, a busy topic's updates delivered at 2.5x the rate.
         """
         protocol = self.ws_connection
         if protocol is None or protocol.is_closing() or protocol.stream is None:

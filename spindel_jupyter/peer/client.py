@@ -242,18 +242,27 @@ class Peer:
         if ws is None:
             future.set_exception(NotConnected(f"not connected to the hub at {self.url} (reconnecting)"))
             return rid, future
-        self._write(frame, ws)
+        try:
+            self._write(frame, ws)
+        except OSError as exc:
+            # Failed here, unless the dropped connection failed it first (it is then no longer pending).
+            if self._pending.pop(rid, None) is not None:
+                lost = f"lost the connection to the hub at {self.url} while sending {op!r}: {exc}"
+                future.set_exception(PeerLost("hub", lost))
+        except BaseException:
+            self._pending.pop(rid, None)
+            raise
         return rid, future
 
     def cancel(self, to: str | None, request_id: int) -> None:
         """Give up on a request: forget it here and tell the target (which may interrupt it)."""
         self._pending.pop(request_id, None)
         if to is not None:
-            self._write(wire.frame_parts({"t": CANCEL, "id": request_id, "to": to}))
+            self._post(wire.frame_parts({"t": CANCEL, "id": request_id, "to": to}))
 
     def send(self, to: str, op: str, body: Any = None) -> None:
         """One-way message ``op`` to peer ``to``; dropped if either side is disconnected."""
-        self._write(self._frame({"t": MSG, "op": op, "to": to}, body))
+        self._post(self._frame({"t": MSG, "op": op, "to": to}, body))
 
     def handle(self, op: str, handler: Handler | None) -> None:
         """Serve requests and messages ``op`` from other peers (None stops serving it).
@@ -283,7 +292,7 @@ class Peer:
 
     def send_frame(self, header: dict[str, Any], body: bytes | None = None) -> None:
         """Send a frame as is, from any thread; dropped while disconnected."""
-        self._write(self._checked(wire.frame_parts(header, body)))
+        self._post(self._checked(wire.frame_parts(header, body)))
 
     def on_connect(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the connection thread after every (re)connection."""
@@ -318,14 +327,21 @@ class Peer:
         return parts
 
     def _write(self, parts: list[wire.Buffer], ws: WebSocket | None = None) -> None:
-        """Write a frame from this thread; dropped while disconnected (the reader notices a dead socket)."""
+        """Write a frame from this thread; dropped while disconnected.
+
+        A write that fails raises OSError: the connection then ends, and the caller
+        tells whoever waits for this frame.
+        """
         ws = ws or self._ws
-        if ws is None:
-            return
-        try:
+        if ws is not None:
             ws.send(parts)
-        except OSError:
-            pass
+
+    def _post(self, parts: list[wire.Buffer]) -> None:
+        """Write a frame nothing waits for; dropped while disconnected or when the write fails."""
+        try:
+            self._write(parts)
+        except OSError as exc:
+            log.info("spindel: a frame to the hub at %s was lost with the connection: %s", self.url, exc)
 
     # -- the connection thread ------------------------------------------------------
 
@@ -358,7 +374,7 @@ class Peer:
                 for callback in self._on_connect:
                     self._guard(callback)
                 if self.contexts:
-                    self._write(
+                    self._post(
                         self._frame(
                             {"t": REQ, "id": next(self._ids), "op": "update"}, {"contexts": self.contexts}
                         )
@@ -381,7 +397,13 @@ class Peer:
         self._closed: asyncio.Future[int | None] = loop.create_future()
         try:
             ws = await asyncio.wait_for(
-                asyncio.to_thread(open_websocket, self.url, headers, self.connect_timeout),
+                asyncio.to_thread(
+                    open_websocket,
+                    self.url,
+                    headers,
+                    self.connect_timeout,
+                    max_message=message_limit(self.max_frame_bytes),
+                ),
                 self.connect_timeout,
             )
         except HandshakeError as exc:
@@ -416,6 +438,7 @@ class Peer:
         header, _ = wire.unpack_frame(reply)
         if header.get("t") == WELCOME:
             self.max_frame_bytes = int(header.get("max_frame_bytes", self.max_frame_bytes))
+            ws.max_message = message_limit(self.max_frame_bytes)
             self.scope = str(header.get("scope", OWN))
             return ws
         ws.close()
@@ -530,15 +553,22 @@ class Peer:
             self._reply(to, rid, future.result())
 
     def _reply(self, to: str, rid: int, result: Any = None, error: dict[str, Any] | None = None) -> None:
+        """Answer request ``rid`` of ``to``; if the result cannot be sent, the caller gets why."""
         header: dict[str, Any] = {"t": REP, "re": rid, "to": to}
-        if error is None:
-            try:
-                self._write(self._frame(header, result))
-                return
-            except SpindelError as exc:
-                error = remote_error(exc, self.name)
-        header["error"] = error
-        self._write(wire.frame_parts(header))
+        try:
+            if error is None:
+                try:
+                    self._write(self._frame(header, result))
+                    return
+                except OSError:
+                    raise
+                except Exception as exc:  # not encodable, over the limit, not writable as buffers
+                    error = remote_error(exc, self.name)
+            header["error"] = error
+            self._write(wire.frame_parts(header))
+        except OSError as exc:
+            # The connection ends with this failure: the hub tells the caller that this peer left.
+            log.warning("spindel: the reply to %r was lost with the connection to the hub: %s", to, exc)
 
     def _hub_lost(self) -> PeerLost:
         return PeerLost("hub", f"lost the connection to the hub at {self.url}; reconnecting")
@@ -556,6 +586,13 @@ class Peer:
             fn(*args)
         except Exception:
             log.exception("spindel: callback %r failed", fn)
+
+
+def message_limit(max_frame_bytes: int) -> int:
+    """The largest message taken from a hub whose frame limit is ``max_frame_bytes``: twice it, the
+    margin the hub gives its peers' frames. A relayed frame is its sender's (within the limit) with
+    the hub's stamps added; the margin also leaves room for the hub's own frames (topic snapshots)."""
+    return 2 * max_frame_bytes
 
 
 def jittered(delay: float) -> float:

@@ -8,8 +8,10 @@ import os
 from typing import Any
 
 import pytest
+import tornado
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.iostream import IOStream
+from tornado.websocket import WebSocketClientConnection, WebSocketProtocol13, websocket_connect
 
 from spindel_jupyter.core import codes, wire
 from spindel_jupyter.peer.transport import open_websocket
@@ -220,3 +222,36 @@ async def test_the_hubs_heartbeat_closes_a_peer_that_stops_answering_and_logs_no
 async def drain(ws: WebSocketClientConnection) -> None:
     while await ws.read_message() is not None:
         pass
+
+
+async def test_frames_written_into_tornados_stream_arrive_intact(
+    urls: dict[str, str], jp_serverapp: Any
+) -> None:
+    """The hub writes its frames into the stream under tornado's WebSocket (a private part of tornado,
+    pinned in pyproject.toml): small ones batched, large bodies uncopied. This fails loudly if tornado
+    changes what that relies on."""
+    assert hasattr(WebSocketProtocol13, "is_closing"), (
+        f"tornado {tornado.version} has no WebSocketProtocol13.is_closing: PeerSocketHandler.send needs it"
+    )
+    auth = {"Authorization": f"token {urls['token']}"}
+    alice = await open_peer(urls["ws"], "alice", auth)
+    await next_frame(alice, "welcome")
+    bob = await open_peer(urls["ws"], "bob", auth)
+    await next_frame(bob, "welcome")
+    link = jp_serverapp.web_app.settings["spindel_hub"].relay.members["bob"].link
+    assert isinstance(link.ws_connection, WebSocketProtocol13)
+    assert isinstance(getattr(link.ws_connection, "stream", None), IOStream), (
+        f"tornado {tornado.version}: WebSocketProtocol13 has no IOStream `stream` attribute any more; "
+        "PeerSocketHandler.send writes frames into it: update it and the tornado pin in pyproject.toml"
+    )
+    bodies = [b"", b"small", os.urandom(125), os.urandom(70_000), os.urandom(3_000_000), b"after"]
+    for body in bodies:  # sent back to back: the small ones leave together, the large ones uncopied
+        await alice.write_message(wire.pack_frame({"t": "msg", "op": "x", "to": "bob"}, body), binary=True)
+    received = []
+    while len(received) < len(bodies):
+        message = await bob.read_message()
+        assert isinstance(message, bytes), "the hub's frames are binary WebSocket messages"
+        header, got = wire.unpack_frame(message)
+        if header["t"] == "msg":
+            received.append((header["from"], bytes(got)))
+    assert received == [("alice", body) for body in bodies]

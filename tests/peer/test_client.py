@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import spindel_jupyter
+from spindel_jupyter.core import wire
 from spindel_jupyter.core.errors import (
     HubError,
     NameTaken,
@@ -24,9 +25,11 @@ from spindel_jupyter.core.errors import (
     RemoteTimeout,
     SpindelError,
 )
+from spindel_jupyter.core.protocol import WELCOME
 from spindel_jupyter.kernel import session
 from spindel_jupyter.peer import client
 from spindel_jupyter.peer.client import Peer, jittered
+from tests.peer.conftest import RawServer, Ticker, frame
 from tests.support import ContendedLock, HubServer, wait_until
 
 
@@ -66,6 +69,34 @@ def test_numpy_array_round_trip_through_the_hub(peers: Any) -> None:
     out = alice.request("bob2", "double", arr, timeout=30)
     assert out.dtype == arr.dtype and out.shape == arr.shape
     assert np.array_equal(out, arr * 2)
+
+
+def test_a_value_of_more_buffers_than_sendmsg_takes_comes_back(peers: Any) -> None:
+    """1,100 arrays are more buffers than one sendmsg call takes (IOV_MAX): the reply still leaves."""
+    alice, bob = peers("alice21"), peers("bob21")
+    bob.handle("many", lambda req: [np.full(16, i, dtype=np.int64) for i in range(1_100)])
+    arrays = alice.request("bob21", "many", timeout=10)
+    assert len(arrays) == 1_100 and all((array == i).all() for i, array in enumerate(arrays))
+
+
+def test_a_request_that_cannot_be_written_fails_at_once(peers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = peers("alice22"), peers("bob22")
+    bob.handle("echo", lambda req: req.body)
+
+    def broken(parts: Any, opcode: int = 2, wait: float | None = None) -> None:
+        raise OSError("the socket broke")
+
+    assert alice._ws is not None
+    monkeypatch.setattr(alice._ws, "send", broken)
+    with pytest.raises(PeerLost, match="while sending 'echo': the socket broke"):  # not RemoteTimeout
+        alice.request("bob22", "echo", 1, timeout=30)
+    assert not alice._pending
+
+
+def test_the_message_limit_follows_the_hubs_frame_limit(peers: Any) -> None:
+    alice = peers("alice23")
+    assert alice._ws is not None
+    assert alice._ws.max_message == client.message_limit(alice.max_frame_bytes) == 2 * alice.max_frame_bytes
 
 
 def test_unknown_peer_fails_at_once_listing_peers(peers: Any) -> None:
@@ -239,6 +270,34 @@ def test_a_hub_that_stops_answering_is_left_by_heartbeat(own_hub: HubServer, mon
         own_hub.proc.send_signal(signal.SIGCONT)
         alice.close()
         bob.close()
+
+
+def _fake_hub_that_floods_pings_and_stops_reading(server: RawServer, flood: threading.Event) -> None:
+    """Welcome the peer; on ``flood``, send it pings whose pongs cannot get out, then say nothing more."""
+    _, hello = server.read_frame()
+    header, _ = wire.unpack_frame(hello)
+    welcome = {"t": WELCOME, "name": header["name"], "scope": "own", "max_frame_bytes": 1 << 20}
+    server.send(frame(0x2, wire.pack_frame(welcome)))
+    flood.wait(10)
+    server.conn.settimeout(20)
+    server.send(frame(0x9, bytes(125)) * 30_000)
+
+
+def test_the_heartbeat_leaves_a_hub_that_stopped_reading(raw_server: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(client, "_PING_INTERVAL", 0.3)
+    monkeypatch.setattr(client, "_PING_TIMEOUT", 0.6)
+    server, flood = raw_server(rcvbuf=4096), threading.Event()
+    hub = threading.Thread(target=_fake_hub_that_floods_pings_and_stops_reading, args=(server, flood))
+    hub.daemon = True
+    hub.start()
+    alice = Peer(server.url, "alice", session="a").start()
+    try:
+        ticker = Ticker(alice._loop)
+        flood.set()
+        wait_until(lambda: not alice.connected, timeout=10, what="the heartbeat to leave the silent hub")
+        assert ticker.lag() < 0.5, f"the connection's loop stalled for {ticker.lag():.2f} s"
+    finally:
+        alice.close()
 
 
 class _Socket:
