@@ -30,9 +30,13 @@ library Spindel, see :class:`Convergent`), registered with :func:`register`:
     changed. The result keeps ``self``'s pending delta and never adds the received
     one to it, so a remote change is never published again.
 ``state() -> Any``
-    Plain data (None, bool, int, float, str, bytes, list, tuple, dict, set,
-    frozenset and the user's own values) holding the whole value but not its pending
-    delta. Equal values give equal states.
+    Plain data holding the whole value but not its pending delta. Anything the codec
+    carries will do, but the type's own structure is best made of what msgpack
+    packs as it is (None, bool, int, float, str, bytes, list, dict): every tuple
+    or set costs an extension type of its own, which is what makes a large state
+    slow to send. The user's values inside (elements, keys, values) stay as they
+    are: the codec keeps them exact, a tuple comes back a tuple. Equal values give
+    equal states (but for the order of a list that stands for a set).
 ``from_state(data) -> Self`` (a classmethod)
     Rebuilds a value from ``state()``. The data comes from the network: raise
     ValueError with a clear message when it is malformed.
@@ -342,9 +346,9 @@ class GSet(_DeltaState, AbstractSet[T]):
     def _with_delta(self, delta: Self | None) -> Self:
         return self._make(self._elements, delta)
 
-    def state(self) -> frozenset[T]:
-        """The elements."""
-        return frozenset(self._elements)
+    def state(self) -> list[T]:
+        """The elements, as a list (in no particular order)."""
+        return list(self._elements.keys())
 
     @classmethod
     def from_state(cls, data: Any) -> Self:
@@ -394,7 +398,22 @@ def _set_repr(value: AbstractSet[Any]) -> str:
 Dot = tuple[str, int]
 """One write: ``(writer, sequence number)``, numbered 1, 2, 3... per writer."""
 
-_NO_DOTS: frozenset[Dot] = frozenset()
+Dots = tuple[Any, ...]
+"""The dots of one element, flat and sorted: ``(writer, seq, writer, seq, ...)``.
+
+Flat, so that an element's dots become one list on the wire (msgpack packs it as
+it is); sorted, so that equal dots compare equal.
+"""
+
+_NO_DOTS: Dots = ()
+
+
+def _pairs(dots: Dots) -> Iterator[Dot]:
+    return zip(dots[::2], dots[1::2], strict=False)
+
+
+def _flat(dots: Iterable[Dot]) -> Dots:
+    return tuple(part for dot in sorted(dots) for part in dot)
 
 
 class _Context:
@@ -445,16 +464,17 @@ _EMPTY_CONTEXT = _Context({}, ())
 _NOBODY: Any = object()
 
 
-def _surviving(mine_value: ORSet[Any], other_value: ORSet[Any], element: Any) -> frozenset[Dot]:
+def _surviving(mine_value: ORSet[Any], other_value: ORSet[Any], element: Any) -> Dots:
     """The dots of ``element`` after a join: kept if both sides have them, or if the other never saw them."""
     mine = mine_value._entries.get(element, _NO_DOTS)
     theirs = other_value._entries.get(element, _NO_DOTS)
     if mine == theirs:
         return mine
-    return frozenset(
-        (mine & theirs)
-        | {dot for dot in mine - theirs if not other_value._context.covers(dot)}
-        | {dot for dot in theirs - mine if not mine_value._context.covers(dot)}
+    ours, their_dots = set(_pairs(mine)), set(_pairs(theirs))
+    return _flat(
+        (ours & their_dots)
+        | {dot for dot in ours - their_dots if not other_value._context.covers(dot)}
+        | {dot for dot in their_dots - ours if not mine_value._context.covers(dot)}
     )
 
 
@@ -470,7 +490,7 @@ class ORSet(_DeltaState, AbstractSet[T]):
     __slots__ = ("_context", "_dot_owners", "_entries", "_lease")
 
     # Persistent maps: a change makes a new value in time in proportion to the change, not the set.
-    _entries: Map[T, frozenset[Dot]]  # visible element -> the dots of the adds that made it
+    _entries: Map[T, Dots]  # visible element -> the dots of the adds that made it
     _context: _Context
     _lease: _Lease | None
     _dot_owners: Map[Dot, T] | None  # dot -> element, see _owners()
@@ -483,7 +503,7 @@ class ORSet(_DeltaState, AbstractSet[T]):
     @classmethod
     def _make(
         cls,
-        entries: Map[T, frozenset[Dot]],
+        entries: Map[T, Dots],
         context: _Context,
         delta: Self | None,
         lease: _Lease | None,
@@ -502,10 +522,10 @@ class ORSet(_DeltaState, AbstractSet[T]):
         if not elements:
             return self
         lease, start = _reserve(self._lease, self._context.seen, len(elements))
-        added = {x: frozenset([(lease.writer, start + i)]) for i, x in enumerate(elements, 1)}
+        added: dict[T, Dots] = {x: (lease.writer, start + i) for i, x in enumerate(elements, 1)}
         # The change's context holds the elements' old dots too, so receivers drop them.
-        covered = [dot for x in elements for dot in self._entries.get(x, _NO_DOTS)]
-        context = _Context({}, [*covered, *(dot for dots in added.values() for dot in dots)])
+        covered = [dot for x in elements for dot in _pairs(self._entries.get(x, _NO_DOTS))]
+        context = _Context({}, [*covered, *(dot for dots in added.values() for dot in _pairs(dots))])
         change = self._make(Map(added), context, None, None)
         entries = self._entries.update(added)
         owners = self._owners_after(covered, added) if self._dot_owners is not None else None
@@ -516,9 +536,10 @@ class ORSet(_DeltaState, AbstractSet[T]):
         dots = self._entries.get(element)
         if dots is None:
             return self
-        change = self._make(Map(), _Context({}, dots), None, None)
+        gone = list(_pairs(dots))
+        change = self._make(Map(), _Context({}, gone), None, None)
         entries = self._entries.delete(element)
-        owners = self._owners_after(dots, {}) if self._dot_owners is not None else None
+        owners = self._owners_after(gone, {}) if self._dot_owners is not None else None
         return self._make(entries, self._context, self._pending_with(change), self._lease, owners)
 
     def _join(self, other: Self) -> Self | None:
@@ -527,7 +548,7 @@ class ORSet(_DeltaState, AbstractSet[T]):
         return self._join_all(other)
 
     def _join_all(self, other: Self) -> Self | None:
-        entries: dict[T, frozenset[Dot]] = {}
+        entries: dict[T, Dots] = {}
         for element in {**self._entries, **other._entries}:
             dots = _surviving(self, other, element)
             if dots:
@@ -549,7 +570,7 @@ class ORSet(_DeltaState, AbstractSet[T]):
             owner = owners.get(dot, _NOBODY)
             if owner is not _NOBODY:
                 affected[owner] = None
-        changed: dict[T, frozenset[Dot]] = {}
+        changed: dict[T, Dots] = {}
         for element in affected:
             dots = _surviving(self, other, element)
             if dots != self._entries.get(element, _NO_DOTS):
@@ -566,22 +587,24 @@ class ORSet(_DeltaState, AbstractSet[T]):
                 else:
                     del entries[element]
             joined = entries.finish()
-        gone = [dot for element in changed for dot in self._entries.get(element, _NO_DOTS)]
+        gone = [dot for element in changed for dot in _pairs(self._entries.get(element, _NO_DOTS))]
         return self._make(joined, context, self._delta, self._lease, self._owners_after(gone, changed))
 
     def _owners(self) -> Map[Dot, T]:
         """Which element each dot belongs to (built on first use, then kept up to date by changes)."""
         if self._dot_owners is None:
-            self._dot_owners = Map((dot, element) for element, dots in self._entries.items() for dot in dots)
+            self._dot_owners = Map(
+                (dot, element) for element, dots in self._entries.items() for dot in _pairs(dots)
+            )
         return self._dot_owners
 
-    def _owners_after(self, gone: Iterable[Dot], new: Mapping[T, frozenset[Dot]]) -> Map[Dot, T]:
+    def _owners_after(self, gone: Iterable[Dot], new: Mapping[T, Dots]) -> Map[Dot, T]:
         """The dot index once the dots ``gone`` are dropped and the elements ``new`` hold their dots."""
         with self._owners().mutate() as owners:
             for dot in gone:
                 owners.pop(dot, None)
             for element, dots in new.items():
-                for dot in dots:
+                for dot in _pairs(dots):
                     owners[dot] = element
             index = owners.finish()
         return index
@@ -590,31 +613,43 @@ class ORSet(_DeltaState, AbstractSet[T]):
         return self._make(self._entries, self._context, delta, self._lease, self._dot_owners)
 
     def state(self) -> dict[str, Any]:
-        """``{"entries": {element: frozenset of dots}, "vv": {writer: seq}, "cloud": frozenset of dots}``.
+        """``{"entries": {element: dots}, "vv": {writer: seq}, "cloud": dots}``.
 
-        A dot is ``(writer, seq)``; ``vv`` and ``cloud`` are the causal context.
+        Dots are flat lists ``[writer, seq, writer, seq, ...]``, sorted: an element's,
+        those of the adds that made it; ``vv`` (every seq up to n per writer) and
+        ``cloud`` (dots past a gap) are the causal context.
         """
-        return {"entries": dict(self._entries), "vv": dict(self._context.vv), "cloud": self._context.cloud}
+        entries = self._entries
+        return {
+            "entries": dict(zip(entries.keys(), map(list, entries.values()), strict=True)),
+            "vv": dict(self._context.vv),
+            "cloud": list(_flat(self._context.cloud)),
+        }
 
     @classmethod
     def from_state(cls, data: Any) -> Self:
+        """Rebuild from :meth:`state`, or from the form before dots were flat (pairs in sets)."""
         if not isinstance(data, dict) or set(data) != {"entries", "vv", "cloud"}:
             raise _malformed("orset", 'expected a dict with keys "entries", "vv" and "cloud"')
         vv, cloud, raw_entries = data["vv"], data["cloud"], data["entries"]
         if not isinstance(vv, dict) or not all(isinstance(w, str) and _is_count(n) for w, n in vv.items()):
             raise _malformed("orset", '"vv" must map writer names (str) to integers >= 0')
-        if not _is_collection(cloud):
-            raise _malformed("orset", '"cloud" must be a collection of dots')
         if not isinstance(raw_entries, dict):
             raise _malformed("orset", '"entries" must map elements to their dots')
-        context = _Context({w: n for w, n in vv.items() if n}, [_dot(d) for d in cloud])
-        entries: dict[T, frozenset[Dot]] = {}
-        for element, dots in raw_entries.items():
-            if not _is_collection(dots) or not dots:
-                raise _malformed("orset", f"element {element!r:.100} needs a non-empty collection of dots")
-            entries[element] = frozenset(_dot(d) for d in dots)
-            if not all(context.covers(dot) for dot in entries[element]):
-                raise _malformed("orset", f"element {element!r:.100} has a dot outside the context")
+        context = _Context({w: n for w, n in vv.items() if n}, _pairs(_dots(cloud, '"cloud"', empty=True)))
+        top, past = context.vv, context.cloud
+        entries: dict[T, Dots] = {}
+        for element, raw in raw_entries.items():
+            if type(raw) is list and len(raw) == 2 and type(raw[0]) is str and type(raw[1]) is int:
+                writer, seq = raw  # one dot: the common case, checked here
+                if 0 < seq <= top.get(writer, 0):
+                    entries[element] = (writer, seq)
+                    continue
+            dots = _dots(raw, f"element {element!r:.100}")
+            for dot in _pairs(dots):
+                if dot[1] > top.get(dot[0], 0) and dot not in past:
+                    raise _malformed("orset", f"element {element!r:.100} has a dot outside the context")
+            entries[element] = dots
         return cls._make(Map(entries), context, None, None)
 
     def __contains__(self, element: object) -> bool:
@@ -635,6 +670,21 @@ class ORSet(_DeltaState, AbstractSet[T]):
     @classmethod
     def _from_iterable(cls, it: Iterable[Any]) -> frozenset[Any]:
         return frozenset(it)  # set operators (|, &, -, ^) give plain frozensets
+
+
+def _dots(value: Any, what: str, empty: bool = False) -> Dots:
+    """Dots received: a flat ``[writer, seq, ...]`` list, or (as stored before) a collection of pairs."""
+    if isinstance(value, (list, tuple)) and (not value or isinstance(value[0], str)):
+        if len(value) % 2:
+            raise _malformed("orset", f"{what}: dots are [writer, seq, writer, seq, ...], not {value!r:.100}")
+        pairs = [_dot(dot) for dot in _pairs(tuple(value))]
+    elif _is_collection(value):
+        pairs = [_dot(dot) for dot in value]
+    else:
+        raise _malformed("orset", f"{what}: dots are [writer, seq, writer, seq, ...], not {value!r:.100}")
+    if not pairs and not empty:
+        raise _malformed("orset", f"{what} needs at least one dot")
+    return _flat(set(pairs))
 
 
 def _dot(value: Any) -> Dot:
@@ -709,9 +759,9 @@ class PNCounter(_DeltaState):
     def _with_delta(self, delta: Self | None) -> Self:
         return self._make(self._entries, delta, self._lease)
 
-    def state(self) -> dict[str, tuple[int, int]]:
-        """``{writer: (increments, decrements)}``."""
-        return dict(self._entries)
+    def state(self) -> dict[str, list[int]]:
+        """``{writer: [increments, decrements]}``."""
+        return {writer: list(counts) for writer, counts in self._entries.items()}
 
     @classmethod
     def from_state(cls, data: Any) -> Self:
@@ -814,9 +864,9 @@ class LWWMap(_DeltaState, Mapping[K, V]):
     def _with_delta(self, delta: Self | None) -> Self:
         return self._make(self._entries, delta)
 
-    def state(self) -> dict[K, _Entry]:
-        """``{key: (stamp, live, value)}``; a deleted key is ``(stamp, False, None)``."""
-        return dict(self._entries)
+    def state(self) -> dict[K, list[Any]]:
+        """``{key: [stamp, live, value]}``, a stamp as a list; a deleted key is ``[stamp, False, None]``."""
+        return {key: [list(stamp), live, value] for key, (stamp, live, value) in self._entries.items()}
 
     @classmethod
     def from_state(cls, data: Any) -> Self:

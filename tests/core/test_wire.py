@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from spindel_jupyter.core import wire
+from spindel_jupyter.core.crdt import LWWMap, ORSet
 from spindel_jupyter.core.errors import DecodeError, EncodeError
 
 
@@ -248,3 +249,29 @@ def test_utc_offsets_keep_their_seconds_and_microseconds() -> None:
     for value in (dt.datetime(2000, 1, 1, tzinfo=odd), dt.time(1, 2, tzinfo=odd)):
         back = wire.decode(wire.encode(value))
         assert back == value and back.utcoffset() == value.utcoffset()
+
+
+def test_a_convergent_value_travels_as_one_extension_with_its_elements_exact() -> None:
+    value = {
+        "set": ORSet([(1, "x"), "a", 3]).remove(3),
+        "map": LWWMap({"k": (np.arange(3), dt.date(2024, 1, 2))}),
+    }
+    back = wire.decode(wire.encode(value))
+    assert type(back["set"]) is ORSet and back["set"] == {(1, "x"), "a"}
+    assert {type(e) for e in back["set"]} == {tuple, str}
+    array, day = back["map"]["k"]
+    assert array.tolist() == [0, 1, 2] and day == dt.date(2024, 1, 2)
+    outer = msgpack.unpackb(wire.encode(value["set"]))
+    assert isinstance(outer, msgpack.ExtType) and outer.code == wire.Ext.CRDT
+
+
+def test_an_unknown_or_malformed_convergent_value_is_a_decode_error() -> None:
+    def ext(payload: Any) -> bytes:
+        return msgpack.packb(msgpack.ExtType(wire.Ext.CRDT, msgpack.packb(payload)))
+
+    with pytest.raises(DecodeError, match=r"no convergent type is named 'nope'.*crdt\.register"):
+        wire.decode(ext(["nope", {}]))
+    with pytest.raises(DecodeError, match="bad orset value: malformed orset state"):
+        wire.decode(ext(["orset", {"entries": {}}]))
+    with pytest.raises(DecodeError, match=r"\[type name, state\]"):
+        wire.decode(ext("orset"))
