@@ -19,13 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import arrays, fork, memory, remote_call, signals
+from . import arrays, codec, fork, memory, remote_call, signals
 from .common import CLEANUP, Shared, guarded, machine
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 #: Scenario families, in the order they run (the memory flood last, on its own hub).
 FAMILIES: dict[str, Callable[[Shared], Any]] = {
+    "codec": codec.run,
     "remote_call": remote_call.run,
     "signal_latency": signals.latency_run,
     "signal_throughput": signals.throughput_run,
@@ -85,6 +86,17 @@ def _latency_table(title: str, section: dict[str, Any], reference: str) -> list[
 
 def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
+    if "codec" in results:
+        lines += [f"{'codec (ms, median)':<42}{'spindel':>10}{'msgpack':>10}{'ratio':>8}"]
+        for name, row in results["codec"].items():
+            if not isinstance(row, dict) or "error" in row:
+                lines.append(f"  {name:<40}FAILED: {str(row)[:80]}")
+                continue
+            for way, ours, theirs in (("encode", "spindel_encode_ms", "msgpack_packb_ms"),
+                                      ("decode", "spindel_decode_ms", "msgpack_unpackb_ms")):  # fmt: skip
+                cells = f"{_num(row.get(ours)):>10}{_num(row.get(theirs)):>10}"
+                lines.append(f"  {name + ' ' + way:<40}{cells}{row.get(way + '_ratio', '-')!s:>7}x")
+        lines.append("")
     if "remote_call" in results:
         lines += _latency_table("remote_call (ms, round trip)", results["remote_call"], "spindel_api")
         lines.append(
@@ -180,6 +192,14 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
             out.append((name, ok(a, b), how.format(a=a, b=b)))
 
     out: list[tuple[str, bool | None, str]] = []
+    for way in ("encode", "decode"):
+        check(
+            f"codec.orset_20k {way} <= 3x msgpack of the same lists",
+            _get(r, "codec", "orset_20k", f"{way}_ratio"),
+            3.0,
+            lambda a, b: a <= b,
+            "{a:.2f}x",
+        )
     check(
         "remote_call.spindel_api.median <= 2x raw_ws_relay.median",
         api,
@@ -278,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: logs in {CLEANUP.log_dir}", flush=True)
     try:
         # Shared parts first, so that each family's own processes can be stopped after it.
-        if set(chosen) - {"hub_memory"}:
+        if set(chosen) - {"hub_memory", "codec"}:
             shared.hub()
         if {"remote_call", "array_transfer"} & set(chosen):
             shared.bob()

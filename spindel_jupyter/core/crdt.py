@@ -96,10 +96,11 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from contextvars import ContextVar
+from itertools import accumulate, chain
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from immutables import Map
@@ -413,7 +414,7 @@ def _pairs(dots: Dots) -> Iterator[Dot]:
 
 
 def _flat(dots: Iterable[Dot]) -> Dots:
-    return tuple(part for dot in sorted(dots) for part in dot)
+    return tuple(chain.from_iterable(sorted(dots)))
 
 
 class _Context:
@@ -613,43 +614,86 @@ class ORSet(_DeltaState, AbstractSet[T]):
         return self._make(self._entries, self._context, delta, self._lease, self._dot_owners)
 
     def state(self) -> dict[str, Any]:
-        """``{"entries": {element: dots}, "vv": {writer: seq}, "cloud": dots}``.
+        """``{"elements": [...], "dots": [writer, seq, ...], "counts": [...], "vv": {...}, "cloud": [...]}``.
 
-        Dots are flat lists ``[writer, seq, writer, seq, ...]``, sorted: an element's,
-        those of the adds that made it; ``vv`` (every seq up to n per writer) and
-        ``cloud`` (dots past a gap) are the causal context.
+        Columns, not a map of small lists: msgpack packs them as they are, and reading
+        them out of the value makes no object per element. ``dots`` holds the dots of
+        the adds that made each element, in the order of ``elements`` (which is no
+        particular order): one each, or as many as ``counts`` says when it is not
+        empty. ``vv`` (writer: every seq up to n) and ``cloud`` (dots past a gap) are
+        the causal context.
         """
         entries = self._entries
+        elements = list(entries.keys())
+        dots = list(chain.from_iterable(entries.values()))
+        counts = [] if len(dots) == 2 * len(elements) else [len(d) // 2 for d in entries.values()]
+        context = self._context
         return {
-            "entries": dict(zip(entries.keys(), map(list, entries.values()), strict=True)),
-            "vv": dict(self._context.vv),
-            "cloud": list(_flat(self._context.cloud)),
+            "elements": elements,
+            "dots": dots,
+            "counts": counts,
+            "vv": dict(context.vv),
+            "cloud": list(chain.from_iterable(sorted(context.cloud))),
         }
 
     @classmethod
     def from_state(cls, data: Any) -> Self:
-        """Rebuild from :meth:`state`, or from the form before dots were flat (pairs in sets)."""
-        if not isinstance(data, dict) or set(data) != {"entries", "vv", "cloud"}:
-            raise _malformed("orset", 'expected a dict with keys "entries", "vv" and "cloud"')
-        vv, cloud, raw_entries = data["vv"], data["cloud"], data["entries"]
-        if not isinstance(vv, dict) or not all(isinstance(w, str) and _is_count(n) for w, n in vv.items()):
-            raise _malformed("orset", '"vv" must map writer names (str) to integers >= 0')
+        """Rebuild from :meth:`state`, or from the former form (``entries``: element -> set of dots)."""
+        if isinstance(data, dict) and set(data) == {"entries", "vv", "cloud"}:
+            return cls._from_former_state(data)
+        if not isinstance(data, dict) or set(data) != {"elements", "dots", "counts", "vv", "cloud"}:
+            raise _malformed(
+                "orset", 'expected a dict with keys "elements", "dots", "counts", "vv" and "cloud"'
+            )
+        elements, counts = data["elements"], data["counts"]
+        if not isinstance(elements, (list, tuple)) or not isinstance(counts, (list, tuple)):
+            raise _malformed("orset", '"elements" and "counts" must be lists')
+        writers, seqs = _columns(data["dots"], '"dots"')
+        if counts:
+            if len(counts) != len(elements) or not all(_is_count(n) and n for n in counts):
+                raise _malformed("orset", '"counts" must give each element its number of dots (>= 1)')
+            if sum(counts) != len(writers):
+                raise _malformed("orset", '"counts" must add up to the number of dots in "dots"')
+        elif len(writers) != len(elements):
+            raise _malformed("orset", '"dots" must hold one dot per element when "counts" is empty')
+        context = _context_of(data["vv"], data["cloud"])
+        top, past = context.vv, context.cloud
+        for writer, seq in zip(writers, seqs, strict=True):
+            if seq > top.get(writer, 0) and (writer, seq) not in past:
+                raise _malformed("orset", f"dot {[writer, seq]!r:.100} is outside the context")
+        if counts:
+            ends = list(accumulate(counts))
+            values: Iterable[Dots] = [
+                _flat(set(zip(writers[end - n : end], seqs[end - n : end], strict=True)))
+                for n, end in zip(counts, ends, strict=True)
+            ]
+        else:
+            values = zip(writers, seqs, strict=True)  # one dot: its flat form is the pair
+        try:
+            entries: Map[T, Dots] = Map(zip(elements, values, strict=True))
+        except TypeError as exc:
+            raise _malformed("orset", f"an element is not hashable ({exc})") from None
+        if len(entries) != len(elements):
+            raise _malformed("orset", "an element is listed twice")
+        return cls._make(entries, context, None, None)
+
+    @classmethod
+    def _from_former_state(cls, data: dict[str, Any]) -> Self:
+        """The form states had before (in a hub's topic files): ``entries`` maps elements to their dots."""
+        raw_entries, cloud = data["entries"], data["cloud"]
         if not isinstance(raw_entries, dict):
             raise _malformed("orset", '"entries" must map elements to their dots')
-        context = _Context({w: n for w, n in vv.items() if n}, _pairs(_dots(cloud, '"cloud"', empty=True)))
-        top, past = context.vv, context.cloud
+        if not _is_collection(cloud):
+            raise _malformed("orset", '"cloud" must be a collection of dots')
+        context = _context_of(data["vv"], list(chain.from_iterable(_dot(d) for d in cloud)))
         entries: dict[T, Dots] = {}
-        for element, raw in raw_entries.items():
-            if type(raw) is list and len(raw) == 2 and type(raw[0]) is str and type(raw[1]) is int:
-                writer, seq = raw  # one dot: the common case, checked here
-                if 0 < seq <= top.get(writer, 0):
-                    entries[element] = (writer, seq)
-                    continue
-            dots = _dots(raw, f"element {element!r:.100}")
-            for dot in _pairs(dots):
-                if dot[1] > top.get(dot[0], 0) and dot not in past:
-                    raise _malformed("orset", f"element {element!r:.100} has a dot outside the context")
-            entries[element] = dots
+        for element, dots in raw_entries.items():
+            if not _is_collection(dots) or not dots:
+                raise _malformed("orset", f"element {element!r:.100} needs a non-empty collection of dots")
+            pairs = {_dot(d) for d in dots}
+            if not all(context.covers(dot) for dot in pairs):
+                raise _malformed("orset", f"element {element!r:.100} has a dot outside the context")
+            entries[element] = _flat(pairs)
         return cls._make(Map(entries), context, None, None)
 
     def __contains__(self, element: object) -> bool:
@@ -672,19 +716,24 @@ class ORSet(_DeltaState, AbstractSet[T]):
         return frozenset(it)  # set operators (|, &, -, ^) give plain frozensets
 
 
-def _dots(value: Any, what: str, empty: bool = False) -> Dots:
-    """Dots received: a flat ``[writer, seq, ...]`` list, or (as stored before) a collection of pairs."""
-    if isinstance(value, (list, tuple)) and (not value or isinstance(value[0], str)):
-        if len(value) % 2:
-            raise _malformed("orset", f"{what}: dots are [writer, seq, writer, seq, ...], not {value!r:.100}")
-        pairs = [_dot(dot) for dot in _pairs(tuple(value))]
-    elif _is_collection(value):
-        pairs = [_dot(dot) for dot in value]
-    else:
-        raise _malformed("orset", f"{what}: dots are [writer, seq, writer, seq, ...], not {value!r:.100}")
-    if not pairs and not empty:
-        raise _malformed("orset", f"{what} needs at least one dot")
-    return _flat(set(pairs))
+def _columns(dots: Any, what: str) -> tuple[Sequence[str], Sequence[int]]:
+    """The writers and the seqs of flat dots received, checked without a Python step per dot."""
+    if not isinstance(dots, (list, tuple)) or len(dots) % 2:
+        raise _malformed("orset", f"{what} must be a flat list [writer, seq, writer, seq, ...]")
+    writers, seqs = dots[0::2], dots[1::2]
+    if not set(map(type, writers)) <= _STR or not set(map(type, seqs)) <= _INT or min(seqs, default=1) < 1:
+        raise _malformed("orset", f"{what}: a dot is a writer (str) and a seq (int >= 1)")
+    return writers, seqs
+
+
+_STR, _INT = frozenset([str]), frozenset([int])
+
+
+def _context_of(vv: Any, cloud: Any) -> _Context:
+    if not isinstance(vv, dict) or not all(isinstance(w, str) and _is_count(n) for w, n in vv.items()):
+        raise _malformed("orset", '"vv" must map writer names (str) to integers >= 0')
+    writers, seqs = _columns(cloud, '"cloud"')
+    return _Context({w: n for w, n in vv.items() if n}, zip(writers, seqs, strict=True))
 
 
 def _dot(value: Any) -> Dot:

@@ -179,20 +179,28 @@ def encode(value: Any, where: str = "value") -> bytes:
     ``where`` names the value in that error, so a caller can say ``args``
     and the user reads ``args['df'][3]``.
     """
-    encoded = encode_buffers(value, where)
-    return encoded.parts[0] if len(encoded.parts) == 1 else encoded.tobytes()  # type: ignore[return-value]
+    body, buffers = _pack(value, where)
+    if not buffers:
+        return body
+    return b"".join([_OOB_PREFIX.pack(_OUT_OF_BAND, len(body)), body, *buffers])
 
 
 def encode_buffers(value: Any, where: str = "value") -> Encoded:
     """:func:`encode`, keeping the arrays' buffers as they are (for sending at once, without a copy)."""
+    body, buffers = _pack(value, where)
+    if not buffers:
+        return Encoded(body)
+    return Encoded(_OOB_PREFIX.pack(_OUT_OF_BAND, len(body)), body, *buffers)
+
+
+def _pack(value: Any, where: str) -> tuple[bytes, list[memoryview]]:
+    """The msgpack body of ``value`` and the arrays' buffers that follow it."""
     encoder = _Encoder()
     try:
         body = encoder.pack(value)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise _locate(value, where, exc) from None
-    if not encoder.buffers:
-        return Encoded(body)
-    return Encoded(_OOB_PREFIX.pack(_OUT_OF_BAND, len(body)), body, *encoder.buffers)
+    return body, encoder.buffers
 
 
 def _locate(value: Any, where: str, exc: BaseException) -> EncodeError:

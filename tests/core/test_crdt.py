@@ -118,9 +118,24 @@ PROPERTY = settings(max_examples=150, deadline=None)
 
 
 def canonical(value: Any) -> Any:
-    """``value.state()``, a GSet's list of elements (in no particular order) as a set."""
+    """``value.state()`` with what comes in no particular order made a set or a map."""
     state = value.state()
-    return frozenset(state) if isinstance(value, GSet) else state
+    if isinstance(value, GSet):
+        return frozenset(state)
+    if isinstance(value, ORSet):
+        return entries_of(state), state["vv"], state["cloud"]
+    return state
+
+
+def entries_of(state: dict[str, Any]) -> dict[Any, frozenset[tuple[str, int]]]:
+    """An ORSet state's columns as element -> its dots."""
+    counts = state["counts"] or [1] * len(state["elements"])
+    dots = list(zip(state["dots"][::2], state["dots"][1::2], strict=True))
+    out, start = {}, 0
+    for element, n in zip(state["elements"], counts, strict=True):
+        out[element] = frozenset(dots[start : start + n])
+        start += n
+    return out
 
 
 @every_kind
@@ -206,9 +221,9 @@ def old_state(value: Any) -> Any:
         return frozenset(state)
     if isinstance(value, ORSet):
         return {
-            "entries": {e: frozenset(crdt._pairs(tuple(dots))) for e, dots in state["entries"].items()},
+            "entries": entries_of(state),
             "vv": state["vv"],
-            "cloud": frozenset(crdt._pairs(tuple(state["cloud"]))),
+            "cloud": frozenset(zip(state["cloud"][::2], state["cloud"][1::2], strict=True)),
         }
     if isinstance(value, PNCounter):
         return {writer: tuple(counts) for writer, counts in state.items()}
@@ -245,7 +260,9 @@ def test_an_element_with_several_dots_lists_them_sorted() -> None:
     with crdt.replica("a"):
         a = ORSet(["x"])
     for joined in (a.merge(b), b.merge(a)):
-        assert joined.state()["entries"]["x"] == ["a", 1, "b", 1]
+        state = joined.state()
+        assert state["elements"] == ["x"] and state["dots"] == ["a", 1, "b", 1] and state["counts"] == [2]
+        assert ORSet.from_state(state).state() == state
 
 
 MODELS: dict[str, tuple[Any, Callable[[Any, tuple[Any, ...]], Any]]] = {
@@ -465,7 +482,7 @@ def test_orset_keeps_no_tombstones() -> None:
     with crdt.replica("a"):
         value = ORSet(["x", "y", "z"]).remove("x").remove("z")
     state = value.state()
-    assert set(state["entries"]) == {"y"}
+    assert state["elements"] == ["y"] and state["counts"] == []
     assert state["cloud"] == []
     assert list(state["vv"].values()) == [3]  # the context is one number per writer
 
@@ -602,6 +619,22 @@ def test_lwwmap_from_state_moves_the_clock_past_received_stamps() -> None:
         (ORSet, {"entries": {"x": ["a", 1, 5, 1]}, "vv": {"a": 1}, "cloud": []}),
         (ORSet, {"entries": {"x": "a1"}, "vv": {"a": 1}, "cloud": []}),
         (ORSet, {"entries": {}, "vv": {}, "cloud": ["a", 0]}),
+        (ORSet, {"elements": ["x"], "dots": ["a", 1], "vv": {"a": 1}, "cloud": []}),
+        (ORSet, {"elements": "x", "dots": ["a", 1], "counts": [], "vv": {"a": 1}, "cloud": []}),
+        (ORSet, {"elements": ["x"], "dots": ["a", 2], "counts": [], "vv": {"a": 1}, "cloud": []}),
+        (ORSet, {"elements": ["x"], "dots": ["a", 1, "b"], "counts": [], "vv": {"a": 1}, "cloud": []}),
+        (ORSet, {"elements": ["x"], "dots": ["a", 0], "counts": [], "vv": {"a": 1}, "cloud": []}),
+        (ORSet, {"elements": ["x"], "dots": ["a", True], "counts": [], "vv": {"a": 1}, "cloud": []}),
+        (ORSet, {"elements": ["x"], "dots": [1, 1], "counts": [], "vv": {"a": 1}, "cloud": []}),
+        (ORSet, {"elements": ["x", "y"], "dots": ["a", 1], "counts": [], "vv": {"a": 1}, "cloud": []}),
+        (ORSet, {"elements": ["x"], "dots": ["a", 1, "a", 2], "counts": [1], "vv": {"a": 2}, "cloud": []}),
+        (ORSet, {"elements": ["x"], "dots": ["a", 1], "counts": [0], "vv": {"a": 1}, "cloud": []}),
+        (
+            ORSet,
+            {"elements": ["x", "x"], "dots": ["a", 1, "a", 2], "counts": [], "vv": {"a": 2}, "cloud": []},
+        ),
+        (ORSet, {"elements": [["x"]], "dots": ["a", 1], "counts": [], "vv": {"a": 1}, "cloud": []}),
+        (ORSet, {"elements": [], "dots": [], "counts": [], "vv": {}, "cloud": ["a"]}),
         (PNCounter, []),
         (PNCounter, {"a": 1}),
         (PNCounter, {"a": (1,)}),
