@@ -373,7 +373,7 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
         raise DecodeError(f"not a valid encoded value: {type(exc).__name__}: {exc}") from None
 
 
-def pack_frame(header: dict[str, Any], body: bytes | memoryview | None = None) -> bytes:
+def pack_frame(header: dict[str, Any], body: Buffer | None = None) -> bytes:
     """A frame: the header map, then the already-encoded body if there is one."""
     return b"".join(frame_parts(header, body or None))
 
