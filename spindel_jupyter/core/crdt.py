@@ -423,15 +423,17 @@ class _Context:
     __slots__ = ("cloud", "vv")
 
     def __init__(self, vv: Mapping[str, int], cloud: Iterable[Dot]) -> None:
-        self.vv = dict(vv)
-        rest: set[Dot] = set()
-        for writer, seq in sorted(cloud):  # a writer's dots in order, so gaps fill up in one pass
-            top = self.vv.get(writer, 0)
-            if seq == top + 1:
-                self.vv[writer] = seq
-            elif seq > top:
-                rest.add((writer, seq))
-        self.cloud = frozenset(rest)
+        self.vv = tops = dict(vv)
+        dots = cloud if isinstance(cloud, frozenset) else frozenset(cloud)
+        if dots:  # each writer's run of dots right after its top joins the top; older dots go
+            for writer in {writer for writer, _ in dots}:
+                top = tops.get(writer, 0)
+                while (writer, top + 1) in dots:
+                    top += 1
+                if top:
+                    tops[writer] = top
+            dots = frozenset(dot for dot in dots if dot[1] > tops.get(dot[0], 0))
+        self.cloud = dots
 
     def covers(self, dot: Dot) -> bool:
         return dot[1] <= self.vv.get(dot[0], 0) or dot in self.cloud
@@ -452,15 +454,35 @@ class _Context:
         return max([self.vv.get(writer, 0), *(seq for w, seq in self.cloud if w == writer)])
 
     def join(self, other: _Context) -> _Context:
-        vv = dict(self.vv)
+        """The union, in time in proportion to the smaller context (both are normalized already)."""
+        if len(other.vv) + len(other.cloud) > len(self.vv) + len(self.cloud):
+            self, other = other, self
+        tops = dict(self.vv)
+        touched = {writer for writer, _ in other.cloud}
+        raised = False  # whether some dot of the union's cloud may now be at or under its writer's top
         for writer, seq in other.vv.items():
-            vv[writer] = max(seq, vv.get(writer, 0))
-        return _Context(vv, self.cloud | other.cloud)
+            if seq > tops.get(writer, 0):
+                tops[writer], raised = seq, True
+                touched.add(writer)
+        dots = self.cloud | other.cloud if other.cloud else self.cloud
+        if not raised:
+            raised = any(seq <= tops.get(writer, 0) for writer, seq in other.cloud)
+        for writer in touched:
+            top = start = tops.get(writer, 0)
+            while (writer, top + 1) in dots:
+                top += 1
+            if top != start:
+                tops[writer], raised = top, True
+        joined = _Context.__new__(_Context)
+        joined.vv = tops
+        joined.cloud = frozenset(dot for dot in dots if dot[1] > tops.get(dot[0], 0)) if raised else dots
+        return joined
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Context) and self.vv == other.vv and self.cloud == other.cloud
 
 
+_NO_CLOUD: frozenset[Dot] = frozenset()
 _EMPTY_CONTEXT = _Context({}, ())
 _NOBODY: Any = object()
 
@@ -471,12 +493,25 @@ def _surviving(mine_value: ORSet[Any], other_value: ORSet[Any], element: Any) ->
     theirs = other_value._entries.get(element, _NO_DOTS)
     if mine == theirs:
         return mine
+    if not mine:
+        return _unseen(theirs, mine_value._context)
+    if not theirs:
+        return _unseen(mine, other_value._context)
     ours, their_dots = set(_pairs(mine)), set(_pairs(theirs))
     return _flat(
         (ours & their_dots)
         | {dot for dot in ours - their_dots if not other_value._context.covers(dot)}
         | {dot for dot in their_dots - ours if not mine_value._context.covers(dot)}
     )
+
+
+def _unseen(dots: Dots, context: _Context) -> Dots:
+    """The dots ``context`` has not seen (those it saw and lacks were removed there)."""
+    vv, cloud = context.vv, context.cloud
+    if len(dots) == 2:
+        writer, seq = dots
+        return dots if seq > vv.get(writer, 0) and (writer, seq) not in cloud else _NO_DOTS
+    return _flat(dot for dot in _pairs(dots) if dot[1] > vv.get(dot[0], 0) and dot not in cloud)
 
 
 @register

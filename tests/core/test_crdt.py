@@ -341,6 +341,26 @@ def test_orset_joins_touching_only_what_the_other_names_equal_full_joins(data: s
             assert dict(small._owners()) == rebuilt  # the dot index stays true to the entries
 
 
+CONTEXTS = st.builds(
+    crdt._Context,
+    st.dictionaries(st.sampled_from("abc"), st.integers(1, 4)),
+    st.frozensets(st.tuples(st.sampled_from("abc"), st.integers(1, 7)), max_size=8),
+)
+
+
+@PROPERTY
+@given(CONTEXTS, CONTEXTS)
+def test_joining_two_causal_contexts_equals_making_their_union_afresh(a: Any, b: Any) -> None:
+    """The join works from the smaller side only; it must give what normalizing the whole union gives."""
+    tops = {w: max(a.vv.get(w, 0), b.vv.get(w, 0)) for w in a.vv.keys() | b.vv.keys()}
+    union = crdt._Context(tops, a.cloud | b.cloud)
+    assert a.join(b) == union == b.join(a)
+    assert all(seq > union.vv.get(writer, 0) for writer, seq in union.cloud)  # nothing a top holds
+    assert not any(
+        (writer, union.vv.get(writer, 0) + 1) in union.cloud for writer, _ in union.cloud
+    )  # no run
+
+
 def test_applying_a_small_delta_to_a_large_orset_looks_at_the_delta_only(monkeypatch: Any) -> None:
     large = ORSet(range(5000)).clear_delta()
     other = large.add("new").remove(17)
