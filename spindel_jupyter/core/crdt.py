@@ -487,21 +487,19 @@ _EMPTY_CONTEXT = _Context({}, ())
 _NOBODY: Any = object()
 
 
-def _surviving(mine_value: ORSet[Any], other_value: ORSet[Any], element: Any) -> Dots:
-    """The dots of ``element`` after a join: kept if both sides have them, or if the other never saw them."""
-    mine = mine_value._entries.get(element, _NO_DOTS)
-    theirs = other_value._entries.get(element, _NO_DOTS)
+def _surviving(mine: Dots, theirs: Dots, my_context: _Context, their_context: _Context) -> Dots:
+    """An element's dots after a join: kept if both sides have them, or if the other side never saw them."""
     if mine == theirs:
         return mine
     if not mine:
-        return _unseen(theirs, mine_value._context)
+        return _unseen(theirs, my_context)
     if not theirs:
-        return _unseen(mine, other_value._context)
+        return _unseen(mine, their_context)
     ours, their_dots = set(_pairs(mine)), set(_pairs(theirs))
     return _flat(
         (ours & their_dots)
-        | {dot for dot in ours - their_dots if not other_value._context.covers(dot)}
-        | {dot for dot in their_dots - ours if not mine_value._context.covers(dot)}
+        | {dot for dot in ours - their_dots if not their_context.covers(dot)}
+        | {dot for dot in their_dots - ours if not my_context.covers(dot)}
     )
 
 
@@ -579,14 +577,26 @@ class ORSet(_DeltaState, AbstractSet[T]):
         return self._make(entries, self._context, self._pending_with(change), self._lease, owners)
 
     def _join(self, other: Self) -> Self | None:
+        if other._only_adds():
+            return self._join_touching(other, other._entries)
         if other._context.size() + len(other._entries) < len(self._entries) // 2:
-            return self._join_small(other)
+            return self._join_touching(other, self._affected_by(other))
         return self._join_all(other)
+
+    def _only_adds(self) -> bool:
+        """Whether the causal context holds just the elements' dots (a delta of adds, or a join of them).
+
+        Such a value can change only the elements it names, as a dot belongs to one element.
+        """
+        return sum(map(len, self._entries.values())) == 2 * self._context.size()
 
     def _join_all(self, other: Self) -> Self | None:
         entries: dict[T, Dots] = {}
-        for element in {**self._entries, **other._entries}:
-            dots = _surviving(self, other, element)
+        mine, theirs = self._entries, other._entries
+        for element in {**mine, **theirs}:
+            dots = _surviving(
+                mine.get(element, _NO_DOTS), theirs.get(element, _NO_DOTS), self._context, other._context
+            )
             if dots:
                 entries[element] = dots
         context = self._context.join(other._context)
@@ -595,36 +605,42 @@ class ORSet(_DeltaState, AbstractSet[T]):
             return None
         return self._make(joined, context, self._delta, self._lease)
 
-    def _join_small(self, other: Self) -> Self | None:
-        """The join with a value much smaller than this one (a delta): time in proportion to it.
-
-        Only elements ``other`` names, or whose dots its context covers, can change.
-        """
+    def _affected_by(self, other: Self) -> Iterable[T]:
+        """The elements a join with ``other`` can change: those it names, those whose dots it has seen."""
         owners = self._owners()
         affected = dict.fromkeys(other._entries)
         for dot in other._context.dots():
             owner = owners.get(dot, _NOBODY)
             if owner is not _NOBODY:
                 affected[owner] = None
+        return affected
+
+    def _join_touching(self, other: Self, affected: Iterable[T]) -> Self | None:
+        """The join, in time in proportion to ``affected`` (the elements it can change), not to this value."""
         changed: dict[T, Dots] = {}
+        entries, theirs = self._entries, other._entries
         for element in affected:
-            dots = _surviving(self, other, element)
-            if dots != self._entries.get(element, _NO_DOTS):
+            mine = entries.get(element, _NO_DOTS)
+            dots = _surviving(mine, theirs.get(element, _NO_DOTS), self._context, other._context)
+            if dots != mine:
                 changed[element] = dots
         context = self._context.join(other._context)
         if not changed and context == self._context:
             return None
+        owners = self._dot_owners
         if not changed:
             return self._make(self._entries, context, self._delta, self._lease, owners)
-        with self._entries.mutate() as entries:
+        with entries.mutate() as mutable:
             for element, dots in changed.items():
                 if dots:
-                    entries[element] = dots
+                    mutable[element] = dots
                 else:
-                    del entries[element]
-            joined = entries.finish()
-        gone = [dot for element in changed for dot in _pairs(self._entries.get(element, _NO_DOTS))]
-        return self._make(joined, context, self._delta, self._lease, self._owners_after(gone, changed))
+                    del mutable[element]
+            joined = mutable.finish()
+        if owners is not None:
+            gone = [dot for element in changed for dot in _pairs(self._entries.get(element, _NO_DOTS))]
+            owners = self._owners_after(gone, changed)
+        return self._make(joined, context, self._delta, self._lease, owners)
 
     def _owners(self) -> Map[Dot, T]:
         """Which element each dot belongs to (built on first use, then kept up to date by changes)."""
