@@ -175,7 +175,10 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
     sig = _get(r, "signal_latency", "spindel", "median")
     sig_raw = _get(r, "signal_latency", "raw_ws_relay_one_way", "median")
     sig_y = _get(r, "signal_latency", "pycrdt_websocket", "median")
+    crdt_small = _get(r, "signal_latency", "spindel_crdt", "median")
+    crdt_large = _get(r, "signal_latency", "spindel_crdt_large", "median")
     tp = _get(r, "signal_throughput", "spindel")
+    tp_crdt = _get(r, "signal_throughput", "spindel_crdt")
     tp_raw = _get(r, "signal_throughput", "raw_ws_relay")
     tp_y = _get(r, "signal_throughput", "pycrdt_websocket")
     arr = _get(r, "array_transfer", "spindel", -1)
@@ -235,6 +238,20 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
         sig_y,
         lambda a, b: a < b,
         "{a:.3f} ms vs {b:.3f} ms",
+    )
+    check(
+        "signal_latency.spindel_crdt_large.median <= 2x spindel_crdt.median",
+        crdt_large,
+        crdt_small,
+        lambda a, b: a <= 2 * b,
+        "{a:.3f} ms vs 2 x {b:.3f} ms",
+    )
+    check(
+        "signal_throughput.spindel_crdt >= 0.5x raw_ws_relay",
+        tp_crdt,
+        tp_raw,
+        lambda a, b: a >= 0.5 * b,
+        "{a:,.0f}/s vs 0.5 x {b:,.0f}/s",
     )
     check(
         "signal_throughput.spindel >= 0.4x raw_ws_relay",
