@@ -83,8 +83,8 @@ class Topic:
     snapshot_due: bool = False
     #: Encoded changes to append at the next write.
     records: list[wire.Buffer] = field(default_factory=list)
-    #: Changes received in this turn of the event loop, to join and relay as one: (sender, delta, body).
-    incoming: list[tuple[Member, Any, wire.Buffer]] = field(default_factory=list)
+    #: Changes received in this turn of the event loop, to join and relay as one: (sender, seq, delta, body).
+    incoming: list[tuple[Member, int, Any, wire.Buffer]] = field(default_factory=list)
     _summary: tuple[Any, str] = (None, "")
 
     def info(self) -> dict[str, Any]:
@@ -211,8 +211,7 @@ class TopicStore:
         topic = self._topic(name, header["kind"], create=True)
         assert topic is not None
         if topic.kind != LWW:
-            topic.incoming.append((member, _crdt_value(topic.kind, body), body))
-            self._acks[(member, name)] = max(header["seq"], self._acks.get((member, name), 0))
+            topic.incoming.append((member, header["seq"], _crdt_value(topic.kind, body), body))
             if self.schedule is None:
                 self._settle(topic)
                 self._request_flush()
@@ -232,10 +231,12 @@ class TopicStore:
         self._ack_later(member, name, header["seq"], topic, dirty=True)
 
     def _settle_all(self) -> None:
-        unsettled, self._unsettled = self._unsettled, {}
-        for topic in unsettled:
+        settled = bool(self._unsettled)
+        while self._unsettled:
+            topic = next(iter(self._unsettled))
+            del self._unsettled[topic]
             self._settle(topic)
-        if unsettled:
+        if settled:
             self._request_flush()
 
     def _settle(self, topic: Topic) -> None:
@@ -244,19 +245,22 @@ class TopicStore:
         The relayed frame carries a lone change's own bytes, or the join of several,
         encoded once. It goes to every follower but its sender; a join of several
         peers' changes goes to every follower (a sender's own change adds nothing there).
+        The changes are acknowledged once the state that holds them is durable.
         """
         incoming, topic.incoming = topic.incoming, []
         if not incoming:
             return
-        deltas = [delta for _, delta, _ in incoming]
+        deltas = [delta for _, _, delta, _ in incoming]
         change = deltas[0] if len(deltas) == 1 else join_all(deltas)
         joined = join(topic.state, change)
+        for member, seq, _, _ in incoming:
+            self._acks[(member, topic.name)] = max(seq, self._acks.get((member, topic.name), 0))
         if joined is topic.state:
             return
         topic.state = joined
-        senders = {member for member, _, _ in incoming}
+        senders = {member for member, _, _, _ in incoming}
         sender = senders.pop() if len(senders) == 1 else None
-        body = incoming[0][2] if len(incoming) == 1 else wire.encode(change.state())
+        body = incoming[0][3] if len(incoming) == 1 else wire.encode(change.state())
         frame = {"t": PUB, "topic": topic.name, "kind": topic.kind, "from": sender.name if sender else HUB}
         self._relay(topic, sender, wire.pack_frame(frame, body))
         self._changed(topic, body)
