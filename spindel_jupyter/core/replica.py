@@ -146,18 +146,20 @@ class Replica:
         delta = new.delta()
         if delta is None:
             return None, new
+        # Encoded even when held back: a change that cannot travel is refused at the write.
         body = wire.encode(delta.state(), where=f"the change to topic {self.name!r}")
-        if hold or self.held is not None:
-            self.held = delta if self.held is None else self.held.merge(delta)
-            return (None if hold else self.release()), new.clear_delta()
-        return self._pub({"kind": self.kind}, body), new.clear_delta()
+        kept = new.clear_delta()
+        if not hold and self.held is None:
+            return self._pub({"kind": self.kind}, body), kept
+        self.held = delta if self.held is None else self.held.merge(delta)
+        return (None if hold else self.release()), kept
 
     def release(self) -> Frame | None:
         """The ``pub`` frame of the writes held back, joined (None if none are)."""
-        held, self.held = self.held, None
-        if held is None:
+        if self.held is None:
             return None
-        body = wire.encode(held.state(), where=f"the changes to topic {self.name!r}")
+        body = wire.encode(self.held.state(), where=f"the changes to topic {self.name!r}")
+        self.held = None
         return self._pub({"kind": self.kind}, body)
 
     def _pub(self, fields: dict[str, Any], body: bytes) -> Frame:
@@ -205,9 +207,8 @@ class Replica:
         value is stored, so the old value could otherwise leave under the new
         stamp, and the hub would drop the real write as not newer.
         """
-        if (
-            self.held is not None
-        ):  # writes held back travel in the state shipped, under the handshake's number
+        if self.held is not None:
+            # Writes held back travel in the state shipped, under the handshake's number.
             self.held = None
             self.sent += 1
         header: dict[str, Any] = {

@@ -81,7 +81,11 @@ class _Topic(Replica):
         """Send the writes held back, as one frame (on the connection thread)."""
         with self._sending:
             self._release_due = False
-            frame = _guarded_call(self.release)
+            try:
+                frame = self.release()
+            except Exception:  # they stay held (and pending): a handshake ships them
+                log.exception("spindel: could not send the changes held back for topic %r", self.name)
+                return
             if frame is not None and peer.connected:
                 peer.send_frame(*frame)
                 self._last_sent = time.monotonic()
@@ -217,14 +221,6 @@ def _guarded(fn: Any, *args: Any) -> None:
         fn(*args)
     except Exception:
         log.exception("spindel: could not apply a change from the hub")
-
-
-def _guarded_call(fn: Any) -> Any:
-    try:
-        return fn()
-    except Exception:
-        log.exception("spindel: could not send the changes held back")
-        return None
 
 
 def _resubscribe(peer: client.Peer) -> None:
