@@ -404,7 +404,7 @@ class TopicStore:
 
     def _changed(self, topic: Topic, body: wire.Buffer | None) -> None:
         """The topic's state changed: a CRDT's by joining ``body`` (to log), a plain one's whole."""
-        if topic.kind != LWW and body is not None:
+        if topic.log is not None and body is not None:
             topic.records.append(body)
         self._mark_dirty(topic)
 
