@@ -426,13 +426,15 @@ class _Context:
         self.vv = tops = dict(vv)
         dots = cloud if isinstance(cloud, frozenset) else frozenset(cloud)
         if dots:  # each writer's run of dots right after its top joins the top; older dots go
+            topped = False
             for writer in {writer for writer, _ in dots}:
                 top = tops.get(writer, 0)
                 while (writer, top + 1) in dots:
                     top += 1
                 if top:
-                    tops[writer] = top
-            dots = frozenset(dot for dot in dots if dot[1] > tops.get(dot[0], 0))
+                    tops[writer], topped = top, True
+            if topped:
+                dots = frozenset(dot for dot in dots if dot[1] > tops.get(dot[0], 0))
         self.cloud = dots
 
     def covers(self, dot: Dot) -> bool:
@@ -506,9 +508,8 @@ def _surviving(mine: Dots, theirs: Dots, my_context: _Context, their_context: _C
 def _unseen(dots: Dots, context: _Context) -> Dots:
     """The dots ``context`` has not seen (those it saw and lacks were removed there)."""
     vv, cloud = context.vv, context.cloud
-    if len(dots) == 2:
-        writer, seq = dots
-        return dots if seq > vv.get(writer, 0) and (writer, seq) not in cloud else _NO_DOTS
+    if len(dots) == 2:  # one dot: the flat form is the pair itself
+        return dots if dots[1] > vv.get(dots[0], 0) and dots not in cloud else _NO_DOTS
     return _flat(dot for dot in _pairs(dots) if dot[1] > vv.get(dot[0], 0) and dot not in cloud)
 
 
@@ -708,18 +709,18 @@ class ORSet(_DeltaState, AbstractSet[T]):
         elif len(writers) != len(elements):
             raise _malformed("orset", '"dots" must hold one dot per element when "counts" is empty')
         context = _context_of(data["vv"], data["cloud"])
-        top, past = context.vv, context.cloud
-        for writer, seq in zip(writers, seqs, strict=True):
-            if seq > top.get(writer, 0) and (writer, seq) not in past:
+        pairs = list(zip(writers, seqs, strict=True))
+        top = context.vv
+        for writer, seq in set(pairs).difference(context.cloud):  # what the cloud holds is covered
+            if seq > top.get(writer, 0):
                 raise _malformed("orset", f"dot {[writer, seq]!r:.100} is outside the context")
         if counts:
             ends = list(accumulate(counts))
             values: Iterable[Dots] = [
-                _flat(set(zip(writers[end - n : end], seqs[end - n : end], strict=True)))
-                for n, end in zip(counts, ends, strict=True)
+                _flat(set(pairs[end - n : end])) for n, end in zip(counts, ends, strict=True)
             ]
         else:
-            values = zip(writers, seqs, strict=True)  # one dot: its flat form is the pair
+            values = pairs  # one dot each: its flat form is the pair
         try:
             entries: Map[T, Dots] = Map(zip(elements, values, strict=True))
         except TypeError as exc:
