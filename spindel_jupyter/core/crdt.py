@@ -693,7 +693,7 @@ class ORSet(_DeltaState, AbstractSet[T]):
         """Rebuild from :meth:`state`, or from the former form (``entries``: element -> set of dots)."""
         if isinstance(data, dict) and set(data) == {"entries", "vv", "cloud"}:
             return cls._from_former_state(data)
-        if not isinstance(data, dict) or set(data) != {"elements", "dots", "counts", "vv", "cloud"}:
+        if not isinstance(data, dict) or data.keys() != _STATE_KEYS:
             raise _malformed(
                 "orset", 'expected a dict with keys "elements", "dots", "counts", "vv" and "cloud"'
             )
@@ -779,10 +779,13 @@ def _columns(dots: Any, what: str) -> tuple[Sequence[str], Sequence[int]]:
 
 
 _STR, _INT = frozenset([str]), frozenset([int])
+_STATE_KEYS = frozenset(["elements", "dots", "counts", "vv", "cloud"])
 
 
 def _context_of(vv: Any, cloud: Any) -> _Context:
-    if not isinstance(vv, dict) or not all(isinstance(w, str) and _is_count(n) for w, n in vv.items()):
+    if not isinstance(vv, dict) or not all(
+        type(n) is int and n >= 0 and type(w) is str for w, n in vv.items()
+    ):
         raise _malformed("orset", '"vv" must map writer names (str) to integers >= 0')
     writers, seqs = _columns(cloud, '"cloud"')
     return _Context({w: n for w, n in vv.items() if n}, zip(writers, seqs, strict=True))

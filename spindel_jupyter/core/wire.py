@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import struct
+import threading
 from decimal import Decimal
 from enum import IntEnum
 from typing import Any
@@ -101,11 +102,26 @@ class _NoEncoding(TypeError):
 
 
 class _Encoder:
-    """One encode call: collects out-of-band buffers while msgpack walks the value."""
+    """Encode calls, one at a time: collects out-of-band buffers while msgpack walks the value.
+
+    Each thread keeps one, with its msgpack packer (making a packer costs as much
+    as packing a small value); extension values inside are packed by packers of
+    their own, as the outer one is busy.
+    """
 
     def __init__(self) -> None:
         self.buffers: list[memoryview] = []
         self.offset = 0
+        self.busy = False
+        self.packer = msgpack.Packer(default=self.default, strict_types=True, use_bin_type=True)
+
+    def encode(self, value: Any) -> tuple[bytes, list[memoryview]]:
+        """The msgpack body of ``value`` and the arrays' buffers that follow it."""
+        self.buffers, self.offset, self.busy = [], 0, True
+        try:
+            return self.packer.pack(value), self.buffers
+        finally:
+            self.busy, self.buffers = False, []
 
     def pack(self, value: Any) -> bytes:
         return msgpack.packb(value, default=self.default, strict_types=True, use_bin_type=True)
@@ -193,14 +209,20 @@ def encode_buffers(value: Any, where: str = "value") -> Encoded:
     return Encoded(_OOB_PREFIX.pack(_OUT_OF_BAND, len(body)), body, *buffers)
 
 
+_encoders = threading.local()
+
+
 def _pack(value: Any, where: str) -> tuple[bytes, list[memoryview]]:
     """The msgpack body of ``value`` and the arrays' buffers that follow it."""
-    encoder = _Encoder()
+    encoder = getattr(_encoders, "encoder", None)
+    if encoder is None:
+        encoder = _encoders.encoder = _Encoder()
+    elif encoder.busy:  # an encode inside an encode (a state() that encodes): one of its own
+        encoder = _Encoder()
     try:
-        body = encoder.pack(value)
+        return encoder.encode(value)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise _locate(value, where, exc) from None
-    return body, encoder.buffers
 
 
 def _locate(value: Any, where: str, exc: BaseException) -> EncodeError:

@@ -19,6 +19,7 @@ from hypothesis.extra import numpy as hnp
 from spindel_jupyter.core import wire
 from spindel_jupyter.core.crdt import LWWMap, ORSet
 from spindel_jupyter.core.errors import DecodeError, EncodeError
+from tests.custom_crdt import MaxRegister
 
 
 def same(a: Any, b: Any) -> bool:
@@ -275,3 +276,27 @@ def test_an_unknown_or_malformed_convergent_value_is_a_decode_error() -> None:
         wire.decode(ext(["orset", {"entries": {}}]))
     with pytest.raises(DecodeError, match=r"\[type name, state\]"):
         wire.decode(ext("orset"))
+
+
+def test_an_encode_inside_an_encode_gets_a_packer_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A convergent type's state() may itself encode (on the same thread, mid-encode)."""
+    from spindel_jupyter.core import crdt
+
+    class Sealed(MaxRegister):
+        type_name = "sealed-test"
+
+        def state(self) -> Any:
+            return wire.encode([self.value, np.arange(2)])  # a nested encode, with a buffer of its own
+
+        @classmethod
+        def from_state(cls, data: Any) -> Any:
+            return cls(wire.decode(data)[0])
+
+    monkeypatch.setitem(crdt._registry, Sealed.type_name, Sealed)
+    value = {"a": np.arange(3), "sealed": Sealed(5.0), "b": (1, np.arange(4))}
+    back = wire.decode(wire.encode(value))
+    assert back["a"].tolist() == [0, 1, 2] and back["b"][1].tolist() == [0, 1, 2, 3]
+    assert type(back["sealed"]) is Sealed and back["sealed"].value == 5.0
+    with pytest.raises(EncodeError):
+        wire.encode({"bad": object()})
+    assert wire.decode(wire.encode([1, 2])) == [1, 2]  # nothing of the failed encode is left behind
