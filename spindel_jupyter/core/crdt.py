@@ -710,8 +710,11 @@ class ORSet(_DeltaState, AbstractSet[T]):
             raise _malformed("orset", '"dots" must hold one dot per element when "counts" is empty')
         context = _context_of(data["vv"], data["cloud"])
         pairs = list(zip(writers, seqs, strict=True))
+        held = set(pairs)
+        if len(held) != len(pairs):  # a dot is one add, of one element (joins rely on it)
+            raise _malformed("orset", "a dot is listed twice")
         top = context.vv
-        for writer, seq in set(pairs).difference(context.cloud):  # what the cloud holds is covered
+        for writer, seq in held.difference(context.cloud):  # what the cloud holds is covered
             if seq > top.get(writer, 0):
                 raise _malformed("orset", f"dot {[writer, seq]!r:.100} is outside the context")
         if counts:

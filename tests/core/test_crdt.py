@@ -667,6 +667,10 @@ def test_lwwmap_from_state_moves_the_clock_past_received_stamps() -> None:
             {"elements": ["x", "x"], "dots": ["a", 1, "a", 2], "counts": [], "vv": {"a": 2}, "cloud": []},
         ),
         (ORSet, {"elements": [["x"]], "dots": ["a", 1], "counts": [], "vv": {"a": 1}, "cloud": []}),
+        (
+            ORSet,
+            {"elements": ["x", "y"], "dots": ["a", 1, "a", 1], "counts": [], "vv": {"a": 1}, "cloud": []},
+        ),
         (ORSet, {"elements": [], "dots": [], "counts": [], "vv": {}, "cloud": ["a"]}),
         (PNCounter, []),
         (PNCounter, {"a": 1}),
