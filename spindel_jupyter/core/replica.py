@@ -116,8 +116,10 @@ class Replica:
         #: How many local writes were published, and the highest of them the hub stored durably.
         self.sent = 0
         self.acked = 0
-        #: CRDT topics: the join of the deltas of writes held back, not sent yet (None: none).
+        #: CRDT topics: the join of the deltas of writes held back, not sent yet (None: none),
+        #: and the bytes of those deltas encoded one by one.
         self.held: Any = None
+        self.held_bytes = 0
 
     @property
     def pending(self) -> bool:
@@ -152,6 +154,7 @@ class Replica:
         if not hold and self.held is None:
             return self._pub({"kind": self.kind}, body), kept
         self.held = delta if self.held is None else self.held.merge(delta)
+        self.held_bytes += len(body)
         return (None if hold else self.release()), kept
 
     def release(self) -> Frame | None:
@@ -159,7 +162,7 @@ class Replica:
         if self.held is None:
             return None
         body = wire.encode(self.held.state(), where=f"the changes to topic {self.name!r}")
-        self.held = None
+        self.held, self.held_bytes = None, 0
         return self._pub({"kind": self.kind}, body)
 
     def _pub(self, fields: dict[str, Any], body: bytes) -> Frame:
@@ -209,7 +212,7 @@ class Replica:
         """
         if self.held is not None:
             # Writes held back travel in the state shipped, under the handshake's number.
-            self.held = None
+            self.held, self.held_bytes = None, 0
             self.sent += 1
         header: dict[str, Any] = {
             "t": SUB,

@@ -235,3 +235,10 @@ def test_a_burst_of_crdt_writes_leaves_as_a_few_frames_in_order(monkeypatch: pyt
     assert [(h["seq"], body) for h, body in peer.sent][-1] == (3, {5}) and peer.soon == []
     topic.acknowledge(3)
     assert not topic.pending and signal.value == set(range(6))
+    monkeypatch.setattr(sync, "BURST_SECONDS", 60.0)
+    monkeypatch.setattr(sync, "HOLD_BYTES", 6)  # what is held goes once it reaches 6 bytes (3 deltas)
+    for i in range(6, 20):
+        signal.update(lambda value, i=i: value.add(i))
+    assert len(peer.sent) == 6 and all(body and len(body) == 4 for _, body in peer.sent[3:])
+    peer.run_soon()
+    assert set().union(*(body for _, body in peer.sent)) == set(range(20))
