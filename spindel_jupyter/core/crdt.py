@@ -720,7 +720,7 @@ class ORSet(_DeltaState, AbstractSet[T]):
         if counts:
             ends = list(accumulate(counts))
             values: Iterable[Dots] = [
-                _flat(set(pairs[end - n : end])) for n, end in zip(counts, ends, strict=True)
+                _flat(pairs[end - n : end]) for n, end in zip(counts, ends, strict=True)
             ]
         else:
             values = pairs  # one dot each: its flat form is the pair
