@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import arrays, fork, memory, remote_call, signals, transport
+from . import arrays, codec, fork, memory, remote_call, signals, transport
 from .common import CLEANUP, Shared, guarded, machine
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 #: Scenario families, in the order they run (the memory flood last, on its own hub).
 FAMILIES: dict[str, Callable[[Shared], Any]] = {
+    "codec": codec.run,
     "remote_call": remote_call.run,
     "signal_latency": signals.latency_run,
     "signal_throughput": signals.throughput_run,
@@ -39,7 +40,7 @@ FAMILIES: dict[str, Callable[[Shared], Any]] = {
 }
 
 #: Families that run without the shared hub.
-_HUBLESS = {"hub_memory", "transport"}
+_HUBLESS = {"hub_memory", "transport", "codec"}
 
 
 def write_results(
@@ -99,6 +100,17 @@ def _latency_table(title: str, section: dict[str, Any], reference: str) -> list[
 
 def table(results: dict[str, Any]) -> str:
     lines: list[str] = []
+    if "codec" in results:
+        lines += [f"{'codec (ms, median)':<42}{'spindel':>10}{'msgpack':>10}{'ratio':>8}"]
+        for name, row in results["codec"].items():
+            if not isinstance(row, dict) or "error" in row:
+                lines.append(f"  {name:<40}FAILED: {str(row)[:80]}")
+                continue
+            for way, ours, theirs in (("encode", "spindel_encode_ms", "msgpack_packb_ms"),
+                                      ("decode", "spindel_decode_ms", "msgpack_unpackb_ms")):  # fmt: skip
+                cells = f"{_num(row.get(ours)):>10}{_num(row.get(theirs)):>10}"
+                lines.append(f"  {name + ' ' + way:<40}{cells}{row.get(way + '_ratio', '-')!s:>7}x")
+        lines.append("")
     if "remote_call" in results:
         lines += _latency_table("remote_call (ms, round trip)", results["remote_call"], "spindel_api")
         lines.append(
@@ -180,19 +192,25 @@ class Target:
 
     name: str
     measure: tuple[Any, ...]
-    reference: tuple[Any, ...]
+    reference: tuple[Any, ...] | None  # None: the measure is a ratio already
     bound: float
     at_least: bool = False  # a rate: the ratio must reach the bound, not stay under it
     unit: str = "ms"
 
     def ratio(self, results: dict[str, Any]) -> float | None:
-        a, b = _get(results, *self.measure), _get(results, *self.reference)
+        a = _get(results, *self.measure)
+        if self.reference is None:
+            return a
+        b = _get(results, *self.reference)
         return a / b if a is not None and b else None
 
     def holds(self, ratio: float) -> bool:
         return ratio >= self.bound if self.at_least else ratio <= self.bound
 
     def numbers(self, results: dict[str, Any]) -> str:
+        if self.reference is None:
+            ratio = self.ratio(results)
+            return "not measured" if ratio is None else f"{ratio:.2f}x"
         a, b = _get(results, *self.measure), _get(results, *self.reference)
         if a is None or b is None:
             return "not measured"
@@ -203,6 +221,10 @@ class Target:
 
 #: The goals, each against what it is compared with in the same run.
 TARGETS = [
+    Target("codec.orset_20k encode <= 3x msgpack of the same lists",
+           ("codec", "orset_20k", "encode_ratio"), None, 3),
+    Target("codec.orset_20k decode <= 3x msgpack of the same lists",
+           ("codec", "orset_20k", "decode_ratio"), None, 3),
     Target("remote_call.spindel_api <= 1.5x raw_ws_relay",
            ("remote_call", "spindel_api", "median"), ("remote_call", "raw_ws_relay", "median"), 1.5),
     Target("remote_call.spindel_api <= 1/3 ipyparallel_apply_sync",
@@ -215,6 +237,11 @@ TARGETS = [
            ("signal_latency", "spindel", "median"), ("signal_latency", "raw_ws_relay_one_way", "median"), 2),
     Target("signal_latency.spindel < pycrdt_websocket",
            ("signal_latency", "spindel", "median"), ("signal_latency", "pycrdt_websocket", "median"), 1),
+    Target("signal_latency.spindel_crdt_large <= 2x spindel_crdt",
+           ("signal_latency", "spindel_crdt_large", "median"),
+           ("signal_latency", "spindel_crdt", "median"), 2),
+    Target("signal_throughput.spindel_crdt >= 0.5x raw_ws_relay",
+           ("signal_throughput", "spindel_crdt"), ("signal_throughput", "raw_ws_relay"), 0.5, True, "/s"),
     Target("signal_throughput.spindel >= 0.4x raw_ws_relay",
            ("signal_throughput", "spindel"), ("signal_throughput", "raw_ws_relay"), 0.4, True, "/s"),
     Target("signal_throughput.spindel >= pycrdt_websocket",

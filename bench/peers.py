@@ -19,7 +19,7 @@ from typing import Any
 
 import spindel_jupyter
 from spindel_jupyter import subscribe_signal, sync_signal
-from spindel_jupyter.core.crdt import ORSet
+from spindel_jupyter.core.crdt import ORSet, PNCounter
 from spindel_jupyter.kernel.calling import remote
 
 from .common import RateWindow, emit, serve_blocks, stdin_lines, watchdog
@@ -80,9 +80,19 @@ def role_arrays(args: argparse.Namespace) -> None:
     emit("RESULT", out)
 
 
-def _ping_pong_signals(prefix: str, mode: str) -> tuple[Any, Any]:
-    start = ORSet() if mode == "orset" else None
-    return sync_signal(f"{prefix}/ping", start), sync_signal(f"{prefix}/pong", start)
+#: Elements the ``orset_large`` sets start with (the answerer makes them; the pinger receives them).
+LARGE = 20_000
+
+
+def _ping_pong_signals(prefix: str, mode: str, answerer: bool = False) -> tuple[Any, Any]:
+    signals = []
+    for name in ("ping", "pong"):
+        if mode == "orset_large" and answerer:
+            start: Any = ORSet(f"{name}-{j}" for j in range(LARGE)).clear_delta()
+        else:
+            start = ORSet() if mode.startswith("orset") else None
+        signals.append(sync_signal(f"{prefix}/{name}", start))
+    return signals[0], signals[1]
 
 
 def role_ping(args: argparse.Namespace) -> None:
@@ -98,13 +108,13 @@ def role_ping(args: argparse.Namespace) -> None:
         for _ in range(n):
             i = next(counter)
             started = time.perf_counter()
-            if args.mode == "orset":
+            if args.mode.startswith("orset"):
                 ping.update(lambda s, i=i: s.add(i))
             else:
                 ping.set(i)
             while True:
                 at, value = seen.get(timeout=10)
-                if (i in value) if args.mode == "orset" else value == i:
+                if (i in value) if args.mode.startswith("orset") else value == i:
                     break
             samples.append((at - started) * 1000.0)
             if time.monotonic() > deadline:
@@ -116,10 +126,11 @@ def role_ping(args: argparse.Namespace) -> None:
 
 def role_pong(args: argparse.Namespace) -> None:
     """Answer every ping: the observer of ``ping`` writes ``pong`` (on the home thread)."""
-    ping, pong = _ping_pong_signals(args.topic, args.mode)
-    if args.mode == "orset":
-        # A adds 0, 1, 2...: the set's size names the element just added.
-        ping.observe(lambda value: pong.update(lambda s: s.add(len(value) - 1)))
+    ping, pong = _ping_pong_signals(args.topic, args.mode, answerer=True)
+    if args.mode.startswith("orset"):
+        # A adds 0, 1, 2...: the set's size (less what it started with) names the element just added.
+        base = LARGE if args.mode == "orset_large" else 0
+        ping.observe(lambda value: pong.update(lambda s: s.add(len(value) - 1 - base)))
     else:
         ping.observe(pong.set)
     emit("READY")
@@ -158,6 +169,54 @@ def role_reader(args: argparse.Namespace) -> None:
     emit("READY")
     window.done.wait(args.max_seconds)
     emit("RESULT", window.result())
+
+
+def role_count_writer(args: argparse.Namespace) -> None:
+    """Increment a PNCounter as fast as possible for ``--seconds``; report the count, once stored."""
+    signal = sync_signal(args.topic, PNCounter())
+    emit("READY")
+    sent = 0
+    end = time.monotonic() + args.seconds
+    while sent < args.max_count and time.monotonic() < end:
+        signal.update(lambda counter: counter.increment())
+        sent += 1
+    spindel_jupyter.peer.sync.flush(timeout=60)
+    emit("RESULT", {"sent": sent})
+
+
+def role_count_reader(args: argparse.Namespace) -> None:
+    """Count increments reflected: the rate over ``--seconds`` after ``--warmup`` s, then the final check.
+
+    The counter starts at 0 and only ever goes up by one: an observed value ``n``
+    is ``n`` increments reflected here, so the count is the writer's progress, and
+    no increment can be lost unseen. Told ``final N`` (the writer's count), it waits
+    for the value to reach N and reports whether it did, exactly.
+    """
+    signal = subscribe_signal(args.topic)
+    window = RateWindow(args.warmup, args.seconds)
+    newest, backwards = [0], [0]
+
+    def reflected(value: Any) -> None:
+        count = int(value)
+        if count > newest[0]:
+            window.tick(count - newest[0])
+            newest[0] = count
+        elif count < newest[0]:
+            backwards[0] += 1
+
+    signal.observe(reflected)
+    commands = stdin_lines()
+    emit("READY")
+    window.done.wait(args.max_seconds)
+    line = commands.get(timeout=args.max_seconds) or ""
+    final = int(line.split()[1]) if line.startswith("final ") else -1
+    deadline = time.monotonic() + 30
+    while newest[0] < final and time.monotonic() < deadline:
+        time.sleep(0.01)
+    emit(
+        "RESULT",
+        {**window.result(), "final": int(signal.value or 0), "sent": final, "backwards": backwards[0]},
+    )
 
 
 def role_fan_sub(args: argparse.Namespace) -> None:
@@ -275,6 +334,8 @@ ROLES = {
     "pong": role_pong,
     "writer": role_writer,
     "reader": role_reader,
+    "count-writer": role_count_writer,
+    "count-reader": role_count_reader,
     "fan-sub": role_fan_sub,
     "fan-pub": role_fan_pub,
     "producer": role_producer,
@@ -295,7 +356,7 @@ def main() -> None:
     parser.add_argument("--target", default="bob")
     parser.add_argument("--topic", default="bench")
     parser.add_argument("--topics", type=lambda t: t.split(","), default=[])
-    parser.add_argument("--mode", choices=["lww", "orset"], default="lww")
+    parser.add_argument("--mode", choices=["lww", "orset", "orset_large"], default="lww")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--warmup", type=float, default=100)
     parser.add_argument("--sizes", type=_ints, default=[])
@@ -309,7 +370,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=60.0)
     parser.add_argument("--wait-go", action="store_true")
     args = parser.parse_args()
-    if args.role not in ("reader",):
+    if args.role not in ("reader", "count-reader"):
         args.warmup = int(args.warmup)
     watchdog(900)  # the whole run's budget; the orchestrator stops workers long before
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

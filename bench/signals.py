@@ -56,6 +56,11 @@ def spindel_orset(shared: Shared) -> Block:
     return _spindel_ping_pong(shared, "orset")
 
 
+def spindel_orset_large(shared: Shared) -> Block:
+    """The same with ORSet topics that start with 20,000 elements: one add into a large set."""
+    return _spindel_ping_pong(shared, "orset_large")
+
+
 def raw_one_way(shared: Shared) -> Block:
     """Round trips through the raw relay, frames the size of spindel's relayed LWW write."""
     size = pub_frame_size()
@@ -71,6 +76,7 @@ def pycrdt_one_way(shared: Shared) -> Block:
 LATENCY_PLAN: dict[str, tuple[Callable[[Shared], Block], int, int]] = {
     "spindel": (spindel_lww, 2000, 200),
     "spindel_crdt": (spindel_orset, 500, 100),
+    "spindel_crdt_large": (spindel_orset_large, 500, 100),
     "raw_ws_relay_one_way": (raw_one_way, 5000, 500),
     "pycrdt_websocket": (pycrdt_one_way, 2000, 200),
 }
@@ -131,6 +137,38 @@ def spindel_throughput(shared: Shared) -> float:
     return round(float(result["rate"]), 1)
 
 
+def spindel_crdt_throughput(shared: Shared) -> float:
+    """PNCounter increments/s reflected at a subscriber while a writer increments as fast as it can.
+
+    The subscriber counts the counter's value (the writer's progress), then checks
+    it ends equal to the writer's count: a lost increment fails the measure.
+    """
+    hub = shared.hub()
+    warmup, seconds = _warmup_seconds(shared)
+    topic = _topic("count")
+    reader = start(
+        "tp-count-reader", "bench.peers", "count-reader", *hub.peer_args("tp-count-reader"),
+        "--topic", topic, "--warmup", warmup, "--seconds", seconds, "--max-seconds", warmup + seconds + 30,
+    )  # fmt: skip
+    reader.expect("READY", 30)
+    writer = start(
+        "tp-count-writer", "bench.peers", "count-writer", *hub.peer_args("tp-count-writer"),
+        "--topic", topic, "--seconds", warmup + seconds + 1.5,
+    )  # fmt: skip
+    sent = int(writer.result(timeout=warmup + seconds + 90)["sent"])
+    reader.send(f"final {sent}")
+    result = reader.result(timeout=warmup + seconds + 90)
+    for proc in (writer, reader):
+        proc.stop()
+    if result["final"] != sent or result["backwards"]:
+        raise RuntimeError(
+            f"the subscriber ended at {result['final']} of {sent} increments "
+            f"({result['backwards']} values went backwards)"
+        )
+    print(f"bench: signal_throughput spindel_crdt: {sent:,} increments, all {result['final']:,} reflected")
+    return round(float(result["rate"]), 1)
+
+
 def raw_throughput(shared: Shared) -> float:
     """Frames/s a sink receives through the raw relay (frames of spindel's LWW write size)."""
     warmup, seconds = _warmup_seconds(shared)
@@ -146,6 +184,7 @@ def pycrdt_throughput(shared: Shared) -> float:
 def throughput_run(shared: Shared) -> dict[str, Any]:
     return {
         "spindel": guarded(spindel_throughput, shared),
+        "spindel_crdt": guarded(spindel_crdt_throughput, shared),
         "raw_ws_relay": guarded(raw_throughput, shared),
         "pycrdt_websocket": guarded(pycrdt_throughput, shared),
     }

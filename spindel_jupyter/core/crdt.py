@@ -30,9 +30,13 @@ library Spindel, see :class:`Convergent`), registered with :func:`register`:
     changed. The result keeps ``self``'s pending delta and never adds the received
     one to it, so a remote change is never published again.
 ``state() -> Any``
-    Plain data (None, bool, int, float, str, bytes, list, tuple, dict, set,
-    frozenset and the user's own values) holding the whole value but not its pending
-    delta. Equal values give equal states.
+    Plain data holding the whole value but not its pending delta. Anything the codec
+    carries will do, but the type's own structure is best made of what msgpack
+    packs as it is (None, bool, int, float, str, bytes, list, dict): every tuple
+    or set costs an extension type of its own, which is what makes a large state
+    slow to send. The user's values inside (elements, keys, values) stay as they
+    are: the codec keeps them exact, a tuple comes back a tuple. Equal values give
+    equal states (but for the order of a list that stands for a set).
 ``from_state(data) -> Self`` (a classmethod)
     Rebuilds a value from ``state()``. The data comes from the network: raise
     ValueError with a clear message when it is malformed.
@@ -92,10 +96,11 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from contextvars import ContextVar
+from itertools import accumulate, chain
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from immutables import Map
@@ -342,9 +347,9 @@ class GSet(_DeltaState, AbstractSet[T]):
     def _with_delta(self, delta: Self | None) -> Self:
         return self._make(self._elements, delta)
 
-    def state(self) -> frozenset[T]:
-        """The elements."""
-        return frozenset(self._elements)
+    def state(self) -> list[T]:
+        """The elements, as a list (in no particular order)."""
+        return list(self._elements.keys())
 
     @classmethod
     def from_state(cls, data: Any) -> Self:
@@ -394,7 +399,22 @@ def _set_repr(value: AbstractSet[Any]) -> str:
 Dot = tuple[str, int]
 """One write: ``(writer, sequence number)``, numbered 1, 2, 3... per writer."""
 
-_NO_DOTS: frozenset[Dot] = frozenset()
+Dots = tuple[Any, ...]
+"""The dots of one element, flat and sorted: ``(writer, seq, writer, seq, ...)``.
+
+Flat, so that an element's dots become one list on the wire (msgpack packs it as
+it is); sorted, so that equal dots compare equal.
+"""
+
+_NO_DOTS: Dots = ()
+
+
+def _pairs(dots: Dots) -> Iterator[Dot]:
+    return zip(dots[::2], dots[1::2], strict=False)
+
+
+def _flat(dots: Iterable[Dot]) -> Dots:
+    return tuple(chain.from_iterable(sorted(dots)))
 
 
 class _Context:
@@ -403,15 +423,19 @@ class _Context:
     __slots__ = ("cloud", "vv")
 
     def __init__(self, vv: Mapping[str, int], cloud: Iterable[Dot]) -> None:
-        self.vv = dict(vv)
-        rest: set[Dot] = set()
-        for writer, seq in sorted(cloud):  # a writer's dots in order, so gaps fill up in one pass
-            top = self.vv.get(writer, 0)
-            if seq == top + 1:
-                self.vv[writer] = seq
-            elif seq > top:
-                rest.add((writer, seq))
-        self.cloud = frozenset(rest)
+        self.vv = tops = dict(vv)
+        dots = cloud if isinstance(cloud, frozenset) else frozenset(cloud)
+        if dots:  # each writer's run of dots right after its top joins the top; older dots go
+            topped = False
+            for writer in {writer for writer, _ in dots}:
+                top = tops.get(writer, 0)
+                while (writer, top + 1) in dots:
+                    top += 1
+                if top:
+                    tops[writer], topped = top, True
+            if topped:
+                dots = frozenset(dot for dot in dots if dot[1] > tops.get(dot[0], 0))
+        self.cloud = dots
 
     def covers(self, dot: Dot) -> bool:
         return dot[1] <= self.vv.get(dot[0], 0) or dot in self.cloud
@@ -432,30 +456,61 @@ class _Context:
         return max([self.vv.get(writer, 0), *(seq for w, seq in self.cloud if w == writer)])
 
     def join(self, other: _Context) -> _Context:
-        vv = dict(self.vv)
+        """The union, in time in proportion to the smaller context (both are normalized already)."""
+        if len(other.vv) + len(other.cloud) > len(self.vv) + len(self.cloud):
+            self, other = other, self
+        tops = dict(self.vv)
+        touched = {writer for writer, _ in other.cloud}
+        raised = False  # whether some dot of the union's cloud may now be at or under its writer's top
         for writer, seq in other.vv.items():
-            vv[writer] = max(seq, vv.get(writer, 0))
-        return _Context(vv, self.cloud | other.cloud)
+            if seq > tops.get(writer, 0):
+                tops[writer], raised = seq, True
+                touched.add(writer)
+        dots = self.cloud | other.cloud if other.cloud else self.cloud
+        if not raised:
+            raised = any(seq <= tops.get(writer, 0) for writer, seq in other.cloud)
+        for writer in touched:
+            top = start = tops.get(writer, 0)
+            while (writer, top + 1) in dots:
+                top += 1
+            if top != start:
+                tops[writer], raised = top, True
+        joined = _Context.__new__(_Context)
+        joined.vv = tops
+        joined.cloud = frozenset(dot for dot in dots if dot[1] > tops.get(dot[0], 0)) if raised else dots
+        return joined
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Context) and self.vv == other.vv and self.cloud == other.cloud
 
 
+_NO_CLOUD: frozenset[Dot] = frozenset()
 _EMPTY_CONTEXT = _Context({}, ())
 _NOBODY: Any = object()
 
 
-def _surviving(mine_value: ORSet[Any], other_value: ORSet[Any], element: Any) -> frozenset[Dot]:
-    """The dots of ``element`` after a join: kept if both sides have them, or if the other never saw them."""
-    mine = mine_value._entries.get(element, _NO_DOTS)
-    theirs = other_value._entries.get(element, _NO_DOTS)
+def _surviving(mine: Dots, theirs: Dots, my_context: _Context, their_context: _Context) -> Dots:
+    """An element's dots after a join: kept if both sides have them, or if the other side never saw them."""
     if mine == theirs:
         return mine
-    return frozenset(
-        (mine & theirs)
-        | {dot for dot in mine - theirs if not other_value._context.covers(dot)}
-        | {dot for dot in theirs - mine if not mine_value._context.covers(dot)}
+    if not mine:
+        return _unseen(theirs, my_context)
+    if not theirs:
+        return _unseen(mine, their_context)
+    ours, their_dots = set(_pairs(mine)), set(_pairs(theirs))
+    return _flat(
+        (ours & their_dots)
+        | {dot for dot in ours - their_dots if not their_context.covers(dot)}
+        | {dot for dot in their_dots - ours if not my_context.covers(dot)}
     )
+
+
+def _unseen(dots: Dots, context: _Context) -> Dots:
+    """The dots ``context`` has not seen (those it saw and lacks were removed there)."""
+    vv, cloud = context.vv, context.cloud
+    if len(dots) == 2:  # one dot: the flat form is the pair itself
+        return dots if dots[1] > vv.get(dots[0], 0) and dots not in cloud else _NO_DOTS
+    return _flat(dot for dot in _pairs(dots) if dot[1] > vv.get(dot[0], 0) and dot not in cloud)
 
 
 @register
@@ -470,7 +525,7 @@ class ORSet(_DeltaState, AbstractSet[T]):
     __slots__ = ("_context", "_dot_owners", "_entries", "_lease")
 
     # Persistent maps: a change makes a new value in time in proportion to the change, not the set.
-    _entries: Map[T, frozenset[Dot]]  # visible element -> the dots of the adds that made it
+    _entries: Map[T, Dots]  # visible element -> the dots of the adds that made it
     _context: _Context
     _lease: _Lease | None
     _dot_owners: Map[Dot, T] | None  # dot -> element, see _owners()
@@ -483,7 +538,7 @@ class ORSet(_DeltaState, AbstractSet[T]):
     @classmethod
     def _make(
         cls,
-        entries: Map[T, frozenset[Dot]],
+        entries: Map[T, Dots],
         context: _Context,
         delta: Self | None,
         lease: _Lease | None,
@@ -502,10 +557,10 @@ class ORSet(_DeltaState, AbstractSet[T]):
         if not elements:
             return self
         lease, start = _reserve(self._lease, self._context.seen, len(elements))
-        added = {x: frozenset([(lease.writer, start + i)]) for i, x in enumerate(elements, 1)}
+        added: dict[T, Dots] = {x: (lease.writer, start + i) for i, x in enumerate(elements, 1)}
         # The change's context holds the elements' old dots too, so receivers drop them.
-        covered = [dot for x in elements for dot in self._entries.get(x, _NO_DOTS)]
-        context = _Context({}, [*covered, *(dot for dots in added.values() for dot in dots)])
+        covered = [dot for x in elements for dot in _pairs(self._entries.get(x, _NO_DOTS))]
+        context = _Context({}, [*covered, *(dot for dots in added.values() for dot in _pairs(dots))])
         change = self._make(Map(added), context, None, None)
         entries = self._entries.update(added)
         owners = self._owners_after(covered, added) if self._dot_owners is not None else None
@@ -516,20 +571,33 @@ class ORSet(_DeltaState, AbstractSet[T]):
         dots = self._entries.get(element)
         if dots is None:
             return self
-        change = self._make(Map(), _Context({}, dots), None, None)
+        gone = list(_pairs(dots))
+        change = self._make(Map(), _Context({}, gone), None, None)
         entries = self._entries.delete(element)
-        owners = self._owners_after(dots, {}) if self._dot_owners is not None else None
+        owners = self._owners_after(gone, {}) if self._dot_owners is not None else None
         return self._make(entries, self._context, self._pending_with(change), self._lease, owners)
 
     def _join(self, other: Self) -> Self | None:
+        if other._only_adds():
+            return self._join_touching(other, other._entries)
         if other._context.size() + len(other._entries) < len(self._entries) // 2:
-            return self._join_small(other)
+            return self._join_touching(other, self._affected_by(other))
         return self._join_all(other)
 
+    def _only_adds(self) -> bool:
+        """Whether the causal context holds just the elements' dots (a delta of adds, or a join of them).
+
+        Such a value can change only the elements it names, as a dot belongs to one element.
+        """
+        return sum(map(len, self._entries.values())) == 2 * self._context.size()
+
     def _join_all(self, other: Self) -> Self | None:
-        entries: dict[T, frozenset[Dot]] = {}
-        for element in {**self._entries, **other._entries}:
-            dots = _surviving(self, other, element)
+        entries: dict[T, Dots] = {}
+        mine, theirs = self._entries, other._entries
+        for element in {**mine, **theirs}:
+            dots = _surviving(
+                mine.get(element, _NO_DOTS), theirs.get(element, _NO_DOTS), self._context, other._context
+            )
             if dots:
                 entries[element] = dots
         context = self._context.join(other._context)
@@ -538,50 +606,58 @@ class ORSet(_DeltaState, AbstractSet[T]):
             return None
         return self._make(joined, context, self._delta, self._lease)
 
-    def _join_small(self, other: Self) -> Self | None:
-        """The join with a value much smaller than this one (a delta): time in proportion to it.
-
-        Only elements ``other`` names, or whose dots its context covers, can change.
-        """
+    def _affected_by(self, other: Self) -> Iterable[T]:
+        """The elements a join with ``other`` can change: those it names, those whose dots it has seen."""
         owners = self._owners()
         affected = dict.fromkeys(other._entries)
         for dot in other._context.dots():
             owner = owners.get(dot, _NOBODY)
             if owner is not _NOBODY:
                 affected[owner] = None
-        changed: dict[T, frozenset[Dot]] = {}
+        return affected
+
+    def _join_touching(self, other: Self, affected: Iterable[T]) -> Self | None:
+        """The join, in time in proportion to ``affected`` (the elements it can change), not to this value."""
+        changed: dict[T, Dots] = {}
+        entries, theirs = self._entries, other._entries
         for element in affected:
-            dots = _surviving(self, other, element)
-            if dots != self._entries.get(element, _NO_DOTS):
+            mine = entries.get(element, _NO_DOTS)
+            dots = _surviving(mine, theirs.get(element, _NO_DOTS), self._context, other._context)
+            if dots != mine:
                 changed[element] = dots
         context = self._context.join(other._context)
         if not changed and context == self._context:
             return None
+        owners = self._dot_owners
         if not changed:
             return self._make(self._entries, context, self._delta, self._lease, owners)
-        with self._entries.mutate() as entries:
+        with entries.mutate() as mutable:
             for element, dots in changed.items():
                 if dots:
-                    entries[element] = dots
+                    mutable[element] = dots
                 else:
-                    del entries[element]
-            joined = entries.finish()
-        gone = [dot for element in changed for dot in self._entries.get(element, _NO_DOTS)]
-        return self._make(joined, context, self._delta, self._lease, self._owners_after(gone, changed))
+                    del mutable[element]
+            joined = mutable.finish()
+        if owners is not None:
+            gone = [dot for element in changed for dot in _pairs(self._entries.get(element, _NO_DOTS))]
+            owners = self._owners_after(gone, changed)
+        return self._make(joined, context, self._delta, self._lease, owners)
 
     def _owners(self) -> Map[Dot, T]:
         """Which element each dot belongs to (built on first use, then kept up to date by changes)."""
         if self._dot_owners is None:
-            self._dot_owners = Map((dot, element) for element, dots in self._entries.items() for dot in dots)
+            self._dot_owners = Map(
+                (dot, element) for element, dots in self._entries.items() for dot in _pairs(dots)
+            )
         return self._dot_owners
 
-    def _owners_after(self, gone: Iterable[Dot], new: Mapping[T, frozenset[Dot]]) -> Map[Dot, T]:
+    def _owners_after(self, gone: Iterable[Dot], new: Mapping[T, Dots]) -> Map[Dot, T]:
         """The dot index once the dots ``gone`` are dropped and the elements ``new`` hold their dots."""
         with self._owners().mutate() as owners:
             for dot in gone:
                 owners.pop(dot, None)
             for element, dots in new.items():
-                for dot in dots:
+                for dot in _pairs(dots):
                     owners[dot] = element
             index = owners.finish()
         return index
@@ -590,31 +666,89 @@ class ORSet(_DeltaState, AbstractSet[T]):
         return self._make(self._entries, self._context, delta, self._lease, self._dot_owners)
 
     def state(self) -> dict[str, Any]:
-        """``{"entries": {element: frozenset of dots}, "vv": {writer: seq}, "cloud": frozenset of dots}``.
+        """``{"elements": [...], "dots": [writer, seq, ...], "counts": [...], "vv": {...}, "cloud": [...]}``.
 
-        A dot is ``(writer, seq)``; ``vv`` and ``cloud`` are the causal context.
+        Columns, not a map of small lists: msgpack packs them as they are, and reading
+        them out of the value makes no object per element. ``dots`` holds the dots of
+        the adds that made each element, in the order of ``elements`` (which is no
+        particular order): one each, or as many as ``counts`` says when it is not
+        empty. ``vv`` (writer: every seq up to n) and ``cloud`` (dots past a gap) are
+        the causal context.
         """
-        return {"entries": dict(self._entries), "vv": dict(self._context.vv), "cloud": self._context.cloud}
+        entries = self._entries
+        elements = list(entries.keys())
+        dots = list(chain.from_iterable(entries.values()))
+        counts = [] if len(dots) == 2 * len(elements) else [len(d) // 2 for d in entries.values()]
+        context = self._context
+        return {
+            "elements": elements,
+            "dots": dots,
+            "counts": counts,
+            "vv": dict(context.vv),
+            "cloud": list(chain.from_iterable(sorted(context.cloud))),
+        }
 
     @classmethod
     def from_state(cls, data: Any) -> Self:
-        if not isinstance(data, dict) or set(data) != {"entries", "vv", "cloud"}:
-            raise _malformed("orset", 'expected a dict with keys "entries", "vv" and "cloud"')
-        vv, cloud, raw_entries = data["vv"], data["cloud"], data["entries"]
-        if not isinstance(vv, dict) or not all(isinstance(w, str) and _is_count(n) for w, n in vv.items()):
-            raise _malformed("orset", '"vv" must map writer names (str) to integers >= 0')
-        if not _is_collection(cloud):
-            raise _malformed("orset", '"cloud" must be a collection of dots')
+        """Rebuild from :meth:`state`, or from the former form (``entries``: element -> set of dots)."""
+        if isinstance(data, dict) and set(data) == {"entries", "vv", "cloud"}:
+            return cls._from_former_state(data)
+        if not isinstance(data, dict) or data.keys() != _STATE_KEYS:
+            raise _malformed(
+                "orset", 'expected a dict with keys "elements", "dots", "counts", "vv" and "cloud"'
+            )
+        elements, counts = data["elements"], data["counts"]
+        if not isinstance(elements, (list, tuple)) or not isinstance(counts, (list, tuple)):
+            raise _malformed("orset", '"elements" and "counts" must be lists')
+        writers, seqs = _columns(data["dots"], '"dots"')
+        if counts:
+            if len(counts) != len(elements) or not all(_is_count(n) and n for n in counts):
+                raise _malformed("orset", '"counts" must give each element its number of dots (>= 1)')
+            if sum(counts) != len(writers):
+                raise _malformed("orset", '"counts" must add up to the number of dots in "dots"')
+        elif len(writers) != len(elements):
+            raise _malformed("orset", '"dots" must hold one dot per element when "counts" is empty')
+        context = _context_of(data["vv"], data["cloud"])
+        pairs = list(zip(writers, seqs, strict=True))
+        held = set(pairs)
+        if len(held) != len(pairs):  # a dot is one add, of one element (joins rely on it)
+            raise _malformed("orset", "a dot is listed twice")
+        top = context.vv
+        for writer, seq in held.difference(context.cloud):  # what the cloud holds is covered
+            if seq > top.get(writer, 0):
+                raise _malformed("orset", f"dot {[writer, seq]!r:.100} is outside the context")
+        if counts:
+            ends = list(accumulate(counts))
+            values: Iterable[Dots] = [
+                _flat(pairs[end - n : end]) for n, end in zip(counts, ends, strict=True)
+            ]
+        else:
+            values = pairs  # one dot each: its flat form is the pair
+        try:
+            entries: Map[T, Dots] = Map(zip(elements, values, strict=True))
+        except TypeError as exc:
+            raise _malformed("orset", f"an element is not hashable ({exc})") from None
+        if len(entries) != len(elements):
+            raise _malformed("orset", "an element is listed twice")
+        return cls._make(entries, context, None, None)
+
+    @classmethod
+    def _from_former_state(cls, data: dict[str, Any]) -> Self:
+        """The form states had before (in a hub's topic files): ``entries`` maps elements to their dots."""
+        raw_entries, cloud = data["entries"], data["cloud"]
         if not isinstance(raw_entries, dict):
             raise _malformed("orset", '"entries" must map elements to their dots')
-        context = _Context({w: n for w, n in vv.items() if n}, [_dot(d) for d in cloud])
-        entries: dict[T, frozenset[Dot]] = {}
+        if not _is_collection(cloud):
+            raise _malformed("orset", '"cloud" must be a collection of dots')
+        context = _context_of(data["vv"], list(chain.from_iterable(_dot(d) for d in cloud)))
+        entries: dict[T, Dots] = {}
         for element, dots in raw_entries.items():
             if not _is_collection(dots) or not dots:
                 raise _malformed("orset", f"element {element!r:.100} needs a non-empty collection of dots")
-            entries[element] = frozenset(_dot(d) for d in dots)
-            if not all(context.covers(dot) for dot in entries[element]):
+            pairs = {_dot(d) for d in dots}
+            if not all(context.covers(dot) for dot in pairs):
                 raise _malformed("orset", f"element {element!r:.100} has a dot outside the context")
+            entries[element] = _flat(pairs)
         return cls._make(Map(entries), context, None, None)
 
     def __contains__(self, element: object) -> bool:
@@ -635,6 +769,29 @@ class ORSet(_DeltaState, AbstractSet[T]):
     @classmethod
     def _from_iterable(cls, it: Iterable[Any]) -> frozenset[Any]:
         return frozenset(it)  # set operators (|, &, -, ^) give plain frozensets
+
+
+def _columns(dots: Any, what: str) -> tuple[Sequence[str], Sequence[int]]:
+    """The writers and the seqs of flat dots received, checked without a Python step per dot."""
+    if not isinstance(dots, (list, tuple)) or len(dots) % 2:
+        raise _malformed("orset", f"{what} must be a flat list [writer, seq, writer, seq, ...]")
+    writers, seqs = dots[0::2], dots[1::2]
+    if not set(map(type, writers)) <= _STR or not set(map(type, seqs)) <= _INT or min(seqs, default=1) < 1:
+        raise _malformed("orset", f"{what}: a dot is a writer (str) and a seq (int >= 1)")
+    return writers, seqs
+
+
+_STR, _INT = frozenset([str]), frozenset([int])
+_STATE_KEYS = frozenset(["elements", "dots", "counts", "vv", "cloud"])
+
+
+def _context_of(vv: Any, cloud: Any) -> _Context:
+    if not isinstance(vv, dict) or not all(
+        type(n) is int and n >= 0 and type(w) is str for w, n in vv.items()
+    ):
+        raise _malformed("orset", '"vv" must map writer names (str) to integers >= 0')
+    writers, seqs = _columns(cloud, '"cloud"')
+    return _Context({w: n for w, n in vv.items() if n}, zip(writers, seqs, strict=True))
 
 
 def _dot(value: Any) -> Dot:
@@ -709,9 +866,9 @@ class PNCounter(_DeltaState):
     def _with_delta(self, delta: Self | None) -> Self:
         return self._make(self._entries, delta, self._lease)
 
-    def state(self) -> dict[str, tuple[int, int]]:
-        """``{writer: (increments, decrements)}``."""
-        return dict(self._entries)
+    def state(self) -> dict[str, list[int]]:
+        """``{writer: [increments, decrements]}``."""
+        return {writer: list(counts) for writer, counts in self._entries.items()}
 
     @classmethod
     def from_state(cls, data: Any) -> Self:
@@ -814,9 +971,9 @@ class LWWMap(_DeltaState, Mapping[K, V]):
     def _with_delta(self, delta: Self | None) -> Self:
         return self._make(self._entries, delta)
 
-    def state(self) -> dict[K, _Entry]:
-        """``{key: (stamp, live, value)}``; a deleted key is ``(stamp, False, None)``."""
-        return dict(self._entries)
+    def state(self) -> dict[K, list[Any]]:
+        """``{key: [stamp, live, value]}``, a stamp as a list; a deleted key is ``[stamp, False, None]``."""
+        return {key: [list(stamp), live, value] for key, (stamp, live, value) in self._entries.items()}
 
     @classmethod
     def from_state(cls, data: Any) -> Self:

@@ -14,6 +14,11 @@ while disconnected), the hub joins it and answers with whatever the replica
 lacks, so both hold the union after one round trip. It is made again after every
 reconnection.
 
+A CRDT write may also be held back (:meth:`Replica.publish` with ``hold``):
+its delta joins the others held, and :meth:`Replica.release` makes one frame of
+them all. A peer holds writes that come in a burst, so that a loop of a
+thousand adds costs the hub and every follower a few frames, not a thousand.
+
 A replica holds no socket, thread, lock or value: its caller keeps the value
 (a :class:`~.signals.Signal` in a peer) and passes it in, under whatever lock
 keeps a write, an apply and a handshake of the topic from running at once.
@@ -111,18 +116,24 @@ class Replica:
         #: How many local writes were published, and the highest of them the hub stored durably.
         self.sent = 0
         self.acked = 0
+        #: CRDT topics: the join of the deltas of writes held back, not sent yet (None: none),
+        #: and the bytes of those deltas encoded one by one.
+        self.held: Any = None
+        self.held_bytes = 0
 
     @property
     def pending(self) -> bool:
-        """Whether a published write is not yet acknowledged as stored by the hub."""
-        return self.acked < self.sent
+        """Whether a write is held back, or published and not yet acknowledged as stored by the hub."""
+        return self.acked < self.sent or self.held is not None
 
-    def publish(self, new: Any) -> tuple[Frame | None, Any]:
+    def publish(self, new: Any, hold: bool = False) -> tuple[Frame | None, Any]:
         """A local write of ``new``: the ``pub`` frame to send (None if nothing is) and the value to keep.
 
         A plain value is stamped; a CRDT's pending delta is what travels, and the
-        value kept has none left. Raises SpindelError for a value of another kind,
-        EncodeError for one that cannot travel, changing nothing.
+        value kept has none left. With ``hold``, a CRDT's delta joins those held
+        back instead (for :meth:`release`); a frame goes now only if writes were held
+        and ``hold`` is off, carrying them too. Raises SpindelError for a value of
+        another kind, EncodeError for one that cannot travel, changing nothing.
         """
         if self.kind is None:  # followed before anyone wrote: the first write decides
             self.kind = kind_of(new)
@@ -137,8 +148,22 @@ class Replica:
         delta = new.delta()
         if delta is None:
             return None, new
+        # Encoded even when held back: a change that cannot travel is refused at the write.
         body = wire.encode(delta.state(), where=f"the change to topic {self.name!r}")
-        return self._pub({"kind": self.kind}, body), new.clear_delta()
+        kept = new.clear_delta()
+        if not hold and self.held is None:
+            return self._pub({"kind": self.kind}, body), kept
+        self.held = delta if self.held is None else self.held.merge(delta)
+        self.held_bytes += len(body)
+        return (None if hold else self.release()), kept
+
+    def release(self) -> Frame | None:
+        """The ``pub`` frame of the writes held back, joined (None if none are)."""
+        if self.held is None:
+            return None
+        body = wire.encode(self.held.state(), where=f"the changes to topic {self.name!r}")
+        self.held, self.held_bytes = None, 0
+        return self._pub({"kind": self.kind}, body)
 
     def _pub(self, fields: dict[str, Any], body: bytes) -> Frame:
         self.sent += 1
@@ -185,6 +210,10 @@ class Replica:
         value is stored, so the old value could otherwise leave under the new
         stamp, and the hub would drop the real write as not newer.
         """
+        if self.held is not None:
+            # Writes held back travel in the state shipped, under the handshake's number.
+            self.held, self.held_bytes = None, 0
+            self.sent += 1
         header: dict[str, Any] = {
             "t": SUB,
             "id": request_id,

@@ -5,6 +5,11 @@ sets, complex, dates and times, Decimal, big integers, numpy arrays and
 scalars). Nothing here ever unpickles: an unknown extension is a
 :class:`DecodeError`, not code to run.
 
+A convergent value (:mod:`crdt`) is one extension: its type name and its
+``state()``, which the built-in types make of what msgpack packs natively, so
+a large set costs about what msgpack takes for the same lists. It is rebuilt by
+its registered type's ``from_state`` (without its pending delta).
+
 Large binary payloads (numpy arrays) travel out of band: the msgpack body holds
 only dtype, shape and an offset, and the raw buffers follow the body, so they
 are neither copied into msgpack nor parsed by the hub.
@@ -18,12 +23,14 @@ from __future__ import annotations
 import datetime as _dt
 import re
 import struct
+import threading
 from decimal import Decimal
 from enum import IntEnum
 from typing import Any
 
 import msgpack
 
+from . import crdt
 from .errors import DecodeError, EncodeError
 
 try:  # numpy is optional: arrays are supported when it is importable
@@ -80,6 +87,7 @@ class Ext(IntEnum):
     BIGINT = 10
     NDARRAY = 11
     NPSCALAR = 12
+    CRDT = 13
 
 
 _COMPLEX = struct.Struct("<dd")
@@ -94,16 +102,33 @@ class _NoEncoding(TypeError):
 
 
 class _Encoder:
-    """One encode call: collects out-of-band buffers while msgpack walks the value."""
+    """Encode calls, one at a time: collects out-of-band buffers while msgpack walks the value.
+
+    Each thread keeps one, with its msgpack packer (making a packer costs as much
+    as packing a small value); extension values inside are packed by packers of
+    their own, as the outer one is busy.
+    """
 
     def __init__(self) -> None:
         self.buffers: list[memoryview] = []
         self.offset = 0
+        self.busy = False
+        self.packer = msgpack.Packer(default=self.default, strict_types=True, use_bin_type=True)
+
+    def encode(self, value: Any) -> tuple[bytes, list[memoryview]]:
+        """The msgpack body of ``value`` and the arrays' buffers that follow it."""
+        self.buffers, self.offset, self.busy = [], 0, True
+        try:
+            return self.packer.pack(value), self.buffers
+        finally:
+            self.busy, self.buffers = False, []
 
     def pack(self, value: Any) -> bytes:
         return msgpack.packb(value, default=self.default, strict_types=True, use_bin_type=True)
 
     def default(self, obj: Any) -> Any:
+        if crdt.is_convergent(obj):  # first: a convergent type may subclass a tuple or a dict
+            return msgpack.ExtType(Ext.CRDT, self.pack([obj.type_name, obj.state()]))
         # Subclasses travel as their base type (namedtuple as tuple, IntEnum as int).
         if isinstance(obj, tuple):
             return msgpack.ExtType(Ext.TUPLE, self.pack(list(obj)))
@@ -170,20 +195,34 @@ def encode(value: Any, where: str = "value") -> bytes:
     ``where`` names the value in that error, so a caller can say ``args``
     and the user reads ``args['df'][3]``.
     """
-    encoded = encode_buffers(value, where)
-    return encoded.parts[0] if len(encoded.parts) == 1 else encoded.tobytes()  # type: ignore[return-value]
+    body, buffers = _pack(value, where)
+    if not buffers:
+        return body
+    return b"".join([_OOB_PREFIX.pack(_OUT_OF_BAND, len(body)), body, *buffers])
 
 
 def encode_buffers(value: Any, where: str = "value") -> Encoded:
     """:func:`encode`, keeping the arrays' buffers as they are (for sending at once, without a copy)."""
-    encoder = _Encoder()
+    body, buffers = _pack(value, where)
+    if not buffers:
+        return Encoded(body)
+    return Encoded(_OOB_PREFIX.pack(_OUT_OF_BAND, len(body)), body, *buffers)
+
+
+_encoders = threading.local()
+
+
+def _pack(value: Any, where: str) -> tuple[bytes, list[memoryview]]:
+    """The msgpack body of ``value`` and the arrays' buffers that follow it."""
+    encoder = getattr(_encoders, "encoder", None)
+    if encoder is None:
+        encoder = _encoders.encoder = _Encoder()
+    elif encoder.busy:  # an encode inside an encode (a state() that encodes): one of its own
+        encoder = _Encoder()
     try:
-        body = encoder.pack(value)
+        return encoder.encode(value)
     except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise _locate(value, where, exc) from None
-    if not encoder.buffers:
-        return Encoded(body)
-    return Encoded(_OOB_PREFIX.pack(_OUT_OF_BAND, len(body)), body, *encoder.buffers)
 
 
 def _locate(value: Any, where: str, exc: BaseException) -> EncodeError:
@@ -266,6 +305,8 @@ class _Decoder:
         if code == Ext.NPSCALAR:
             descr, raw = self.unpack(data)
             return _numpy().frombuffer(raw, dtype=_dtype(descr))[0]
+        if code == Ext.CRDT:
+            return _convergent(self.unpack(data))
         raise DecodeError(f"unknown extension type {code}: not produced by this codec (refused)")
 
     def _ndarray(self, data: bytes) -> Any:
@@ -301,6 +342,19 @@ def _from_iso(kind: Any, text: str) -> Any:
     )
     naive = kind.fromisoformat(text[: match.start()])
     return naive.replace(tzinfo=_dt.timezone(-offset if sign == "-" else offset))
+
+
+def _convergent(data: Any) -> Any:
+    if not isinstance(data, list) or len(data) != 2 or not isinstance(data[0], str):
+        raise DecodeError("a convergent value is [type name, state]")
+    try:
+        cls = crdt.type_for(data[0])
+    except KeyError as exc:
+        raise DecodeError(f"{exc.args[0]} (register the type here too, with crdt.register)") from None
+    try:
+        return cls.from_state(data[1])
+    except ValueError as exc:
+        raise DecodeError(f"bad {data[0]} value: {exc}") from None
 
 
 def _numpy() -> Any:
@@ -341,7 +395,7 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
         raise DecodeError(f"not a valid encoded value: {type(exc).__name__}: {exc}") from None
 
 
-def pack_frame(header: dict[str, Any], body: bytes | memoryview | None = None) -> bytes:
+def pack_frame(header: dict[str, Any], body: Buffer | None = None) -> bytes:
     """A frame: the header map, then the already-encoded body if there is one."""
     return b"".join(frame_parts(header, body or None))
 

@@ -6,10 +6,22 @@ added something, and stores the topic's state - the joined state of a CRDT
 topic, the winning write of a plain one - so a late joiner converges with every
 writer offline and a restart loses nothing acknowledged.
 
-Storage is one file per topic holding its state (compacted, not a log),
-written atomically and fsynced; changes are written in groups and acknowledged
-once their group is durable. On the server the group's files are written off
-the event loop, so the disk never holds up the relay.
+On the server, the CRDT changes that arrive together (in one turn of the event
+loop) are joined and relayed as one: a burst of writers costs each follower
+one frame per turn, not one per change.
+
+Storage costs in proportion to the change. A CRDT topic is a snapshot file of
+its whole state plus a log of the changes since (:class:`~.durable.Log`):
+changes are appended, and once the log outgrows the snapshot (or holds
+:data:`COMPACT_RECORDS` records) the state is written whole again and the log
+emptied, on the same writer thread. A plain topic is one value that every
+write replaces: its file is written whole, as a log would only pile up
+superseded values. Changes are written in groups and acknowledged once their
+group is durable; on the server the group is written off the event loop (the
+large states encoded there too), so the disk never holds up the relay.
+
+Topic files of earlier versions (a state in its former form, no log) load as
+they are; the topic's next compaction writes the current form.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import crdt, errors, wire
 from ..core.clock import Stamp, as_stamp
 from ..core.protocol import ACK, HUB, LWW, PUB, SNAP, to_wire
-from ..core.replica import decode_state, join, lacks, wins
+from ..core.replica import decode_state, join, join_all, lacks, wins
 from . import durable
 
 if TYPE_CHECKING:
@@ -40,10 +52,16 @@ Schedule = Callable[[float, Callable[[], None]], Any]
 Waiters = list["asyncio.Future[None]"]
 #: The highest change number to acknowledge, per peer and topic.
 Acks = dict[tuple["Member", str], int]
+#: What the writer thread does for one topic of a group: write to the batch; the bytes of its file and log.
+Job = Callable[[durable.Batch], tuple[int, int]]
 
 #: How long changes may wait to be written together (seconds).
 FLUSH_DELAY = 0.01
 SUMMARY_CHARS = 80
+#: A CRDT topic's log is compacted once it holds more bytes than its snapshot (at least these).
+COMPACT_BYTES = 64 * 1024
+#: ... or more records than this (each is replayed at start).
+COMPACT_RECORDS = 10_000
 
 
 @dataclass(eq=False)
@@ -56,8 +74,18 @@ class Topic:
     state: Any = None
     stamp: Stamp | None = None
     followers: dict[Member, str] = field(default_factory=dict)
+    #: Bytes stored: the file, and the log of a CRDT topic.
     size: int = 0
-    summary: str = ""
+    #: CRDT topics with storage: the log of changes since the snapshot, and the snapshot's size.
+    log: durable.Log | None = None
+    snapshot_size: int = 0
+    #: The next write is the whole state (a new topic, or after a failed write).
+    snapshot_due: bool = False
+    #: Encoded changes to append at the next write.
+    records: list[wire.Buffer] = field(default_factory=list)
+    #: Changes received in this turn of the event loop, to join and relay as one: (sender, seq, delta, body).
+    incoming: list[tuple[Member, int, Any, wire.Buffer]] = field(default_factory=list)
+    _summary: tuple[Any, str] = (None, "")
 
     def info(self) -> dict[str, Any]:
         return {
@@ -65,17 +93,22 @@ class Topic:
             "kind": self.kind,
             "subscribers": len(self.followers),
             "size": self.size,
-            "summary": self.summary,
+            "summary": self.summary(),
         }
 
-    def summarize(self) -> None:
-        """A short text of the current value, for peer lists and panels."""
+    def summary(self) -> str:
+        """A short text of the current value, for peer lists and panels (made again only once it changed)."""
+        state, text = self._summary
+        if state is self.state:
+            return text
         try:
             value = wire.decode(self.state) if self.kind == LWW else self.state
             text = repr(value)
         except Exception:
             text = "(unreadable)"
-        self.summary = text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
+        text = text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
+        self._summary = (self.state, text)
+        return text
 
 
 class TopicStore:
@@ -92,9 +125,11 @@ class TopicStore:
         self._acks: Acks = {}
         self._flush_pending = False
         self._listing_changed = False
+        #: Topics with changes of this turn of the loop, joined and relayed at its end (see :meth:`_settle`).
+        self._unsettled: dict[Topic, None] = {}
         #: With a schedule (the server's event loop), groups are written on this thread, one at a time.
         self._writer = ThreadPoolExecutor(1, "spindel-topics") if schedule and directory is not None else None
-        self._writing: Future[None] | None = None
+        self._writing: Future[list[tuple[int, int]]] | None = None
         #: Who waits for the changes made so far to be durable (see :meth:`stored`).
         self._waiters: Waiters = []
         #: Called after changes are stored, when the topic list or a value changed.
@@ -121,6 +156,7 @@ class TopicStore:
                 self._pending_mirrors.setdefault(name, {})[member] = header["mode"]
                 member.link.send(wire.pack_frame({**snapshot, "kind": None}))
                 return
+            self._settle(topic)
             topic.followers[member] = header["mode"]
             member.subscriptions.add(name)
             self._followers_changed()
@@ -164,31 +200,74 @@ class TopicStore:
         self._followers_changed()
 
     def publish(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
-        """A peer's local change: apply it, relay it if it added something, store it."""
+        """A peer's local change: apply it, relay it if it added something, store it.
+
+        A CRDT change waits for the end of this turn of the event loop, joined
+        with the others that arrived meanwhile (see :meth:`_settle`); without an
+        event loop it is applied at once.
+        """
         name = header["topic"]
         self.received += 1
         topic = self._topic(name, header["kind"], create=True)
         assert topic is not None
-        if topic.kind == LWW:
-            stamp = _stamp(header.get("stamp"))
-            if not wins(stamp, topic.stamp):
-                self._ack_later(member, name, header["seq"], topic)
-                return
-            topic.state, topic.stamp = bytes(body), stamp
-        else:
-            joined = join(topic.state, _crdt_value(topic.kind, body))
-            if joined is topic.state:
-                self._ack_later(member, name, header["seq"], topic)
-                return
-            topic.state = joined
-        frame = {"t": PUB, "topic": name, "kind": topic.kind, "from": member.name}
-        if topic.stamp is not None:
-            frame["stamp"] = list(topic.stamp)
+        if topic.kind != LWW:
+            topic.incoming.append((member, header["seq"], _crdt_value(topic.kind, body), body))
+            if self.schedule is None:
+                self._settle(topic)
+                self._request_flush()
+            elif not self._unsettled:
+                self._unsettled[topic] = None
+                self.schedule(0, self._settle_all)
+            else:
+                self._unsettled[topic] = None
+            return
+        stamp = _stamp(header.get("stamp"))
+        if not wins(stamp, topic.stamp):
+            self._ack_later(member, name, header["seq"], topic)
+            return
+        topic.state, topic.stamp = bytes(body), stamp
+        frame = {"t": PUB, "topic": name, "kind": topic.kind, "from": member.name, "stamp": list(stamp)}
         self._relay(topic, member, wire.pack_frame(frame, body))
         self._ack_later(member, name, header["seq"], topic, dirty=True)
 
+    def _settle_all(self) -> None:
+        settled = bool(self._unsettled)
+        while self._unsettled:
+            topic = next(iter(self._unsettled))
+            del self._unsettled[topic]
+            self._settle(topic)
+        if settled:
+            self._request_flush()
+
+    def _settle(self, topic: Topic) -> None:
+        """Join a topic's changes received in this turn, apply them, relay them as one if they add anything.
+
+        The relayed frame carries a lone change's own bytes, or the join of several,
+        encoded once. It goes to every follower but its sender; a join of several
+        peers' changes goes to every follower (a sender's own change adds nothing there).
+        The changes are acknowledged once the state that holds them is durable.
+        """
+        incoming, topic.incoming = topic.incoming, []
+        if not incoming:
+            return
+        deltas = [delta for _, _, delta, _ in incoming]
+        change = deltas[0] if len(deltas) == 1 else join_all(deltas)
+        joined = join(topic.state, change)
+        for member, seq, _, _ in incoming:
+            self._acks[(member, topic.name)] = max(seq, self._acks.get((member, topic.name), 0))
+        if joined is topic.state:
+            return
+        topic.state = joined
+        senders = {member for member, _, _, _ in incoming}
+        sender = senders.pop() if len(senders) == 1 else None
+        body = incoming[0][3] if len(incoming) == 1 else wire.encode(change.state())
+        frame = {"t": PUB, "topic": topic.name, "kind": topic.kind, "from": sender.name if sender else HUB}
+        self._relay(topic, sender, wire.pack_frame(frame, body))
+        self._changed(topic, body)
+
     def states(self, names: list[str]) -> dict[str, Any]:
         """The current state of each named topic the hub holds, for a workspace commit."""
+        self._settle_all()
         out: dict[str, Any] = {}
         for name in names:
             topic = self.topics.get(name)
@@ -208,14 +287,15 @@ class TopicStore:
         return topic.stamp if topic is not None else None
 
     def value_text(self, name: str) -> str | None:
+        self._settle_all()
         topic = self.topics.get(name)
         if topic is None or topic.state is None:
             return None
-        topic.summarize()
-        return topic.summary
+        return topic.summary()
 
     def copy(self, source: str, target: str) -> None:
         """Start topic ``target`` as ``source`` is now (a fork's own copy of a workspace topic)."""
+        self._settle_all()
         original = self.topics.get(source)
         if original is None or original.state is None or target in self.topics:
             return
@@ -226,6 +306,7 @@ class TopicStore:
 
     def fold(self, source: str, target: str, take_source: bool) -> None:
         """Bring a fork's topic back: a CRDT joins; a plain value is taken if ``take_source``."""
+        self._settle_all()
         theirs = self.topics.get(source)
         if theirs is None or theirs.state is None:
             return
@@ -248,9 +329,10 @@ class TopicStore:
         if ours.stamp is not None:
             frame["stamp"] = list(ours.stamp)
         self._relay(ours, None, wire.pack_frame(frame, payload))
-        self._mark_dirty(ours)
+        self._changed(ours, payload)
 
     def list(self) -> list[dict[str, Any]]:
+        self._settle_all()
         return [t.info() for t in sorted(self.topics.values(), key=lambda t: t.name)]
 
     # -- state -------------------------------------------------------------------------
@@ -276,7 +358,9 @@ class TopicStore:
                 crdt.type_for(kind)
             except KeyError as exc:
                 raise errors.BadTopicKind(str(exc).strip("'\"")) from None
-        topic = self.topics[name] = Topic(name, kind)
+        topic = self.topics[name] = Topic(name, kind, snapshot_due=True)
+        if kind != LWW and self.directory is not None:
+            topic.log = durable.Log(self._path(topic).with_suffix(".log"))
         # Mirrors that subscribed before anyone wrote now follow it.
         for member, mode in self._pending_mirrors.pop(name, {}).items():
             topic.followers[member] = mode
@@ -304,13 +388,13 @@ class TopicStore:
                 return None
         return wire.encode(before.state()) if before is not None else None
 
-    def _relay_state(self, topic: Topic, sender: Member, body: bytes | memoryview | None = None) -> None:
+    def _relay_state(self, topic: Topic, sender: Member, body: wire.Buffer | None = None) -> None:
         frame: dict[str, Any] = {"t": PUB, "topic": topic.name, "kind": topic.kind, "from": sender.name}
         if topic.stamp is not None:
             frame["stamp"] = list(topic.stamp)
         payload = topic.state if topic.kind == LWW else body
         self._relay(topic, sender, wire.pack_frame(frame, payload))
-        self._mark_dirty(topic)
+        self._changed(topic, body)
 
     def _relay(self, topic: Topic, sender: Member | None, frame: bytes) -> None:
         for member, mode in topic.followers.items():
@@ -318,10 +402,17 @@ class TopicStore:
                 member.link.send(frame)
                 self.relayed += 1
 
+    def _changed(self, topic: Topic, body: wire.Buffer | None) -> None:
+        """The topic's state changed: a CRDT's by joining ``body`` (to log), a plain one's whole."""
+        if topic.log is not None and body is not None:
+            topic.records.append(body)
+        self._mark_dirty(topic)
+
     # -- durability ----------------------------------------------------------------------
 
     def stored(self) -> Awaitable[None]:
         """Done once every change made so far is durable (an answer that names them can leave)."""
+        self._settle_all()
         if self.schedule is None or not (self._dirty or self._writing is not None):
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
@@ -357,39 +448,44 @@ class TopicStore:
         With a writer thread the files are written and fsynced there while the
         loop goes on relaying; changes arriving meanwhile form the next group,
         which starts ``FLUSH_DELAY`` after this one is durable (fsyncs back to
-        back would slow the whole machine): a topic's file is never written by
+        back would slow the whole machine): a topic's files are never written by
         two groups at once, and nothing is acknowledged before its fsync.
         """
         if self._writing is not None:
             self._flush_pending = True
             return
+        self._settle_all()  # every change acknowledged below is in the state written
         self._flush_pending = False
         dirty, self._dirty = self._dirty, set()
         acks, self._acks = self._acks, {}
         waiters, self._waiters = self._waiters, []
         changed, self._listing_changed = bool(dirty) or self._listing_changed, False
-        records = [(topic, self._encode(topic)) for topic in dirty]
-        files = [(self._path(topic), data) for topic, data in records] if self.directory is not None else []
-        if self._writer is None or not files:
+        topics = list(dirty) if self.directory is not None else []
+        jobs = [self._job(topic) for topic in topics]
+        if self._writer is None or not jobs:
             error: OSError | None = None
+            sizes: list[tuple[int, int]] = []
             try:
-                durable.write_files(files)
+                sizes = _write_group(jobs)
             except OSError as exc:
                 error = exc
-            self._written(dirty, acks, waiters, changed, error)
+            self._written(topics, sizes, acks, waiters, changed, error)
             return
         loop = asyncio.get_running_loop()
 
-        def written(done: Future[None]) -> None:
+        def written(done: Future[list[tuple[int, int]]]) -> None:
+            error = done.exception()
+            sizes = done.result() if error is None else []
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to acknowledge
-                loop.call_soon_threadsafe(self._written, dirty, acks, waiters, changed, done.exception())
+                loop.call_soon_threadsafe(self._written, topics, sizes, acks, waiters, changed, error)
 
-        self._writing = self._writer.submit(durable.write_files, files)
+        self._writing = self._writer.submit(_write_group, jobs)
         self._writing.add_done_callback(written)
 
     def _written(
         self,
-        dirty: set[Topic],
+        topics: Sequence[Topic],
+        sizes: Sequence[tuple[int, int]],
         acks: Acks,
         waiters: Waiters,
         changed: bool,
@@ -398,6 +494,8 @@ class TopicStore:
         """A group is durable: acknowledge its changes. If it failed, they wait for the next group."""
         self._writing = None
         if error is None:
+            for topic, (snapshot, changes) in zip(topics, sizes, strict=True):
+                topic.snapshot_size, topic.size = snapshot, snapshot + changes
             if changed and self.on_change is not None:
                 self.on_change()
             for (member, name), seq in acks.items():
@@ -407,7 +505,9 @@ class TopicStore:
                     waiter.set_result(None)
         else:
             log.error("spindel: could not store topics, their changes stay unacknowledged: %s", error)
-            self._dirty |= dirty
+            for topic in topics:  # written whole next time: what a failed append left is then moot
+                topic.snapshot_due, topic.records = True, []
+            self._dirty |= set(topics)
             for key, seq in acks.items():
                 self._acks[key] = max(seq, self._acks.get(key, 0))
             self._waiters.extend(waiters)
@@ -422,14 +522,38 @@ class TopicStore:
         self._writing = None
         self.flush()
 
-    def _encode(self, topic: Topic) -> bytes:
-        """The content of the topic's file; its size and summary are updated on the way."""
-        record: dict[str, Any] = {"name": topic.name, "kind": topic.kind, "stamp": topic.stamp}
-        record["state"] = topic.state if topic.kind == LWW else topic.state.state()
-        data = wire.encode(record)
-        topic.size = len(data)
-        topic.summarize()
-        return data
+    def _job(self, topic: Topic) -> Job:
+        """What the writer thread does for ``topic``: append its changes to its log, or write it whole.
+
+        Decided here, on the loop, from values that no longer change (states are
+        immutable): the writer encodes and writes them while the loop goes on.
+        """
+        path, name, kind, stamp, state = self._path(topic), topic.name, topic.kind, topic.stamp, topic.state
+        records, topic.records = topic.records, []
+        topic_log = topic.log
+        if topic_log is not None and not topic.snapshot_due:
+            pending = sum(len(record) + durable.RECORD.size for record in records)
+            if (
+                topic_log.size + pending <= max(COMPACT_BYTES, topic.snapshot_size)
+                and topic_log.records + len(records) <= COMPACT_RECORDS
+            ):
+                snapshot = topic.snapshot_size
+
+                def append(batch: durable.Batch) -> tuple[int, int]:
+                    batch.append(topic_log, [bytes(record) for record in records])
+                    return snapshot, topic_log.size
+
+                return append
+        topic.snapshot_due = False
+
+        def whole(batch: durable.Batch) -> tuple[int, int]:
+            data = _file_content(name, kind, stamp, state)
+            batch.write(path, data)
+            if topic_log is not None:
+                batch.reset_after_sync(topic_log)
+            return len(data), 0
+
+        return whole
 
     def _path(self, topic: Topic) -> Path:
         assert self.directory is not None
@@ -439,17 +563,40 @@ class TopicStore:
         assert self.directory is not None
         durable.sweep(self.directory)
         for path in sorted(self.directory.glob("*.topic")):
+            changes = durable.Log(path.with_suffix(".log"))
             try:
                 record = wire.decode(path.read_bytes())
                 kind = record["kind"]
                 state = record["state"] if kind == LWW else crdt.type_for(kind).from_state(record["state"])
                 stamp = as_stamp(record["stamp"]) if record.get("stamp") is not None else None
-                topic = Topic(record["name"], kind, state, stamp, size=path.stat().st_size)
-                topic.summarize()
+                snapshot = path.stat().st_size
+                topic = Topic(record["name"], kind, state, stamp, snapshot_size=snapshot, size=snapshot)
+                if kind != LWW:
+                    deltas = [decode_state(kind, payload) for payload in changes.read()]
+                    if deltas:
+                        topic.state = join(state, join_all(deltas))
+                    topic.log, topic.size = changes, snapshot + changes.size
                 self.topics[topic.name] = topic
             except Exception as exc:
                 log.error("spindel: ignoring unreadable topic file %s: %s", path.name, exc)
                 path.rename(path.with_suffix(".corrupt"))
+                if changes.path.exists():
+                    changes.path.rename(path.with_suffix(".log.corrupt"))
+
+
+def _write_group(jobs: list[Job]) -> list[tuple[int, int]]:
+    """Run a group's jobs and make them durable together; the bytes of each topic's file and log."""
+    batch = durable.Batch()
+    sizes = [job(batch) for job in jobs]
+    batch.sync()
+    return sizes
+
+
+def _file_content(name: str, kind: str, stamp: Stamp | None, state: Any) -> bytes:
+    """A topic's file: its name, kind, stamp and whole state (a plain topic's is its encoded value)."""
+    return wire.encode(
+        {"name": name, "kind": kind, "stamp": stamp, "state": state if kind == LWW else state.state()}
+    )
 
 
 def _stamp(value: Any) -> Stamp:

@@ -294,6 +294,10 @@ class Peer:
         """Send a frame as is, from any thread; dropped while disconnected."""
         self._post(self._checked(wire.frame_parts(header, body)))
 
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the connection thread, soon (from any thread)."""
+        self._loop.call_soon_threadsafe(fn, *args)
+
     def on_connect(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the connection thread after every (re)connection."""
         self._on_connect.append(callback)

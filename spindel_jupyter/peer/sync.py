@@ -6,6 +6,12 @@ Spindel's symmetric handshake, made again after every reconnection. Here each
 topic's replica is bound to this process: its value lives in a :class:`Signal`
 (whose lock serializes the topic's writes, applies and handshakes), its frames
 go through the process's peer, and what arrives is applied on the home thread.
+
+A CRDT write goes out at once, unless the topic sent a frame less than
+:data:`BURST_SECONDS` ago: then it is held back, joined with the writes that
+follow, and sent as one frame from the connection thread as soon as that
+thread runs (or by the write that brings what is held to :data:`HOLD_BYTES`).
+A lone write costs no delay; a burst costs a few frames.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import concurrent.futures
 import itertools
 import logging
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -30,6 +37,10 @@ log = logging.getLogger(__name__)
 
 #: How long following a topic waits for the hub's answer.
 SUBSCRIBE_TIMEOUT = 10.0
+#: A CRDT write this soon after the topic's last frame is held back and joined with the next ones...
+BURST_SECONDS = 0.0005
+#: ... until the writes held add up to this many bytes: then they go (frames stay well under the hub's limit).
+HOLD_BYTES = 1 << 20
 
 _clock = HybridClock(node=client.SESSION)
 _ids = itertools.count(1)
@@ -49,14 +60,39 @@ class _Topic(Replica):
     def __init__(self, name: str, signal: Signal[Any], mode: str, kind: str | None) -> None:
         super().__init__(name, mode, kind, _clock, _peer_name)
         self.signal = signal
+        #: Held while a frame of this topic is made and sent, so frames leave in the order of their numbers.
+        self._sending = threading.Lock()
+        self._last_sent = 0.0
+        self._release_due = False
 
     def write(self, old: Any, new: Any) -> Any:
         """The signal's writer: publish a local write (on the writing thread, inside the signal's lock)."""
         peer = client.current_peer()
-        frame, kept = self.publish(new)
-        if frame is not None and peer.connected:
-            peer.send_frame(*frame)
+        with self._sending:
+            now = time.monotonic()
+            burst = self.kind != LWW and peer.connected and now - self._last_sent < BURST_SECONDS
+            hold = (burst or self._release_due) and self.held_bytes < HOLD_BYTES
+            frame, kept = self.publish(new, hold=hold)
+            if frame is not None and peer.connected:
+                peer.send_frame(*frame)
+                self._last_sent = now
+            elif self.held is not None and not self._release_due and peer.connected:
+                self._release_due = True
+                peer.call_soon(self._release, peer)
         return kept
+
+    def _release(self, peer: client.Peer) -> None:
+        """Send the writes held back, as one frame (on the connection thread)."""
+        with self._sending:
+            self._release_due = False
+            try:
+                frame = self.release()
+            except Exception:  # they stay held (and pending): a handshake ships them
+                log.exception("spindel: could not send the changes held back for topic %r", self.name)
+                return
+            if frame is not None and peer.connected:
+                peer.send_frame(*frame)
+                self._last_sent = time.monotonic()
 
     def receive(self, header: dict[str, Any], body: bytes, full_state: bool) -> None:
         self.receive_all([(header, body)], full_state)
@@ -75,7 +111,7 @@ class _Topic(Replica):
 
     def subscribe_frame(self, request_id: int) -> Frame:
         """The handshake frame, its value and stamp read in one piece under the signal's lock."""
-        with self.signal._lock:
+        with self.signal._lock, self._sending:
             return self.handshake(request_id, self.signal.value)
 
 

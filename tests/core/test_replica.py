@@ -185,13 +185,23 @@ class Peer:
         if self.connection is not None:  # the real peer drops frames while disconnected
             self.connection.up.append(wire.pack_frame(*frame))
 
-    def write(self, topic: str, change: Callable[[Any], Any]) -> None:
-        """A local write, as ``Signal.update`` makes it with the replica as the signal's writer."""
+    def write(self, topic: str, change: Callable[[Any], Any], hold: bool = False) -> None:
+        """A local write, as ``Signal.update`` makes it with the replica as the signal's writer.
+
+        ``hold``: held back, as the peer holds a write that comes in a burst.
+        """
         old = self.values[topic]
         with crdt.replica(self.name):
             new = change(old)
         if changed(old, new):
-            frame, self.values[topic] = self.replicas[topic].publish(new)
+            frame, self.values[topic] = self.replicas[topic].publish(new, hold=hold)
+            if frame is not None:
+                self.send(frame)
+
+    def release(self) -> None:
+        """Send the writes held back, each topic's as one frame (as the connection thread does)."""
+        for replica in self.replicas.values():
+            frame = replica.release()
             if frame is not None:
                 self.send(frame)
 
@@ -258,7 +268,7 @@ WRITES = st.one_of(
     st.tuples(st.just("map"), st.just("delete"), st.sampled_from("kl")),
 )
 WHO = st.integers(0, 3)
-WRITE = st.tuples(st.just("write"), WHO, WRITES)
+WRITE = st.tuples(st.just("write"), WHO, WRITES, st.booleans())
 DELIVER = st.tuples(st.sampled_from(["up", "down"]), WHO, st.integers(1, 4))
 STEPS = st.one_of(
     WRITE,
@@ -268,6 +278,7 @@ STEPS = st.one_of(
     st.tuples(st.just("duplicate"), WHO, st.sampled_from(["up", "down"]), st.integers(0, 1000)),
     st.tuples(st.just("disconnect"), WHO, st.booleans()),
     st.tuples(st.just("reconnect"), WHO),
+    st.tuples(st.just("release"), WHO),
     st.tuples(st.just("tick"), st.integers(0, 2)),
 )
 
@@ -334,6 +345,9 @@ def test_replicas_and_the_hub_converge_over_channels_that_delay_reorder_duplicat
       once, or only when the peer says hello again (it then replaces the old connection).
       The peer writes on while disconnected, and the reconnection redoes the handshake of
       every topic, as the real peer does after every reconnection.
+    - Held writes: a write may be held back (as the peer holds a burst) and leave later,
+      joined with the others held, when the peer releases them, or in the state of the
+      next handshake.
     - Duplicates: a topic frame that crossed once (on this connection or an earlier one)
       is queued again behind the frames in flight, as an at-least-once redelivery would
       send it; the handshake after a reconnection ships again what was sent before, so
@@ -359,7 +373,9 @@ def test_replicas_and_the_hub_converge_over_channels_that_delay_reorder_duplicat
             continue
         peer = peers[args[0] % len(peers)]
         if kind == "write":
-            peers[args[0] % schedule.writers].write(*change_for(args[1]))
+            peers[args[0] % schedule.writers].write(*change_for(args[1]), hold=args[2])
+        elif kind == "release":
+            peer.release()
         elif kind == "up":
             deliver_up(relay, peer, args[1])
         elif kind == "down":
@@ -374,6 +390,7 @@ def test_replicas_and_the_hub_converge_over_channels_that_delay_reorder_duplicat
     for peer in peers:
         if peer.connection is None:
             peer.connect()
+        peer.release()
     while any(p.connection is not None and (p.connection.up or p.connection.down) for p in peers):
         for peer in peers:
             deliver_up(relay, peer, len(peer.connection.up) if peer.connection else 0)
@@ -389,3 +406,31 @@ def test_replicas_and_the_hub_converge_over_channels_that_delay_reorder_duplicat
     for peer in peers:
         assert peer.observed == peer.changes, peer.name  # one call per real change, none for a no-op
         assert not any(r.pending for r in peer.replicas.values()), peer.name  # flush() would return
+
+
+def test_writes_held_back_leave_as_one_frame_numbered_after_those_sent() -> None:
+    writer = replica("orset")
+    value: Any = ORSet()
+    for element, hold in (("a", False), ("b", True), ("c", True)):
+        frame, value = writer.publish(value.add(element), hold=hold)
+        assert (frame is None) == hold
+    assert writer.pending and writer.sent == 1
+    header, body = published(writer.release())
+    assert header["seq"] == 2 and ORSet.from_state(wire.decode(body)) == {"b", "c"}
+    assert writer.release() is None
+    writer.publish(value.add("d"), hold=True)
+    (header, body), value = writer.publish(value.add("e"))  # not held: takes the held ones along
+    assert header["seq"] == 3 and ORSet.from_state(wire.decode(body)) == {"d", "e"}
+    writer.acknowledge(3)
+    assert not writer.pending
+
+
+def test_writes_held_back_travel_in_the_handshake_under_its_number() -> None:
+    writer = replica("gset")
+    _, value = writer.publish(GSet().add("x"), hold=True)
+    assert writer.pending and writer.sent == 0
+    header, body = writer.handshake(1, value)
+    assert header["seq"] == 1 and body is not None and GSet.from_state(wire.decode(body)) == {"x"}
+    assert writer.release() is None  # nothing is held any more
+    writer.acknowledge(1)
+    assert not writer.pending

@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from spindel_jupyter.core import wire
+from spindel_jupyter.core.crdt import LWWMap, ORSet
 from spindel_jupyter.core.errors import DecodeError, EncodeError
+from tests.custom_crdt import MaxRegister
 
 
 def same(a: Any, b: Any) -> bool:
@@ -248,3 +250,53 @@ def test_utc_offsets_keep_their_seconds_and_microseconds() -> None:
     for value in (dt.datetime(2000, 1, 1, tzinfo=odd), dt.time(1, 2, tzinfo=odd)):
         back = wire.decode(wire.encode(value))
         assert back == value and back.utcoffset() == value.utcoffset()
+
+
+def test_a_convergent_value_travels_as_one_extension_with_its_elements_exact() -> None:
+    value = {
+        "set": ORSet([(1, "x"), "a", 3]).remove(3),
+        "map": LWWMap({"k": (np.arange(3), dt.date(2024, 1, 2))}),
+    }
+    back = wire.decode(wire.encode(value))
+    assert type(back["set"]) is ORSet and back["set"] == {(1, "x"), "a"}
+    assert {type(e) for e in back["set"]} == {tuple, str}
+    array, day = back["map"]["k"]
+    assert array.tolist() == [0, 1, 2] and day == dt.date(2024, 1, 2)
+    outer = msgpack.unpackb(wire.encode(value["set"]))
+    assert isinstance(outer, msgpack.ExtType) and outer.code == wire.Ext.CRDT
+
+
+def test_an_unknown_or_malformed_convergent_value_is_a_decode_error() -> None:
+    def ext(payload: Any) -> bytes:
+        return msgpack.packb(msgpack.ExtType(wire.Ext.CRDT, msgpack.packb(payload)))
+
+    with pytest.raises(DecodeError, match=r"no convergent type is named 'nope'.*crdt\.register"):
+        wire.decode(ext(["nope", {}]))
+    with pytest.raises(DecodeError, match="bad orset value: malformed orset state"):
+        wire.decode(ext(["orset", {"entries": {}}]))
+    with pytest.raises(DecodeError, match=r"\[type name, state\]"):
+        wire.decode(ext("orset"))
+
+
+def test_an_encode_inside_an_encode_gets_a_packer_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A convergent type's state() may itself encode (on the same thread, mid-encode)."""
+    from spindel_jupyter.core import crdt
+
+    class Sealed(MaxRegister):
+        type_name = "sealed-test"
+
+        def state(self) -> Any:
+            return wire.encode([self.value, np.arange(2)])  # a nested encode, with a buffer of its own
+
+        @classmethod
+        def from_state(cls, data: Any) -> Any:
+            return cls(wire.decode(data)[0])
+
+    monkeypatch.setitem(crdt._registry, Sealed.type_name, Sealed)
+    value = {"a": np.arange(3), "sealed": Sealed(5.0), "b": (1, np.arange(4))}
+    back = wire.decode(wire.encode(value))
+    assert back["a"].tolist() == [0, 1, 2] and back["b"][1].tolist() == [0, 1, 2, 3]
+    assert type(back["sealed"]) is Sealed and back["sealed"].value == 5.0
+    with pytest.raises(EncodeError):
+        wire.encode({"bad": object()})
+    assert wire.decode(wire.encode([1, 2])) == [1, 2]  # nothing of the failed encode is left behind

@@ -138,7 +138,8 @@ def test_no_op_changes_no_observer_call_and_frames_stay_bounded(
     relayed = after["changes_relayed"] - before["changes_relayed"]
     received = after["changes_received"] - before["changes_received"]
     assert received <= 20  # the writer's own changes only: no peer re-publishes what it applied
-    assert relayed == 10 * len(others)  # each real change reaches each other peer once
+    # Each real change reaches each other peer once (changes arriving together: in one frame).
+    assert len(others) <= relayed <= 10 * len(others) and relayed % len(others) == 0
 
 
 def test_unencodable_value_is_refused_at_set(kernels: list[Kernel]) -> None:

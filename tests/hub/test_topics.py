@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 
 from spindel_jupyter.core import codes, wire
 from spindel_jupyter.core.crdt import GSet, ORSet, replica
+from spindel_jupyter.core.protocol import HUB
+from spindel_jupyter.hub import durable, topics
 from spindel_jupyter.hub.relay import Relay
 from spindel_jupyter.hub.topics import FLUSH_DELAY, TopicStore
 from tests.hub.conftest import Events
@@ -358,3 +362,192 @@ def test_stored_is_done_only_once_every_change_so_far_is_durable(
         store.close()
 
     asyncio.run(scenario())
+
+
+# -- a CRDT topic's log ----------------------------------------------------------------------
+
+
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    """The one topic's snapshot and log."""
+    (snapshot,) = (tmp_path / "topics").glob("*.topic")
+    return snapshot, snapshot.with_suffix(".log")
+
+
+def adds(relay: Relay, member: Any, n: int, topic: str = "set", start: int = 0) -> None:
+    """``n`` adds of ``x{i}``, one change each, from replica ``w``."""
+    value = ORSet[str]()
+    with replica("w"):
+        for i in range(start, start + n):
+            value = value.add(f"x{i}")
+            pub(relay, member, topic, "orset", delta(value), seq=i + 1)
+            value = value.clear_delta()
+
+
+def reloaded(tmp_path: Path, topic: str = "set") -> Any:
+    return TopicStore(tmp_path / "topics").topics[topic].state
+
+
+def test_crdt_changes_are_appended_to_a_log_and_reload_to_the_same_state(tmp_path: Path) -> None:
+    relay = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, link = join(relay, "a")
+    adds(relay, a, 1)
+    snapshot, log = files(tmp_path)
+    first = snapshot.read_bytes()
+    assert not log.exists()  # a new topic is written whole
+    adds(relay, a, 20, start=1)
+    assert snapshot.read_bytes() == first  # the state is not written again: its changes are appended
+    assert len(durable.Log(log).read()) == 20
+    assert reloaded(tmp_path) == relay.topics.topics["set"].state == {f"x{i}" for i in range(21)}
+    assert link.last("ack")["seq"] == 21
+
+
+def test_the_log_is_compacted_once_it_outgrows_the_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(topics, "COMPACT_BYTES", 0)  # compacted as soon as it holds more than the state
+    relay = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, _ = join(relay, "a")
+    adds(relay, a, 1)
+    snapshot, log = files(tmp_path)
+    sizes = []
+    for i in range(1, 60):
+        adds(relay, a, 1, start=i)
+        sizes.append((snapshot.stat().st_size, log.stat().st_size if log.exists() else 0))
+    assert any(after[1] < before[1] for before, after in itertools.pairwise(sizes))  # the log shrank
+    assert sizes[-1][0] > sizes[0][0]  # into a larger snapshot
+    assert all(changes <= state + 100 for state, changes in sizes)
+    assert reloaded(tmp_path) == {f"x{i}" for i in range(60)}
+    topic = relay.topics.topics["set"]
+    assert topic.size == sum(sizes[-1]) and topic.info()["size"] == topic.size
+
+
+def test_the_log_is_compacted_after_so_many_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(topics, "COMPACT_RECORDS", 5)
+    relay = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, _ = join(relay, "a")
+    adds(relay, a, 12)
+    _, log = files(tmp_path)
+    assert len(durable.Log(log).read()) <= 5  # 11 changes appended: compacted once
+    assert reloaded(tmp_path) == {f"x{i}" for i in range(12)}
+
+
+def test_a_torn_record_at_the_end_of_the_log_is_ignored(tmp_path: Path) -> None:
+    relay = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, _ = join(relay, "a")
+    adds(relay, a, 5)
+    _, log = files(tmp_path)
+    with open(log, "ab") as handle:  # a crash in the middle of the next append
+        handle.write(durable.RECORD.pack(100, 0) + b"\x85half")
+    again = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    assert again.topics.topics["set"].state == {f"x{i}" for i in range(5)}
+    b, _ = join(again, "b")
+    adds(again, b, 1, start=5)  # appended after the last whole record: readable
+    assert reloaded(tmp_path) == {f"x{i}" for i in range(6)}
+
+
+class Crash(BaseException):
+    """The hub dies here: nothing after it runs, no handler catches it."""
+
+
+@pytest.mark.parametrize("step", ["write", "rename", "directory", "empty-log"])
+def test_a_crash_between_the_steps_of_a_compaction_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    monkeypatch.setattr(topics, "COMPACT_RECORDS", 9)
+    relay = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, link = join(relay, "a")
+    adds(relay, a, 10)  # a snapshot and a log of 9 records: the next change compacts
+    acked = link.last("ack")["seq"]
+    real_fsync, real_replace, real_truncate = os.fsync, os.replace, os.ftruncate
+
+    def fsync(fd: int) -> None:
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if (step == "write" and target.name.endswith(".tmp")) or (step == "directory" and target.is_dir()):
+            raise Crash
+        real_fsync(fd)
+
+    def replace(source: Any, target: Any) -> None:
+        if step == "rename":
+            raise Crash
+        real_replace(source, target)
+
+    def ftruncate(fd: int, size: int) -> None:
+        if step == "empty-log" and size == 0:
+            raise Crash
+        real_truncate(fd, size)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    with pytest.raises(Crash):
+        adds(relay, a, 1, start=10)
+    assert link.last("ack")["seq"] == acked  # the change was not acknowledged
+    monkeypatch.undo()
+    assert reloaded(tmp_path) >= {f"x{i}" for i in range(acked)}  # every acknowledged one is there
+
+
+def test_an_ack_leaves_only_after_the_appended_change_is_fsynced(tmp_path: Path, disk: Events) -> None:
+    relay = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    a, link = join(relay, "a")
+    record_acks(link, disk)
+    adds(relay, a, 2)
+    _, log = files(tmp_path)
+    assert disk.index(("fsync", log)) < disk.index(("ack", ("set", 2)))
+    assert disk.count(("fsync", log.parent)) == 2  # the snapshot's rename, then the new log
+
+
+def test_a_topic_file_in_the_former_state_form_loads_and_takes_changes(tmp_path: Path) -> None:
+    with replica("old"):
+        value = ORSet([(1, "x"), "y"]).remove("y").add("z")
+    state = value.state()
+    former = {  # as hubs wrote it before: element -> set of dot pairs, the cloud a set of pairs
+        "entries": {
+            e: frozenset([(w, s)])
+            for e, w, s in zip(state["elements"], state["dots"][::2], state["dots"][1::2], strict=True)
+        },
+        "vv": state["vv"],
+        "cloud": frozenset(),
+    }
+    directory = tmp_path / "topics"
+    directory.mkdir()
+    name = hashlib.sha256(b"set").hexdigest()[:40]
+    (directory / f"{name}.topic").write_bytes(
+        wire.encode({"name": "set", "kind": "orset", "stamp": None, "state": former})
+    )
+    relay = Relay(1 << 20, TopicStore(directory))
+    assert relay.topics.topics["set"].state == {(1, "x"), "z"}
+    a, _ = join(relay, "a")
+    adds(relay, a, 1)
+    assert reloaded(tmp_path) == {(1, "x"), "z", "x0"}
+
+
+def test_on_a_loop_changes_arriving_together_are_relayed_as_one(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        store = TopicStore(tmp_path / "topics", schedule=loop.call_later)
+        relay = Relay(1 << 20, store)
+        (a, a_link), (b, b_link), (c, c_link) = join(relay, "a"), join(relay, "b"), join(relay, "c")
+        for member in (a, b, c):
+            sub(relay, member, "set", kind="orset")
+        with replica("ra"):
+            pub(relay, a, "set", "orset", delta(ORSet().add("a1")), seq=1)
+            pub(relay, a, "set", "orset", delta(ORSet().add("a2")), seq=2)
+        await asyncio.sleep(0.001)
+        (header, body), *rest = pubs(b_link)
+        assert rest == [] and header["from"] == "a" and ORSet.from_state(body) == {"a1", "a2"}
+        assert pubs(a_link) == []  # one sender: not sent back to it
+        with replica("rb"):
+            pub(relay, b, "set", "orset", delta(ORSet().add("b1")), seq=1)
+        with replica("rc"):
+            pub(relay, c, "set", "orset", delta(ORSet().add("c1")), seq=1)
+        await asyncio.sleep(0.001)
+        for link in (a_link, b_link, c_link):  # several senders: everyone, the senders too
+            header, body = pubs(link)[-1]
+            assert header["from"] == HUB and ORSet.from_state(body) == {"b1", "c1"}
+        await store.stored()
+        assert {(h["topic"], h["seq"]) for h, _ in b_link.of("ack")} == {("set", 1)}
+        assert store.topics["set"].state == {"a1", "a2", "b1", "c1"}
+        store.close()
+
+    asyncio.run(scenario())
+    assert reloaded(tmp_path) == {"a1", "a2", "b1", "c1"}

@@ -193,3 +193,52 @@ def test_a_new_peer_where_a_dead_one_was_gets_the_frame_handlers() -> None:
         assert peer._frame_handlers.get(PUB) is sync._on_pub
     finally:
         peer._loop.close()
+
+
+class _Wire:
+    """Stands in for the process's peer: frames sent, and what waits for the connection thread."""
+
+    name = "me"
+    connected = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[dict[str, Any], Any]] = []
+        self.soon: list[Any] = []
+
+    def send_frame(self, header: dict[str, Any], body: bytes | None = None) -> None:
+        self.sent.append((header, GSet.from_state(wire.decode(body)) if body else None))
+
+    def call_soon(self, fn: Any, *args: Any) -> None:
+        self.soon.append((fn, args))
+
+    def run_soon(self) -> None:
+        soon, self.soon = self.soon, []
+        for fn, args in soon:
+            fn(*args)
+
+
+def test_a_burst_of_crdt_writes_leaves_as_a_few_frames_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    peer = _Wire()
+    monkeypatch.setattr(client, "current_peer", lambda: peer)
+    monkeypatch.setattr(sync, "BURST_SECONDS", 60.0)  # every write after the first comes in a burst
+    signal: Signal[Any] = Signal(GSet())
+    topic = _Topic("t", signal, "sync", "gset")
+    signal._add_writer(topic.write)
+    for i in range(5):
+        signal.update(lambda value, i=i: value.add(i))
+    assert [(h["seq"], body) for h, body in peer.sent] == [(1, {0})]  # the first at once
+    assert topic.pending and len(peer.soon) == 1  # the rest held, one release on its way
+    peer.run_soon()
+    assert [(h["seq"], body) for h, body in peer.sent] == [(1, {0}), (2, {1, 2, 3, 4})]
+    monkeypatch.setattr(sync, "BURST_SECONDS", 0.0)
+    signal.update(lambda value: value.add(5))  # not in a burst: at once
+    assert [(h["seq"], body) for h, body in peer.sent][-1] == (3, {5}) and peer.soon == []
+    topic.acknowledge(3)
+    assert not topic.pending and signal.value == set(range(6))
+    monkeypatch.setattr(sync, "BURST_SECONDS", 60.0)
+    monkeypatch.setattr(sync, "HOLD_BYTES", 6)  # what is held goes once it reaches 6 bytes (3 deltas)
+    for i in range(6, 20):
+        signal.update(lambda value, i=i: value.add(i))
+    assert len(peer.sent) == 6 and all(body and len(body) == 4 for _, body in peer.sent[3:])
+    peer.run_soon()
+    assert set().union(*(body for _, body in peer.sent)) == set(range(20))

@@ -49,7 +49,7 @@ def load(p: dict[str, Any]) -> dict[str, Any]:
     count = sync.sync_signal(p["counter"], PNCounter())
     (folder / f"ready-{i}").touch()
     wait_for_file(folder / "go", 120)
-    start = time.time()
+    start, cpu = time.time(), time.process_time()
 
     def write_all() -> None:
         for j in range(m):
@@ -69,6 +69,7 @@ def load(p: dict[str, Any]) -> dict[str, Any]:
         "written": written,
         "acked": acked,
         "converged": time.time(),
+        "cpu_s": time.process_time() - cpu,
         "ok": ok,
         "size": len(items.value),
         "count": int(count.value),
