@@ -10,7 +10,18 @@ from spindel_jupyter.core import wire
 from spindel_jupyter.core.protocol import LWW, PUB
 
 from . import raw_relay, ycrdt
-from .common import CLEANUP, Block, Shared, guarded, interleave, latency, percentile, start, worker_blocks
+from .common import (
+    CLEANUP,
+    Block,
+    Proc,
+    Shared,
+    guarded,
+    interleave,
+    latency,
+    percentile,
+    start,
+    worker_blocks,
+)
 
 #: Seconds of warm-up, then of measurement, for the throughput runs.
 TP_WARMUP = 1.0
@@ -116,20 +127,27 @@ def _warmup_seconds(shared: Shared) -> tuple[float, float]:
     return (0.5, 2.0) if shared.quick else (TP_WARMUP, TP_SECONDS)
 
 
-def spindel_throughput(shared: Shared) -> float:
-    """Updates/s observed by a subscriber while a writer ``set``s an int as fast as it can."""
+def _reader_and_writer(shared: Shared, name: str, reader_role: str, writer_role: str) -> tuple[Proc, Proc]:
+    """A subscriber worker (ready) and a writer worker on one fresh topic, started for a throughput run."""
     hub = shared.hub()
     warmup, seconds = _warmup_seconds(shared)
-    topic = _topic("throughput")
+    topic = _topic(name)
     reader = start(
-        "tp-reader", "bench.peers", "reader", *hub.peer_args("tp-reader"),
+        f"{name}-reader", "bench.peers", reader_role, *hub.peer_args(f"{name}-reader"),
         "--topic", topic, "--warmup", warmup, "--seconds", seconds, "--max-seconds", warmup + seconds + 30,
     )  # fmt: skip
     reader.expect("READY", 30)
     writer = start(
-        "tp-writer", "bench.peers", "writer", *hub.peer_args("tp-writer"),
+        f"{name}-writer", "bench.peers", writer_role, *hub.peer_args(f"{name}-writer"),
         "--topic", topic, "--seconds", warmup + seconds + 1.5,
     )  # fmt: skip
+    return reader, writer
+
+
+def spindel_throughput(shared: Shared) -> float:
+    """Updates/s observed by a subscriber while a writer ``set``s an int as fast as it can."""
+    warmup, seconds = _warmup_seconds(shared)
+    reader, writer = _reader_and_writer(shared, "tp", "reader", "writer")
     result = reader.result(timeout=warmup + seconds + 60)
     writer.result(timeout=warmup + seconds + 30)
     for proc in (writer, reader):
@@ -143,18 +161,8 @@ def spindel_crdt_throughput(shared: Shared) -> float:
     The subscriber counts the counter's value (the writer's progress), then checks
     it ends equal to the writer's count: a lost increment fails the measure.
     """
-    hub = shared.hub()
     warmup, seconds = _warmup_seconds(shared)
-    topic = _topic("count")
-    reader = start(
-        "tp-count-reader", "bench.peers", "count-reader", *hub.peer_args("tp-count-reader"),
-        "--topic", topic, "--warmup", warmup, "--seconds", seconds, "--max-seconds", warmup + seconds + 30,
-    )  # fmt: skip
-    reader.expect("READY", 30)
-    writer = start(
-        "tp-count-writer", "bench.peers", "count-writer", *hub.peer_args("tp-count-writer"),
-        "--topic", topic, "--seconds", warmup + seconds + 1.5,
-    )  # fmt: skip
+    reader, writer = _reader_and_writer(shared, "tp-count", "count-reader", "count-writer")
     sent = int(writer.result(timeout=warmup + seconds + 90)["sent"])
     reader.send(f"final {sent}")
     result = reader.result(timeout=warmup + seconds + 90)
