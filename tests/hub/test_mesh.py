@@ -1,0 +1,110 @@
+"""The mesh: hubs of several Jupyter servers joined over a real nats-server (JetStream)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spindel_jupyter.hub.mesh import _without_credentials
+from tests.support import HubServer, NatsServer, free_port, wait_until
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Any]:
+    started: list[HubServer] = []
+
+    def start(name: str, *args: str) -> HubServer:
+        hub = HubServer(tmp_path / name, args=(f"--SpindelHub.hub_name={name}", *args)).start()
+        started.append(hub)
+        return hub
+
+    try:
+        yield start
+    finally:
+        for hub in started:
+            hub.stop()
+
+
+def mesh(hub: HubServer) -> dict[str, Any]:
+    return dict(hub.get("spindel/api/stats")["mesh"])
+
+
+def test_a_hub_without_nats_works_alone(servers: Any) -> None:
+    hub = servers("solo")
+    assert mesh(hub) == {"state": "alone"}
+
+
+def test_the_hubs_of_servers_see_each_other_and_a_dead_one_leaves_within_5_s(
+    nats: NatsServer, servers: Any
+) -> None:
+    a = servers("A", f"--SpindelHub.nats_url={nats.url}")
+    b = servers("B", f"--SpindelHub.nats_url={nats.url}")
+    c = servers("C", f"--SpindelHub.nats_url={nats.url}")
+    for hub in (a, b, c):
+        wait_until(
+            lambda hub=hub: mesh(hub)["hubs"] == ["A", "B", "C"], timeout=20, what="the hubs in the mesh"
+        )
+        assert mesh(hub)["state"] == "connected"
+    c.stop()  # a clean stop takes its entry out at once, not when it expires
+    stopped = time.monotonic()
+    wait_until(lambda: mesh(a)["hubs"] == ["A", "B"], timeout=10, what="the stopped server's hub to leave")
+    assert time.monotonic() - stopped < 1.8, "a hub that stops cleanly leaves before its entry would expire"
+    b.kill()
+    killed = time.monotonic()
+    wait_until(lambda: mesh(a)["hubs"] == ["A"], timeout=10, what="the dead server's hub to leave the mesh")
+    assert time.monotonic() - killed <= 5.0, "a dead server's hub must leave the others' lists within 5 s"
+
+
+def test_nats_out_of_reach_is_logged_and_retried_while_the_hub_serves_its_own(
+    tmp_path: Path, servers: Any
+) -> None:
+    port = free_port()
+    hub = servers("lonely", f"--SpindelHub.nats_url=nats://127.0.0.1:{port}")
+    wait_until(lambda: mesh(hub)["problem"], timeout=20, what="the hub to say why it cannot join")
+    assert mesh(hub)["state"] == "connecting"
+    wait_until(lambda: "cannot reach NATS" in hub.log_path.read_text(), timeout=10, what="the log line")
+    assert hub.get("spindel/api/peers") == []  # the hub's own routes keep working
+    nats = NatsServer(tmp_path / "late-nats", port=port).start()
+    try:
+        wait_until(
+            lambda: mesh(hub)["state"] == "connected", timeout=20, what="the hub to join once NATS is up"
+        )
+        assert mesh(hub)["hubs"] == ["lonely"]
+        assert mesh(hub)["problem"] == ""
+    finally:
+        nats.stop()
+    wait_until(
+        lambda: mesh(hub)["state"] == "disconnected", timeout=20, what="the hub to notice NATS is gone"
+    )
+
+
+def test_credentials_in_the_nats_url_stay_out_of_the_stats_and_the_log(tmp_path: Path, servers: Any) -> None:
+    nats = NatsServer(tmp_path / "nats", args=("--user", "hub", "--pass", "s3cret-word")).start()
+    try:
+        url = f"nats://hub:s3cret-word@127.0.0.1:{nats.port}"
+        hub = servers("guarded", f"--SpindelHub.nats_url={url}")
+        wait_until(
+            lambda: mesh(hub)["state"] == "connected", timeout=20, what="the hub to join with its password"
+        )
+        assert "s3cret-word" not in str(mesh(hub))
+        assert mesh(hub)["nats"] == f"nats://***@127.0.0.1:{nats.port}"
+    finally:
+        nats.stop()
+    assert "s3cret-word" not in hub.log_path.read_text().replace(url, "")
+
+
+def test_credentials_are_taken_out_of_every_url_of_a_list() -> None:
+    assert _without_credentials("nats://a:b@h1:4222, nats://h2") == "nats://***@h1:4222,nats://h2"
