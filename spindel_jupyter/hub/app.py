@@ -155,15 +155,19 @@ class SpindelHub(ExtensionApp):
         self.export_environment()
 
     def _log_with_the_server(self) -> None:
-        """The hub's modules log (``logging.getLogger(__name__)``) where the server logs, at its level."""
+        """The hub's modules log (``logging.getLogger(__name__)``) where the server logs, at its level.
+
+        Only where nothing else collects log records (a host that configured logging keeps its say).
+        """
         server = self.serverapp
         assert server is not None
+        if logging.getLogger().handlers:
+            return
         package = logging.getLogger("spindel_jupyter")
         for handler in server.log.handlers:
             if handler not in package.handlers:
                 package.addHandler(handler)
         package.setLevel(server.log.level)
-        package.propagate = False
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(

@@ -84,6 +84,7 @@ def test_nats_out_of_reach_is_logged_and_retried_while_the_hub_serves_its_own(
         )
         assert mesh(hub)["hubs"] == ["lonely"]
         assert mesh(hub)["problem"] == ""
+        wait_until(lambda: "joined the mesh" in hub.log_path.read_text(), timeout=10, what="the log says so")
     finally:
         nats.stop()
     wait_until(
