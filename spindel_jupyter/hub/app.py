@@ -186,9 +186,15 @@ class SpindelHub(ExtensionApp):
         # The port is final only once the server runs (it may have moved off a busy one).
         await super()._start_jupyter_server_extension(serverapp)
         self.export_environment()
+        self.relay.hub_name = self.hub_name
         if self.mesh is not None:
-            self.mesh.hub_name = self.hub_name
-            self.mesh.start()
+            mesh = self.mesh
+            mesh.hub_name = self.hub_name
+            mesh.on_peers = self.relay.broadcast_peers
+            self.relay.mesh_peers = mesh.peers
+            self.relay.on_peers.append(mesh.set_peers)
+            mesh.set_peers(self.relay.local_peers())
+            mesh.start()
 
     def _workspace_op(self, op: str) -> Callable[[Any, Any], Awaitable[Any]]:
         """Workspace operation ``op`` as peers send it (``workspace.OP``): for the hub-stamped sender."""

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,6 +46,11 @@ class Mesh:
         #: Why the last attempt to reach NATS failed ("" once connected).
         self.problem = ""
         self._hubs: dict[str, dict[str, Any]] = {}
+        #: This hub's own peers, as announced to the mesh.
+        self._peers: list[dict[str, Any]] = []
+        self._changed: asyncio.Event | None = None
+        #: Called when the peers of the other hubs changed.
+        self.on_peers: Callable[[], None] = lambda: None
         self._nc: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -65,6 +71,22 @@ class Mesh:
                 await kv.delete(self.hub_name)
             with contextlib.suppress(Exception):
                 await nc.close()
+
+    def set_peers(self, peers: list[dict[str, Any]]) -> None:
+        """This hub's own peers changed: announce them now."""
+        self._peers = [{k: v for k, v in peer.items() if k not in ("hub", "local")} for peer in peers]
+        if self._changed is not None:
+            self._changed.set()
+
+    def peers(self) -> list[dict[str, Any]]:
+        """The peers of the mesh's other hubs, as last seen, each with its hub."""
+        return [
+            {**peer, "hub": hub, "local": False}
+            for hub, entry in sorted(self._hubs.items())
+            if hub != self.hub_name
+            for peer in entry.get("peers") or []
+            if isinstance(peer, dict)
+        ]
 
     def hubs(self) -> list[str]:
         """The hubs of the mesh, this one included, as last seen."""
@@ -101,6 +123,9 @@ class Mesh:
                 if nc is not None:
                     with contextlib.suppress(Exception):
                         await nc.close()
+                had_peers, self._hubs = bool(self.peers()), {}  # out of the mesh, nobody there is reachable
+                if had_peers:
+                    self.on_peers()
                 await asyncio.sleep(jittered(delay))
                 delay = min(delay * 2, _BACKOFF_MAX)
 
@@ -133,20 +158,27 @@ class Mesh:
         js = nc.jetstream()
         kv = await js.create_key_value(KeyValueConfig(bucket=HUBS_BUCKET, ttl=HUB_TTL, history=1))
         since = time.time()
+        self._changed = asyncio.Event()
         while not nc.is_closed:
-            entry = {"hub": self.hub_name, "since": since}
+            self._changed.clear()
+            entry = {"hub": self.hub_name, "since": since, "peers": self._peers}
             await kv.put(self.hub_name, json.dumps(entry).encode())
             hubs: dict[str, dict[str, Any]] = {}
             with contextlib.suppress(Exception):  # no keys at all is an error in nats-py
                 for key in await kv.keys():
-                    hubs[key] = {}
-            hubs.setdefault(self.hub_name, entry)
+                    with contextlib.suppress(Exception):  # gone since it was listed
+                        hubs[key] = json.loads((await kv.get(key)).value)
+            hubs[self.hub_name] = entry
+            before = self.peers()
             self._hubs = hubs
+            if self.peers() != before:
+                self.on_peers()
             if self.state != CONNECTED:
                 self.state, self.problem = CONNECTED, ""
                 where = _without_credentials(self.url)
                 log.info("spindel: joined the mesh at %s as %r", where, self.hub_name)
-            await asyncio.sleep(HEARTBEAT)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), HEARTBEAT)
         raise ConnectionError("the connection to NATS closed")
 
 

@@ -120,6 +120,11 @@ class Relay:
         self._tasks: set[asyncio.Future[None]] = set()
         #: Node store counters for stats, when the hub has a store.
         self.store_stats: Callable[[], dict[str, int]] | None = None
+        #: This hub's name (in the mesh, and on its peers in lists).
+        self.hub_name = ""
+        #: The peers of the mesh's other hubs, when it is in one; told of changes to this hub's own.
+        self.mesh_peers: Callable[[], list[dict[str, Any]]] | None = None
+        self.on_peers: list[Callable[[list[dict[str, Any]]], None]] = []
         #: The mesh's state for stats (``alone`` without NATS).
         self.mesh_stats: Callable[[], dict[str, Any]] | None = None
 
@@ -153,9 +158,14 @@ class Relay:
             **({"mesh": self.mesh_stats()} if self.mesh_stats else {}),
         }
 
+    def local_peers(self) -> list[dict[str, Any]]:
+        """This hub's own peers, each with this hub's name."""
+        here = {"hub": self.hub_name, "local": True}
+        return [{**m.info(), **here} for m in sorted(self.members.values(), key=lambda m: m.name)]
+
     def peers(self) -> list[dict[str, Any]]:
-        """What ``/spindel/api/peers`` and the ``peers`` op report."""
-        return [m.info() for m in sorted(self.members.values(), key=lambda m: m.name)]
+        """What ``/spindel/api/peers`` and the ``peers`` op report: this hub's, then the mesh's others."""
+        return self.local_peers() + (self.mesh_peers() if self.mesh_peers else [])
 
     # -- inbound frames -------------------------------------------------------
 
@@ -409,10 +419,17 @@ class Relay:
         if any(m.kind == "ui" for m in self.members.values()):
             self.broadcast_ui("topics", self.topics.list())
 
-    def _broadcast_peers(self) -> None:
+    def broadcast_peers(self) -> None:
+        """Tell every peer the list of peers (it changed here, or elsewhere in the mesh)."""
         frame = wire.pack_frame({"t": EVENT, "event": "peers", "from": HUB}, wire.encode(self.peers()))
         for other in self.members.values():
             other.link.send(frame)
+
+    def _broadcast_peers(self) -> None:
+        local = self.local_peers()
+        for listener in self.on_peers:
+            listener(local)
+        self.broadcast_peers()
 
 
 def _reply(member: Member, request_id: int, result: Any) -> None:

@@ -66,19 +66,25 @@ class Table:
 
 
 def peer_table(peers: Sequence[dict[str, Any]], me: str = "") -> Table:
-    """The connected peers, this one marked."""
+    """The connected peers, this one marked; with their hubs when the hub is in a mesh of several."""
+    hubs = {peer.get("hub") for peer in peers}
+    several = len(hubs) > 1
     rows = []
     highlight = None
     for i, peer in enumerate(peers):
         name = peer.get("name", "")
-        if name == me:
+        if name == me and peer.get("local", True):
             highlight = i
             name = f"{name} (you)"
         contexts = ", ".join(peer.get("contexts") or []) or "-"
-        rows.append([name, peer.get("kind", ""), contexts, peer.get("since", "")])
+        row = [name, peer.get("kind", ""), contexts, peer.get("since", "")]
+        rows.append([*row[:1], peer.get("hub", ""), *row[1:]] if several else row)
     n = len(peers)
-    title = f"{n} peer{'s' if n != 1 else ''} connected"
-    return Table(["peer", "kind", "serves", "connected since"], rows, title=title, highlight=highlight)
+    title = f"{n} peer{'s' if n != 1 else ''} connected" + (f" on {len(hubs)} hubs" if several else "")
+    columns = ["peer", "kind", "serves", "connected since"]
+    return Table(
+        [*columns[:1], "hub", *columns[1:]] if several else columns, rows, title=title, highlight=highlight
+    )
 
 
 def conflicts_html(conflict: MergeConflict) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from spindel_jupyter.hub.mesh import _without_credentials
+from spindel_jupyter.peer.client import Peer
 from tests.support import HubServer, NatsServer, free_port, wait_until
 
 
@@ -66,6 +67,33 @@ def test_the_hubs_of_servers_see_each_other_and_a_dead_one_leaves_within_5_s(
     killed = time.monotonic()
     wait_until(lambda: mesh(a)["hubs"] == ["A"], timeout=10, what="the dead server's hub to leave the mesh")
     assert time.monotonic() - killed <= 5.0, "a dead server's hub must leave the others' lists within 5 s"
+
+
+def test_peers_are_listed_across_the_mesh_with_their_hub(nats: NatsServer, servers: Any) -> None:
+    a = servers("A", f"--SpindelHub.nats_url={nats.url}")
+    b = servers("B", f"--SpindelHub.nats_url={nats.url}")
+    alice = Peer(a.ws_url, "alice", a.token).start()
+    try:
+
+        def seen_from_b() -> list[tuple[str, str, bool]]:
+            return [(p["name"], p["hub"], p["local"]) for p in b.get("spindel/api/peers")]
+
+        wait_until(lambda: seen_from_b() == [("alice", "A", False)], timeout=20, what="alice listed on B")
+        assert [(p["name"], p["hub"], p["local"]) for p in a.get("spindel/api/peers")] == [
+            ("alice", "A", True)
+        ]
+        bob = Peer(b.ws_url, "bob", b.token).start()
+        try:
+            wait_until(
+                lambda: {p["name"] for p in alice.peers()} == {"alice", "bob"}, timeout=20, what="bob seen"
+            )
+            listed = {p["name"]: (p["hub"], p["local"]) for p in alice.peers()}
+            assert listed == {"alice": ("A", True), "bob": ("B", False)}
+        finally:
+            bob.close()
+    finally:
+        alice.close()
+    wait_until(lambda: seen_from_b() == [], timeout=20, what="alice to leave B's list once she left A")
 
 
 def test_nats_out_of_reach_is_logged_and_retried_while_the_hub_serves_its_own(

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from IPython.core.formatters import DisplayFormatter
 
 from spindel_jupyter.core.errors import MergeConflict
-from spindel_jupyter.kernel.display import conflicts_html, register_displays
+from spindel_jupyter.kernel.display import conflicts_html, peer_table, register_displays
 
 CONFLICT = MergeConflict(
     "conflicting edits in cell(s) 0, 2: nothing was merged",
@@ -33,3 +33,20 @@ def test_a_notebook_shows_a_conflict_as_html_once_registered() -> None:
     data, _ = formatter.format(CONFLICT)
     assert data["text/html"] == conflicts_html(CONFLICT)
     assert data["text/plain"].startswith("conflicting edits")  # the text form stays the core's
+
+
+def test_peers_of_one_hub_show_no_hub_column() -> None:
+    table = peer_table([{"name": "bob", "kind": "kernel", "hub": "A", "local": True}], me="bob")
+    assert table.columns == ["peer", "kind", "serves", "connected since"]
+    assert table.rows[0][0] == "bob (you)" and table.title == "1 peer connected"
+
+
+def test_peers_of_a_mesh_show_their_hub_and_only_the_local_namesake_is_you() -> None:
+    peers = [
+        {"name": "bob", "kind": "kernel", "hub": "A", "local": True},
+        {"name": "bob", "kind": "kernel", "hub": "B", "local": False},
+    ]
+    table = peer_table(peers, me="bob")
+    assert table.columns == ["peer", "hub", "kind", "serves", "connected since"]
+    assert [row[:2] for row in table.rows] == [["bob (you)", "A"], ["bob", "B"]]
+    assert table.highlight == 0 and table.title == "2 peers connected on 2 hubs"
