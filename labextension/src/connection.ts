@@ -26,6 +26,10 @@ export interface IPeer {
   scope?: string;
   /** The user the peer acts for. */
   user?: string;
+  /** The hub the peer is connected to (in a mesh of several, see docs/federation.md). */
+  hub?: string;
+  /** false for a peer of another hub of the mesh. */
+  local?: boolean;
 }
 
 /** A topic held by the hub, as `{base_url}spindel/api/topics` lists it. */

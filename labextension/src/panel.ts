@@ -220,7 +220,7 @@ export class SpindelPanel extends Widget {
   private _updateWorkspaces(): void {
     const workspaces = [...this._connection.workspaces].sort((a, b) => a.name.localeCompare(b.name));
     // Rebuilt only when what it shows changed: a rebuild under a pressed button would eat its click.
-    const connected = (peer: string): boolean => this._connection.peers.some(p => p.name === peer);
+    const connected = (peer: string): boolean => this._isConnectedHere(peer);
     const writers = workspaces.map(w => activeOwner(w, connected));
     const key = JSON.stringify([workspaces, writers, this._connection.peers.map(p => p.name)]);
     this._expireLeasesLater(workspaces, connected);
@@ -270,7 +270,7 @@ export class SpindelPanel extends Widget {
   }
 
   private _workspaceItem(workspace: IWorkspace): HTMLElement {
-    const connected = (peer: string): boolean => this._connection.peers.some(p => p.name === peer);
+    const connected = (peer: string): boolean => this._isConnectedHere(peer);
     const writer = activeOwner(workspace, connected);
     const followers = workspace.followers?.length ?? 0;
     const followerText = `${followers} follower${followers === 1 ? '' : 's'}`;
@@ -356,11 +356,17 @@ export class SpindelPanel extends Widget {
     return item;
   }
 
+  /** Whether peer `name` is connected to this hub (a namesake on another hub of the mesh is not). */
+  private _isConnectedHere(name: string): boolean {
+    return this._connection.peers.some(p => p.name === name && p.local !== false);
+  }
+
   private _peerItem(peer: IPeer): HTMLElement {
     const kernel = this.currentKernel;
-    const isCurrent = !!peer.kernel && peer.kernel === kernel;
-    const isSelf = peer.kind === 'ui' && peer.name === this._connection.name;
-    const mark = isCurrent ? '(this notebook)' : isSelf ? '(this panel)' : '';
+    const here = peer.local !== false;
+    const isCurrent = here && !!peer.kernel && peer.kernel === kernel;
+    const isSelf = here && peer.kind === 'ui' && peer.name === this._connection.name;
+    const mark = isCurrent ? '(this notebook)' : isSelf ? '(this panel)' : here ? '' : `on ${peer.hub ?? '?'}`;
     const contexts = peer.contexts.length ? peer.contexts.join(', ') : 'none';
     const item = h(
       'li',
