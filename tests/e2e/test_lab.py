@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.support import BASE_URL, REPO, HubServer, Kernel, wait_until
+from spindel_jupyter.peer.client import Peer
+from tests.support import BASE_URL, REPO, HubServer, Kernel, NatsServer, wait_until
 
 ARTIFACTS = REPO / "test-artifacts"
 DEMOS = REPO / "demo_notebooks"
@@ -251,6 +252,28 @@ def test_panel_shows_peers_and_topics_live_and_the_slider_syncs(
         kernel_b.shutdown()
         expect(peer_b).to_have_count(0, timeout=10_000)
         expect(status).to_have_text("Spindel: 2 peers")
+
+
+def test_the_panel_lists_the_peers_of_another_hub_with_their_hub(
+    tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
+) -> None:
+    with ExitStack() as cleanup:
+        nats = NatsServer(tmp_path / "nats").start()
+        cleanup.callback(nats.stop)
+        mesh = (f"--SpindelHub.nats_url={nats.url}",)
+        lab = LabServer(tmp_path / "lab", args=(*mesh, "--SpindelHub.hub_name=A")).start()
+        cleanup.callback(lab.stop)
+        other = HubServer(tmp_path / "other", args=(*mesh, "--SpindelHub.hub_name=B")).start()
+        cleanup.callback(other.stop)
+        bob = Peer(other.ws_url, "bob", other.token).start()
+        cleanup.callback(bob.close)
+        with browsing(browser, lab, request) as page:
+            page.goto(f"{lab.http_url}lab?reset&token={lab.token}")
+            panel = show_panel(page)
+            bob_item = panel.locator(".jp-SpindelPanel-peer[data-peer='bob']")
+            expect(bob_item).to_contain_text("on B", timeout=30_000)
+            bob.close()
+            expect(bob_item).to_have_count(0, timeout=30_000)
 
 
 def test_workspaces_follow_fork_and_merge_with_conflicts_from_the_panel(
