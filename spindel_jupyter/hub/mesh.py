@@ -74,7 +74,8 @@ class Mesh:
 
     def set_peers(self, peers: list[dict[str, Any]]) -> None:
         """This hub's own peers changed: announce them now."""
-        self._peers = [{k: v for k, v in peer.items() if k not in ("hub", "local")} for peer in peers]
+        # A kernel id means something only to its own server: it stays there.
+        self._peers = [{**_announced(peer), "kernel": ""} for peer in peers]
         if self._changed is not None:
             self._changed.set()
 
@@ -180,6 +181,10 @@ class Mesh:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), HEARTBEAT)
         raise ConnectionError("the connection to NATS closed")
+
+
+def _announced(peer: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in peer.items() if key not in ("hub", "local", "kernel")}
 
 
 class _Unreachable(ConnectionError):

@@ -72,13 +72,16 @@ def test_the_hubs_of_servers_see_each_other_and_a_dead_one_leaves_within_5_s(
 def test_peers_are_listed_across_the_mesh_with_their_hub(nats: NatsServer, servers: Any) -> None:
     a = servers("A", f"--SpindelHub.nats_url={nats.url}")
     b = servers("B", f"--SpindelHub.nats_url={nats.url}")
-    alice = Peer(a.ws_url, "alice", a.token).start()
+    alice = Peer(a.ws_url, "alice", a.token)
+    alice.kernel = "0b1c2d3e-kernel-of-server-a"
+    alice.start()
     try:
 
         def seen_from_b() -> list[tuple[str, str, bool]]:
             return [(p["name"], p["hub"], p["local"]) for p in b.get("spindel/api/peers")]
 
         wait_until(lambda: seen_from_b() == [("alice", "A", False)], timeout=20, what="alice listed on B")
+        assert b.get("spindel/api/peers")[0]["kernel"] == ""  # a kernel id stays on its own server
         assert [(p["name"], p["hub"], p["local"]) for p in a.get("spindel/api/peers")] == [
             ("alice", "A", True)
         ]
