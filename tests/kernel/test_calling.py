@@ -188,8 +188,14 @@ def test_an_interrupt_stops_the_call_there(connect: Callable[[Answer | None], Fa
         os.kill(os.getpid(), signal.SIGINT)  # as the kernel's interrupt does, while the call waits
 
     peer = connect(interrupts)
-    with pytest.raises(KeyboardInterrupt):
-        run("bob", "import time; time.sleep(30)")
+    # A cell runs with Python's own SIGINT handler (the kernel's interrupt raises KeyboardInterrupt):
+    # whatever an earlier test in this process left installed must not decide this one.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run("bob", "import time; time.sleep(30)")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert peer.cancelled == [("bob", 1)]
 
 
