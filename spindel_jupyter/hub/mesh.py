@@ -74,8 +74,7 @@ class Mesh:
 
     def set_peers(self, peers: list[dict[str, Any]]) -> None:
         """This hub's own peers changed: announce them now."""
-        # A kernel id means something only to its own server: it stays there.
-        self._peers = [{**_announced(peer), "kernel": ""} for peer in peers]
+        self._peers = [_announced(peer) for peer in peers]
         if self._changed is not None:
             self._changed.set()
 
@@ -184,7 +183,9 @@ class Mesh:
 
 
 def _announced(peer: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in peer.items() if key not in ("hub", "local", "kernel")}
+    """What the mesh learns of one of this hub's peers: not how this hub lists it, nor its kernel id
+    (which means something only to its own server)."""
+    return {**{key: value for key, value in peer.items() if key not in ("hub", "local")}, "kernel": ""}
 
 
 class _Unreachable(ConnectionError):

@@ -77,14 +77,12 @@ def peer_table(peers: Sequence[dict[str, Any]], me: str = "") -> Table:
             highlight = i
             name = f"{name} (you)"
         contexts = ", ".join(peer.get("contexts") or []) or "-"
-        row = [name, peer.get("kind", ""), contexts, peer.get("since", "")]
-        rows.append([*row[:1], peer.get("hub", ""), *row[1:]] if several else row)
+        hub = [peer.get("hub", "")] if several else []
+        rows.append([name, *hub, peer.get("kind", ""), contexts, peer.get("since", "")])
     n = len(peers)
     title = f"{n} peer{'s' if n != 1 else ''} connected" + (f" on {len(hubs)} hubs" if several else "")
-    columns = ["peer", "kind", "serves", "connected since"]
-    return Table(
-        [*columns[:1], "hub", *columns[1:]] if several else columns, rows, title=title, highlight=highlight
-    )
+    columns = ["peer", *(["hub"] if several else []), "kind", "serves", "connected since"]
+    return Table(columns, rows, title=title, highlight=highlight)
 
 
 def conflicts_html(conflict: MergeConflict) -> str:
