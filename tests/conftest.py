@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support import HubServer
+from tests.support import HubServer, NatsServer
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
@@ -51,3 +52,30 @@ def own_hub(tmp_path: Path) -> Iterator[HubServer]:
     server = HubServer(tmp_path / "hub").start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server with JetStream, for the test alone."""
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Any]:
+    """``servers(NAME, *args)`` starts a Jupyter server whose hub is named NAME; all stop after the test."""
+    started: list[HubServer] = []
+
+    def start(name: str, *args: str) -> HubServer:
+        hub = HubServer(tmp_path / name, args=(f"--SpindelHub.hub_name={name}", *args)).start()
+        started.append(hub)
+        return hub
+
+    try:
+        yield start
+    finally:
+        for hub in started:
+            hub.stop()

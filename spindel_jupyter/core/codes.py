@@ -26,6 +26,7 @@ TOO_MANY_TOPICS = "too_many_topics"
 # Routing: the peer asked for is not there, or went away before it answered.
 PEER_NOT_FOUND = "peer_not_found"
 PEER_LOST = "peer_lost"
+AMBIGUOUS_PEER = "ambiguous_peer"
 
 # Operations the hub refuses: who may do what, workspaces, the node store.
 FORBIDDEN = "forbidden"

@@ -97,6 +97,12 @@ class NameTaken(HubError):
     code = codes.NAME_TAKEN
 
 
+class AmbiguousPeer(HubError):
+    """A bare peer name matches peers of several hubs of the mesh, and none of this hub."""
+
+    code = codes.AMBIGUOUS_PEER
+
+
 class HubFull(HubError):
     """The hub has as many peers connected as it takes (``c.SpindelHub.max_peers``)."""
 

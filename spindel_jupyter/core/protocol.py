@@ -69,6 +69,9 @@ KINDS = ("kernel", "ui", "script")
 #: (joined with the server's token or login) or invited (joined with an invite token).
 OWN = "own"
 INVITED = "invited"
+#: A peer of another hub of the mesh (``NAME@HUB``), as this hub stamps what it relays from there.
+MESH = "mesh"
+SCOPES = (OWN, INVITED, MESH)
 
 _NAME = re.compile(r"\w[\w.\-]{0,63}")
 _MAX_OP = 64
@@ -100,6 +103,21 @@ def check_name(name: str) -> str:
             "starting with a letter, digit or '_' (no '/' or spaces)"
         )
     return name
+
+
+def split_peer(name: str) -> tuple[str, str]:
+    """``NAME@HUB`` as ``(NAME, HUB)``; a bare name has hub ``""`` (peer names never hold ``@``)."""
+    peer, _, hub = name.partition("@")
+    return peer, hub
+
+
+def same_peer(sender: str, target: str) -> bool:
+    """Whether a frame from ``sender`` (as the hub stamped it) comes from the peer a caller named
+    ``target``: a bare name matches that peer on any hub (the hub resolved it), a qualified one
+    only itself, or the local peer when it is of this hub."""
+    name, hub = split_peer(sender)
+    target_name, target_hub = split_peer(target)
+    return name == target_name and (not hub or not target_hub or hub == target_hub)
 
 
 def name_from(text: str) -> str:

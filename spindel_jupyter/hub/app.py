@@ -30,7 +30,7 @@ from .handlers import (
     WorkspacesHandler,
 )
 from .invites import Invites, add_invite_ops, close_invited
-from .mesh import ALONE, Mesh
+from .mesh import Mesh
 from .notebooks import SAVE_EVENT, NotebookService
 from .relay import Relay
 from .store import NodeStore
@@ -149,8 +149,10 @@ class SpindelHub(ExtensionApp):
         self.relay.on_rename.append(self.registry.peer_renamed)
         if server.event_logger is not None:
             server.event_logger.add_listener(schema_id=SAVE_EVENT, listener=self._on_contents_event)
-        self.mesh: Mesh | None = Mesh(self.nats_url, "", self.nats_credentials) if self.nats_url else None
-        self.relay.mesh_stats = lambda: self.mesh.stats() if self.mesh is not None else {"state": ALONE}
+        self.mesh: Mesh | None = None
+        if self.nats_url:
+            self.mesh = Mesh(self.nats_url, "", self.nats_credentials, self.max_frame_bytes)
+            self.relay.mesh = self.mesh
         self.settings["spindel_hub"] = self
         self.export_environment()
 
@@ -190,8 +192,8 @@ class SpindelHub(ExtensionApp):
         if self.mesh is not None:
             mesh = self.mesh
             mesh.hub_name = self.hub_name
-            mesh.on_peers = self.relay.broadcast_peers
-            self.relay.mesh_peers = mesh.peers
+            mesh.on_peers = self.relay.mesh_changed
+            mesh.on_frame = self.relay.receive_from_hub
             self.relay.on_peers.append(mesh.set_peers)
             mesh.set_peers(self.relay.local_peers())
             mesh.start()

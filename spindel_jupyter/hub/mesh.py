@@ -1,11 +1,20 @@
-"""The mesh: this hub joined with the hubs of other Jupyter servers over NATS JetStream.
+"""The mesh: this hub joined with the hubs of other Jupyter servers over NATS.
 
 Without ``c.SpindelHub.nats_url`` the hub works alone and none of this runs.
 With it, the hub connects with nats-py and keeps trying while NATS cannot be
-reached (saying why in the log), serving its own peers all along. Every hub
-announces itself in the JetStream key-value bucket ``spindel_hubs`` every
-``HEARTBEAT`` seconds; an entry lives ``HUB_TTL`` seconds, so a server that
-dies leaves the other hubs' lists within that time.
+reached (saying why in the log), serving its own peers all along.
+
+Subjects (each name is one subject token, see :func:`token`):
+
+``spindel.hubs.HUB``          HUB's announcement: its peers, every ``HEARTBEAT`` s and on change.
+                               A hub not heard from for ``HUB_TTL`` s has left.
+``spindel.frames.TO.FROM``    frames from the peers of hub FROM to those of hub TO (calls, replies,
+                               streamed output, cancels), in order, cut into chunks where NATS's
+                               payload limit is smaller than a frame.
+
+The sending hub is read from the subject, never from the message: with one
+NATS user per hub, each allowed to publish only on subjects ending in its own
+name (``docs/federation.md``), a hub cannot speak for another.
 """
 
 from __future__ import annotations
@@ -14,43 +23,92 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from ..core import wire
 from ..core.retry import jittered
 
 log = logging.getLogger(__name__)
 
-#: The key-value bucket where hubs announce themselves.
-HUBS_BUCKET = "spindel_hubs"
-#: Seconds between a hub's announcements, and how long one lives without the next.
-HEARTBEAT = 1.0
-HUB_TTL = 3.0
+PREFIX = "spindel"
+#: Seconds between a hub's announcements, and how long one is believed without the next.
+HEARTBEAT = 0.5
+HUB_TTL = 2.0
+_TICK = 0.25
 
 _BACKOFF_FIRST = 0.2
 _BACKOFF_MAX = 5.0
 
 ALONE, CONNECTING, CONNECTED, DISCONNECTED = "alone", "connecting", "connected", "disconnected"
 
+# The first byte of a frame's NATS message: the frame's last (or only) chunk, or one with more to come.
+_LAST, _MORE = b"\x00", b"\x01"
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_\-:@]")
+
+
+def token(name: str) -> str:
+    """``name`` as one NATS subject token: ``.``, ``*``, ``>``, ``~`` and whitespace escaped as ``~XX``."""
+    return "".join(c if _PLAIN.fullmatch(c) else "".join(f"~{b:02x}" for b in c.encode()) for c in name)
+
+
+def untoken(text: str) -> str:
+    """The name a subject token stands for (the inverse of :func:`token`)."""
+    if "~" not in text:
+        return text
+    out, i = bytearray(), 0
+    while i < len(text):
+        if text[i] == "~":
+            out.append(int(text[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.extend(text[i].encode())
+            i += 1
+    return out.decode()
+
+
+def hubs_subject(hub: str) -> str:
+    return f"{PREFIX}.hubs.{token(hub)}"
+
+
+def frames_subject(to_hub: str, from_hub: str) -> str:
+    return f"{PREFIX}.frames.{token(to_hub)}.{token(from_hub)}"
+
 
 class Mesh:
-    """This hub's membership of the mesh: its connection to NATS and the hubs it sees."""
+    """This hub's membership of the mesh: its connection to NATS, the hubs it sees, and the frames
+    its peers exchange with theirs."""
 
-    def __init__(self, url: str, hub_name: str, credentials: str = "") -> None:
+    def __init__(
+        self, url: str, hub_name: str, credentials: str = "", max_frame_bytes: int = 64 << 20
+    ) -> None:
         self.url = url
         self.hub_name = hub_name
         self.credentials = credentials
+        self.max_frame_bytes = max_frame_bytes
         self.state = CONNECTING
         #: Why the last attempt to reach NATS failed ("" once connected).
         self.problem = ""
-        self._hubs: dict[str, dict[str, Any]] = {}
+        #: The other hubs heard from: their last announcement, and when it came (monotonic).
+        self._hubs: dict[str, tuple[dict[str, Any], float]] = {}
         #: This hub's own peers, as announced to the mesh.
         self._peers: list[dict[str, Any]] = []
         self._changed: asyncio.Event | None = None
-        #: Called when the peers of the other hubs changed.
+        #: Called when the hubs of the mesh or their peers changed.
         self.on_peers: Callable[[], None] = lambda: None
+        #: Called with (hub, frame) for each frame a peer of another hub sent to one of this hub's.
+        self.on_frame: Callable[[str, bytes], None] = lambda hub, frame: None
+        self._outbox: deque[tuple[str, bytes, wire.Buffer]] = deque()
+        self._wake = asyncio.Event()
+        self._chunks: dict[str, list[bytes]] = {}
+        #: Frames and bytes this hub sent to and received from other hubs.
+        self.counts = {"frames_out": 0, "frames_in": 0, "bytes_out": 0, "bytes_in": 0}
         self._nc: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -59,7 +117,7 @@ class Mesh:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        """Leave: this hub's entry goes at once, the connection closes."""
+        """Leave: the other hubs are told at once, the connection closes."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -67,8 +125,8 @@ class Mesh:
         nc, self._nc = self._nc, None
         if nc is not None:
             with contextlib.suppress(Exception):
-                kv = await nc.jetstream().key_value(HUBS_BUCKET)
-                await kv.delete(self.hub_name)
+                await nc.publish(hubs_subject(self.hub_name), json.dumps({"left": True}).encode())
+                await nc.flush(timeout=1)
             with contextlib.suppress(Exception):
                 await nc.close()
 
@@ -82,15 +140,29 @@ class Mesh:
         """The peers of the mesh's other hubs, as last seen, each with its hub."""
         return [
             {**peer, "hub": hub, "local": False}
-            for hub, entry in sorted(self._hubs.items())
-            if hub != self.hub_name
+            for hub, (entry, _) in sorted(self._hubs.items())
             for peer in entry.get("peers") or []
-            if isinstance(peer, dict)
+            if isinstance(peer, dict) and isinstance(peer.get("name"), str)
         ]
 
     def hubs(self) -> list[str]:
         """The hubs of the mesh, this one included, as last seen."""
-        return sorted(self._hubs)
+        return sorted([*self._hubs, self.hub_name]) if self.state == CONNECTED else []
+
+    def reaches(self, hub: str) -> bool:
+        """Whether frames sent to ``hub`` can arrive now."""
+        return hub in self._hubs and self._nc is not None
+
+    def send(self, hub: str, frame: bytes, body: wire.Buffer = b"") -> None:
+        """Queue ``frame`` (and ``body``) for ``hub``; dropped if the mesh is out of reach.
+
+        Never blocks: the frames leave in order from one task. What waits for a reply
+        learns of a hub out of reach through :attr:`on_peers` (it leaves the list).
+        """
+        if self._nc is None:
+            return
+        self._outbox.append((hub, frame, body))
+        self._wake.set()
 
     def stats(self) -> dict[str, Any]:
         """What ``/spindel/api/stats`` shows of the mesh."""
@@ -100,6 +172,7 @@ class Mesh:
             "nats": _without_credentials(self.url),
             "hubs": self.hubs(),
             "problem": self.problem,
+            **self.counts,
         }
 
     async def _run(self) -> None:
@@ -108,7 +181,7 @@ class Mesh:
             try:
                 await self._connect()
                 delay = _BACKOFF_FIRST
-                await self._announce_forever()
+                await self._serve()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -120,11 +193,13 @@ class Mesh:
                     _without_credentials(self.url), self.hub_name, self.problem,
                 )  # fmt: skip
                 nc, self._nc = self._nc, None
+                self._outbox.clear()
+                self._chunks.clear()
                 if nc is not None:
                     with contextlib.suppress(Exception):
                         await nc.close()
-                had_peers, self._hubs = bool(self.peers()), {}  # out of the mesh, nobody there is reachable
-                if had_peers:
+                had_hubs, self._hubs = bool(self._hubs), {}  # out of the mesh, nobody there is reachable
+                if had_hubs:
                     self.on_peers()
                 await asyncio.sleep(jittered(delay))
                 delay = min(delay * 2, _BACKOFF_MAX)
@@ -144,6 +219,8 @@ class Mesh:
 
         async def quiet(exc: Exception) -> None:  # nats-py logs every failed attempt on its own otherwise
             self.problem = _reason(exc)
+            if "permissions violation" in self.problem.lower():
+                log.warning("spindel: NATS refused this hub (%r): %s", self.hub_name, self.problem)
 
         self.problem = ""
         try:
@@ -151,35 +228,114 @@ class Mesh:
         except nats.errors.NoServersError:
             raise _Unreachable(self.problem or "no NATS server answered") from None
 
-    async def _announce_forever(self) -> None:
-        from nats.js.api import KeyValueConfig
-
+    async def _serve(self) -> None:
+        """Announce this hub, follow the others, and carry frames, until the connection drops."""
         nc = self._nc
-        js = nc.jetstream()
-        kv = await js.create_key_value(KeyValueConfig(bucket=HUBS_BUCKET, ttl=HUB_TTL, history=1))
+        limit = 4 * self.max_frame_bytes + (64 << 20)  # what may wait, unread, before NATS drops some
+        await nc.subscribe(f"{PREFIX}.hubs.*", cb=self._on_announcement)
+        await nc.subscribe(
+            f"{PREFIX}.frames.{token(self.hub_name)}.*",
+            cb=self._on_frames,
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=limit,
+        )
+        writer = asyncio.get_running_loop().create_task(self._write_forever(nc))
         since = time.time()
         self._changed = asyncio.Event()
-        while not nc.is_closed:
-            self._changed.clear()
-            entry = {"hub": self.hub_name, "since": since, "peers": self._peers}
-            await kv.put(self.hub_name, json.dumps(entry).encode())
-            hubs: dict[str, dict[str, Any]] = {}
-            with contextlib.suppress(Exception):  # no keys at all is an error in nats-py
-                for key in await kv.keys():
-                    with contextlib.suppress(Exception):  # gone since it was listed
-                        hubs[key] = json.loads((await kv.get(key)).value)
-            hubs[self.hub_name] = entry
-            before = self.peers()
-            self._hubs = hubs
-            if self.peers() != before:
-                self.on_peers()
-            if self.state != CONNECTED:
-                self.state, self.problem = CONNECTED, ""
-                where = _without_credentials(self.url)
-                log.info("spindel: joined the mesh at %s as %r", where, self.hub_name)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), HEARTBEAT)
+        announced = 0.0
+        try:
+            while not nc.is_closed:
+                now = time.monotonic()
+                if self._changed.is_set() or now - announced >= HEARTBEAT:
+                    self._changed.clear()
+                    entry = {"since": since, "peers": self._peers}
+                    await nc.publish(hubs_subject(self.hub_name), json.dumps(entry).encode())
+                    announced = now
+                    if self.state != CONNECTED:
+                        await nc.flush(timeout=2)
+                        self.state, self.problem = CONNECTED, ""
+                        where = _without_credentials(self.url)
+                        log.info("spindel: joined the mesh at %s as %r", where, self.hub_name)
+                        self.on_peers()
+                gone = [hub for hub, (_, seen) in self._hubs.items() if now - seen > HUB_TTL]
+                for hub in gone:
+                    log.info("spindel: hub %r left the mesh (not heard from for %.0f s)", hub, HUB_TTL)
+                    self._forget(hub)
+                if writer.done():
+                    writer.result()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), _TICK)
+        finally:
+            writer.cancel()
         raise ConnectionError("the connection to NATS closed")
+
+    async def _write_forever(self, nc: Any) -> None:
+        chunk = max(1024, int(nc.max_payload) - 64)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                hub, frame, body = self._outbox.popleft()
+                subject = frames_subject(hub, self.hub_name)
+                size = len(frame) + len(body)
+                self.counts["frames_out"] += 1
+                self.counts["bytes_out"] += size
+                if size < chunk:
+                    await nc.publish(subject, b"".join((_LAST, frame, body)))
+                    continue
+                whole = memoryview(b"".join((frame, body)))
+                for start in range(0, size, chunk):
+                    mark = _LAST if start + chunk >= size else _MORE
+                    await nc.publish(subject, mark + whole[start : start + chunk])
+
+    async def _on_announcement(self, msg: Any) -> None:
+        hub = untoken(msg.subject.rsplit(".", 1)[-1])
+        if hub == self.hub_name:
+            return
+        try:
+            entry = json.loads(msg.data)
+        except ValueError:
+            log.warning("spindel: dropped an announcement of hub %r that is not JSON", hub)
+            return
+        if not isinstance(entry, dict) or entry.get("left"):
+            if hub in self._hubs:
+                log.info("spindel: hub %r left the mesh", hub)
+                self._forget(hub)
+            return
+        before = self._hubs.get(hub)
+        self._hubs[hub] = (entry, time.monotonic())
+        if before is None:
+            log.info("spindel: hub %r joined the mesh", hub)
+        if before is None or before[0].get("peers") != entry.get("peers"):
+            self.on_peers()
+
+    def _forget(self, hub: str) -> None:
+        self._hubs.pop(hub, None)
+        self._chunks.pop(hub, None)
+        self.on_peers()
+
+    async def _on_frames(self, msg: Any) -> None:
+        hub = untoken(msg.subject.rsplit(".", 1)[-1])
+        data = msg.data
+        parts = self._chunks.get(hub)
+        if data[:1] == _MORE:
+            parts = self._chunks.setdefault(hub, [])
+            parts.append(data[1:])
+            if sum(len(p) for p in parts) > self.max_frame_bytes:
+                log.warning("spindel: dropped a frame from hub %r: over %d bytes", hub, self.max_frame_bytes)
+                self._chunks[hub] = []
+            return
+        if parts:
+            del self._chunks[hub]
+            frame = b"".join([*parts, data[1:]])
+        else:
+            frame = data[1:]
+        self.counts["frames_in"] += 1
+        self.counts["bytes_in"] += len(frame)
+        try:
+            self.on_frame(hub, frame)
+        except Exception:
+            log.exception("spindel: failed to handle a frame from hub %r", hub)
 
 
 def _announced(peer: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The relay: who is connected, and where each frame goes.
 
 Plain Python with no web framework in it: the WebSocket handler feeds it bytes
-and gives it a :class:`Link` to write to. Keeping the routing here, behind this
-small surface, is what lets a backplane (Redis, NATS) federate hubs later
-without touching peers or the wire format.
+and gives it a :class:`Link` to write to. In a mesh of hubs, a peer of another
+hub (``NAME@HUB``) is a :class:`Member` too, whose link is the way to its hub:
+calls, replies, output and cancels route the same whether the other end is here
+or on another Jupyter server.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from ..core.protocol import (
     EVENT,
     HELLO,
     HUB,
+    MESH,
+    MSG,
     OWN,
     PUB,
     REP,
@@ -33,6 +36,7 @@ from ..core.protocol import (
     WELCOME,
     check_inbound,
     check_name,
+    split_peer,
     to_wire,
 )
 from .access import Actor
@@ -101,6 +105,35 @@ class Member:
 HubOp = Callable[[Member, Any], Any]
 
 
+class Federation(Protocol):
+    """What the relay needs of the mesh of hubs (:class:`~.mesh.Mesh`)."""
+
+    def peers(self) -> list[dict[str, Any]]:
+        """The peers of the other hubs, each with its ``hub``."""
+
+    def reaches(self, hub: str) -> bool:
+        """Whether ``hub`` is in the mesh now."""
+
+    def send(self, hub: str, frame: bytes, body: wire.Buffer = b"") -> None:
+        """Queue a frame for a peer of ``hub``."""
+
+    def stats(self) -> dict[str, Any]:
+        """The mesh's state, for stats."""
+
+
+class _HubLink:
+    """The link to a peer of another hub: its frames go over the mesh to that hub."""
+
+    def __init__(self, mesh: Federation, hub: str) -> None:
+        self.mesh, self.hub = mesh, hub
+
+    def send(self, frame: bytes, body: wire.Buffer = b"") -> None:
+        self.mesh.send(self.hub, frame, body)
+
+    def close(self, code: int, reason: str) -> None:
+        """Nothing to close here: the peer's own hub holds its connection."""
+
+
 class Relay:
     """Registry of connected peers and router of their frames."""
 
@@ -122,11 +155,11 @@ class Relay:
         self.store_stats: Callable[[], dict[str, int]] | None = None
         #: This hub's name (in the mesh, and on its peers in lists).
         self.hub_name = ""
-        #: The peers of the mesh's other hubs, when it is in one; told of changes to this hub's own.
-        self.mesh_peers: Callable[[], list[dict[str, Any]]] | None = None
+        #: The mesh of hubs this one is in, if any; ``on_peers`` hears of changes to this hub's own peers.
+        self.mesh: Federation | None = None
         self.on_peers: list[Callable[[list[dict[str, Any]]], None]] = []
-        #: The mesh's state for stats (``alone`` without NATS).
-        self.mesh_stats: Callable[[], dict[str, Any]] | None = None
+        #: Peers of other hubs that calls here involve, by ``NAME@HUB``.
+        self.remotes: dict[str, Member] = {}
 
     # -- connection lifecycle -------------------------------------------------
 
@@ -155,7 +188,7 @@ class Relay:
             "changes_received": self.topics.received,
             "changes_relayed": self.topics.relayed,
             **({"store": self.store_stats()} if self.store_stats else {}),
-            **({"mesh": self.mesh_stats()} if self.mesh_stats else {}),
+            "mesh": self.mesh.stats() if self.mesh is not None else {"state": "alone"},
         }
 
     def local_peers(self) -> list[dict[str, Any]]:
@@ -165,7 +198,19 @@ class Relay:
 
     def peers(self) -> list[dict[str, Any]]:
         """What ``/spindel/api/peers`` and the ``peers`` op report: this hub's, then the mesh's others."""
-        return self.local_peers() + (self.mesh_peers() if self.mesh_peers else [])
+        return self.local_peers() + (self.mesh.peers() if self.mesh is not None else [])
+
+    def mesh_changed(self) -> None:
+        """The mesh's hubs or their peers changed: calls to peers no longer there fail, everyone is told."""
+        listed = {f"{p['name']}@{p['hub']}" for p in self.mesh.peers()} if self.mesh is not None else set()
+        for name in [name for name in self.remotes if name not in listed]:
+            proxy = self.remotes.pop(name)
+            hub = split_peer(name)[1]
+            if self.mesh is not None and self.mesh.reaches(hub):
+                self._fail_awaiting(proxy, "left its hub")
+            else:
+                self._fail_awaiting(proxy, f"is out of reach: its hub {hub!r} left the mesh")
+        self.broadcast_peers()
 
     # -- inbound frames -------------------------------------------------------
 
@@ -194,30 +239,79 @@ class Relay:
                 self._hello(member, header)
             elif not member.name:
                 raise errors.HelloFirst("say hello first: the first frame names the peer")
+            elif kind in _BETWEEN_PEERS and header.get("to") is not None:
+                self._route(member, kind, header, body)
             elif kind == REQ:
-                self._request(member, header, body)
-            elif kind == REP:
-                self._reply(member, header, body)
-            elif kind == CANCEL:
-                self._cancel(member, header)
+                self._hub_request(member, header, body)
             elif kind == SUB:
                 self.topics.subscribe(member, header, body)
             elif kind == UNSUB:
                 self.topics.unsubscribe(member, header)
             elif kind == PUB:
                 self.topics.publish(member, header, body)
-            else:
-                self._forward(member, header, body)
         except errors.HubError as exc:
             self._refuse(member, exc, request_id)
         except Exception as exc:
             log.exception("spindel: failed to handle a frame from %r", member.name or "(no hello yet)")
             self._refuse(member, errors.HubFailure(_failed(exc)), request_id)
 
-    def _refuse(self, member: Member, exc: errors.HubError, request_id: int | None) -> None:
+    def receive_from_hub(self, hub: str, data: bytes) -> None:
+        """Handle one frame from a peer of ``hub`` (the mesh vouches for which hub sent it).
+
+        It is stamped here as ``NAME@HUB`` of scope ``mesh``, and reaches only this
+        hub's own peers: a peer of another hub calls peers, never the hub itself.
+        """
+        member, request_id, addressed = None, None, HUB
+        try:
+            if len(data) > self.max_frame_bytes:
+                raise errors.FrameTooLarge(f"frame of {len(data)} bytes is over this hub's limit")
+            header, body = wire.unpack_frame(data)
+            if header.get("t") == REQ and isinstance(header.get("id"), int):
+                request_id = header["id"]
+                # A refusal goes back as the addressed peer's reply: the other hub routes only those.
+                addressed = str(header.get("to") or HUB)
+            sender = header.get("from")
+            try:
+                member = self._remote(f"{check_name(str(sender))}@{hub}")
+            except ValueError:
+                log.warning("spindel: dropped a frame from hub %r with no valid sender (%r)", hub, sender)
+                return
+            kind = check_inbound(header)
+            if kind not in _BETWEEN_PEERS or not isinstance(header.get("to"), str):
+                raise errors.Forbidden(
+                    f"a peer of another hub ({member.name}) can call, answer and message this hub's peers, "
+                    f"and nothing else: no {kind!r} frame"
+                )
+            name, to_hub = split_peer(header["to"])
+            if to_hub and to_hub != self.hub_name:
+                raise errors.BadFrame(f"frame for {header['to']!r} reached hub {self.hub_name!r}")
+            header["to"] = name
+            self.frames_in[f"mesh_{kind}"] += 1
+            self._route(member, kind, header, body)
+        except errors.HubError as exc:
+            if member is not None:
+                self._refuse(member, exc, request_id, addressed)
+        except Exception as exc:
+            log.exception("spindel: failed to handle a frame from hub %r", hub)
+            if member is not None:
+                self._refuse(member, errors.HubFailure(_failed(exc)), request_id, addressed)
+
+    def _route(self, member: Member, kind: str, header: dict[str, Any], body: memoryview) -> None:
+        if kind == REQ:
+            self._request(member, header, body)
+        elif kind == REP:
+            self._reply(member, header, body)
+        elif kind == CANCEL:
+            self._cancel(member, header)
+        else:
+            self._forward(member, header, body, self._find(header["to"], member))
+
+    def _refuse(
+        self, member: Member, exc: errors.HubError, request_id: int | None, sender: str = HUB
+    ) -> None:
         log.debug("refused frame from %r: %s", member.name or "(no hello yet)", exc)
         if request_id is not None:
-            member.link.send(_reply_error(request_id, HUB, to_wire(exc)))
+            member.link.send(_reply_error(member, request_id, sender, to_wire(exc)))
         else:
             member.link.send(wire.pack_frame({"t": ERROR, "from": HUB, **to_wire(exc)}))
 
@@ -285,17 +379,57 @@ class Relay:
         self._broadcast_peers()
         return new
 
+    def _find(self, name: str, asker: Member) -> Member | None:
+        """The peer ``name`` stands for, to ``asker``: ``NAME@HUB``, or a bare ``NAME`` that is this
+        hub's peer of that name, else the only one of the mesh. A peer of another hub reaches only
+        this hub's own."""
+        peer, hub = split_peer(name)
+        if hub == self.hub_name or asker.scope == MESH:
+            return self.members.get(peer) if hub in ("", self.hub_name) else None
+        if not hub:
+            local = self.members.get(peer)
+            if local is not None or self.mesh is None:
+                return local
+            hubs = sorted({p["hub"] for p in self.mesh.peers() if p["name"] == peer})
+            if len(hubs) > 1:
+                choices = ", ".join(f"{peer}@{h}" for h in hubs)
+                raise errors.AmbiguousPeer(
+                    f"{peer!r} names peers of several hubs of the mesh, and none of this one: {choices}; "
+                    "use one of these names"
+                )
+            if not hubs:
+                return None
+            hub = hubs[0]
+        if self.mesh is None or not self.mesh.reaches(hub):
+            return None
+        return self._remote(f"{peer}@{hub}")
+
+    def _remote(self, name: str) -> Member:
+        """The member standing for ``NAME@HUB``, a peer of another hub."""
+        proxy = self.remotes.get(name)
+        if proxy is None:
+            assert self.mesh is not None, "a peer of another hub without a mesh"
+            proxy = Member(_HubLink(self.mesh, split_peer(name)[1]), name, kind="remote", scope=MESH)
+            self.remotes[name] = proxy
+        return proxy
+
+    def _callable(self, asker: Member) -> list[str]:
+        """Who ``asker`` could call: this hub's peers, then the mesh's (the lab's panels are peers
+        too, but nobody calls them)."""
+        here = sorted(n for n, m in self.members.items() if m.kind != "ui")
+        if asker.scope == MESH:
+            return [f"{name}@{self.hub_name}" for name in here]
+        if self.mesh is None:
+            return here
+        return here + [f"{p['name']}@{p['hub']}" for p in self.mesh.peers() if p.get("kind") != "ui"]
+
     def _request(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
-        target_name = header.get("to")
-        if target_name is None:
-            self._hub_request(member, header, body)
-            return
-        target = self.members.get(target_name)
+        target_name = header["to"]
+        target = self._find(target_name, member)
         if target is None:
-            # The lab's panels are peers too, but nobody calls them.
-            callable_peers = sorted(n for n, m in self.members.items() if m.kind != "ui")
-            error = to_wire(errors.PeerNotFound(target_name, callable_peers))
-            member.link.send(_reply_error(header["id"], target_name, error))
+            asked = f"{target_name}@{self.hub_name}" if member.scope == MESH else target_name
+            error = to_wire(errors.PeerNotFound(asked, self._callable(member)))
+            member.link.send(_reply_error(member, header["id"], target_name, error))
             return
         if member.outstanding >= MAX_PENDING_PER_PEER:
             raise errors.BadFrame(f"over {MAX_PENDING_PER_PEER} requests waiting for replies; wait for some")
@@ -309,14 +443,14 @@ class Relay:
             log.debug("dropped reply from %r to %r: no such pending request", member.name, key)
             return
         member.awaiting.discard(key)
-        caller = self.members.get(header["to"])
+        caller = self._find(header["to"], member)
         if caller is None:
             return
         caller.outstanding -= 1
         self._forward(member, header, body, caller)
 
     def _cancel(self, member: Member, header: dict[str, Any]) -> None:
-        target = self.members.get(header["to"])
+        target = self._find(header["to"], member)
         key = (member.name, header["id"])
         if target is None or key not in target.awaiting:
             return
@@ -325,9 +459,8 @@ class Relay:
         self._forward(member, header, memoryview(b""), target)
 
     def _forward(
-        self, member: Member, header: dict[str, Any], body: memoryview, target: Member | None = None
+        self, member: Member, header: dict[str, Any], body: memoryview, target: Member | None
     ) -> None:
-        target = target or self.members.get(header["to"])
         if target is None:
             return  # one-way message to a peer that left: nothing waits for it
         # Stamped: a peer cannot speak as another, nor claim to be one of the server's own.
@@ -347,11 +480,13 @@ class Relay:
         try:
             result = op(member, argument)
         except errors.SpindelError as exc:
-            member.link.send(_reply_error(header["id"], HUB, to_wire(exc)))
+            member.link.send(_reply_error(member, header["id"], HUB, to_wire(exc)))
             return
         except Exception as exc:
             log.exception("spindel: hub op %r failed", header["op"])
-            member.link.send(_reply_error(header["id"], HUB, to_wire(errors.HubFailure(_failed(exc)))))
+            member.link.send(
+                _reply_error(member, header["id"], HUB, to_wire(errors.HubFailure(_failed(exc))))
+            )
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(self._finish_op(member, header["id"], result))
@@ -364,10 +499,10 @@ class Relay:
         try:
             result = await awaitable
         except errors.SpindelError as exc:
-            member.link.send(_reply_error(request_id, HUB, to_wire(exc)))
+            member.link.send(_reply_error(member, request_id, HUB, to_wire(exc)))
         except Exception as exc:
             log.exception("spindel: hub op failed")
-            member.link.send(_reply_error(request_id, HUB, to_wire(errors.HubFailure(_failed(exc)))))
+            member.link.send(_reply_error(member, request_id, HUB, to_wire(errors.HubFailure(_failed(exc)))))
         else:
             _reply(member, request_id, result)
 
@@ -406,12 +541,12 @@ class Relay:
 
     def _fail_awaiting(self, member: Member, why: str) -> None:
         for caller_name, request_id in sorted(member.awaiting):
-            caller = self.members.get(caller_name)
+            caller = self._find(caller_name, member)
             if caller is None:
                 continue
             caller.outstanding -= 1
             lost = errors.PeerLost(member.name, f"peer {member.name!r} {why} before it answered")
-            caller.link.send(_reply_error(request_id, member.name, to_wire(lost)))
+            caller.link.send(_reply_error(caller, request_id, member.name, to_wire(lost)))
         member.awaiting.clear()
 
     def _broadcast_topics(self) -> None:
@@ -432,12 +567,17 @@ class Relay:
         self.broadcast_peers()
 
 
+#: The frames peers send each other through the hub (those with a ``to``).
+_BETWEEN_PEERS = (REQ, REP, MSG, CANCEL)
+
+
 def _reply(member: Member, request_id: int, result: Any) -> None:
     member.link.send(wire.pack_frame({"t": REP, "re": request_id, "from": HUB}, wire.encode(result)))
 
 
-def _reply_error(request_id: int, sender: str, error: dict[str, Any]) -> bytes:
-    return wire.pack_frame({"t": REP, "re": request_id, "from": sender, "error": error})
+def _reply_error(to: Member, request_id: int, sender: str, error: dict[str, Any]) -> bytes:
+    """The reply that fails request ``request_id`` of ``to``, as if from ``sender``."""
+    return wire.pack_frame({"t": REP, "re": request_id, "to": to.name, "from": sender, "error": error})
 
 
 def _failed(exc: Exception) -> str:

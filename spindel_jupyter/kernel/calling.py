@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from ..core.errors import RemoteTimeout, SpindelError, UnsendableResult
-from ..core.protocol import OP_CALL, OP_OUTPUT
+from ..core.protocol import OP_CALL, OP_OUTPUT, same_peer, split_peer
 from ..peer import client
 from .display import CallDisplay
 
@@ -33,8 +33,9 @@ Item = dict[str, Any] | None
 #: How often a waiting call wakes to update its status line and check its timeout, in seconds.
 _TICK = 0.25
 
-#: Where each running call's output goes, by (serving peer, request id).
-_sinks: dict[tuple[str, int], Callable[[Item], None]] = {}
+#: Where each running call's output goes, by (serving peer's name without its hub, request id):
+#: the name as called, and the sink.
+_sinks: dict[tuple[str, int], tuple[str, Callable[[Item], None]]] = {}
 
 
 class _Inbox(Protocol):
@@ -90,7 +91,7 @@ async def _calling(target: str, body: dict[str, Any], timeout: float | None, inb
     if peer.handler(OP_OUTPUT) is not _route_output:
         peer.handle(OP_OUTPUT, _route_output)
     rid = peer.next_id()
-    _sinks[(name, rid)] = inbox.put
+    _sinks[(split_peer(name)[0], rid)] = (name, inbox.put)
     shown = CallDisplay(target)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
@@ -115,7 +116,7 @@ async def _calling(target: str, body: dict[str, Any], timeout: float | None, inb
         peer.cancel(name, rid)
         raise
     finally:
-        _sinks.pop((name, rid), None)
+        _sinks.pop((split_peer(name)[0], rid), None)
         shown.close()
     header, payload = reply.result()
     return _result(header, payload, name)
@@ -133,8 +134,8 @@ def _blocking(call: Coroutine[Any, Any, T]) -> T:
 
 def _route_output(message: client.Incoming) -> None:
     body = message.body if isinstance(message.body, dict) else {}
-    sink = _sinks.get((message.sender, body.get("re", -1)))
-    if sink is not None:
+    name, sink = _sinks.get((split_peer(message.sender)[0], body.get("re", -1)), ("", None))
+    if sink is not None and same_peer(message.sender, name):
         sink(body)
 
 

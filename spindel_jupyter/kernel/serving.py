@@ -22,7 +22,7 @@ from typing import Any
 
 from ..core import wire
 from ..core.errors import EncodeError, NotServed, SpindelError, SpindelWarning, UnboundNames
-from ..core.protocol import CANCEL, OP_CALL, OP_OUTPUT, OWN
+from ..core.protocol import CANCEL, MESH, OP_CALL, OP_OUTPUT, OWN
 from ..peer import client
 from . import contexts
 from .executor import Cell, Executor, compile_cell, forward_output, rich_bundle, transform
@@ -48,9 +48,11 @@ class _Server:
 
     def describe(self) -> str:
         if self.allow is None:
-            who = "this server's own peers (invited peers need --allow NAME)"
+            who = "this server's own peers (invited peers and peers of other hubs need --allow NAME)"
         elif EVERYONE in self.allow:
-            who = "every peer of the hub, invited ones included"
+            named = sorted(n for n in self.allow if "@" in n)
+            others = f", and {', '.join(named)}" if named else " (peers of other hubs need --allow NAME@HUB)"
+            who = f"every peer of this hub, invited ones included{others}"
         else:
             who = ", ".join(sorted(self.allow)) + " only" if self.allow else "no one"
         names = sorted(self.contexts)
@@ -58,14 +60,27 @@ class _Server:
         return f"serving {', '.join(served)} to {who}"
 
     def check_caller(self, me: str, call: client.Incoming) -> None:
-        """Refuse a caller this kernel does not serve, before anything runs."""
+        """Refuse a caller this kernel does not serve, before anything runs.
+
+        A peer of another hub is served only when allowed by its name (``NAME@HUB``):
+        ``*`` opens this kernel to the peers of its own hub, not to the whole mesh.
+        """
+        if call.sender in (self.allow or ()):
+            return
+        if call.scope == MESH:
+            let_in = ",".join(sorted({*(self.allow or ()), call.sender}))
+            raise NotServed(
+                f"peer {me!r} does not serve calls from {call.sender!r}, a peer of another hub: peers of "
+                f"other hubs are served only when allowed by name; to let it call, run "
+                f"%spin_serve --allow {let_in} on {me}"
+            )
         if self.allow is None:
             if call.scope != OWN:
                 raise NotServed(
                     f"peer {me!r} serves only this server's own peers, and {call.sender!r} joined with "
                     f"an invite: to let it call, run %spin_serve --allow {call.sender} on {me}"
                 )
-        elif EVERYONE not in self.allow and call.sender not in self.allow:
+        elif EVERYONE not in self.allow:
             allowed = ", ".join(sorted(self.allow)) or "no one"
             raise NotServed(
                 f"peer {me!r} does not serve calls from {call.sender!r} (it allows: {allowed}); "

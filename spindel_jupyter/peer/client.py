@@ -41,6 +41,7 @@ from ..core.protocol import (
     OWN,
     REP,
     REQ,
+    SCOPES,
     WELCOME,
     check_name,
     from_wire,
@@ -514,7 +515,7 @@ class Peer:
         rid = header.get("id") if header["t"] == REQ else None
         handler = self._handlers.get(op)
         # A frame the hub did not stamp (an older hub) is taken as the less trusted kind.
-        scope = OWN if header.get("scope") == OWN else INVITED
+        scope = header["scope"] if header.get("scope") in SCOPES else INVITED
         if handler is None:
             if rid is not None:
                 what = "remote calls; run %spin_serve there" if op == OP_CALL else f"{op!r}"

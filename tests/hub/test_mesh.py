@@ -3,40 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from spindel_jupyter.hub.mesh import _without_credentials
 from spindel_jupyter.peer.client import Peer
 from tests.support import HubServer, NatsServer, free_port, wait_until
-
-
-@pytest.fixture
-def nats(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Any]:
-    started: list[HubServer] = []
-
-    def start(name: str, *args: str) -> HubServer:
-        hub = HubServer(tmp_path / name, args=(f"--SpindelHub.hub_name={name}", *args)).start()
-        started.append(hub)
-        return hub
-
-    try:
-        yield start
-    finally:
-        for hub in started:
-            hub.stop()
 
 
 def mesh(hub: HubServer) -> dict[str, Any]:

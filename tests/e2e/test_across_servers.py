@@ -1,0 +1,187 @@
+"""Remote calls between kernels of two Jupyter servers whose hubs joined over a real nats-server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from spindel_jupyter.peer.client import Peer
+from tests.support import HubServer, Kernel, NatsServer, wait_until
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Hubs A, B and C in one mesh; alice (a kernel on A) calls bob (a kernel on B, serving alice@A)."""
+    root = tmp_path_factory.mktemp("mesh")
+    nats = NatsServer(root / "nats").start()
+    servers = {
+        name: HubServer(
+            root / name, args=(f"--SpindelHub.hub_name={name}", f"--SpindelHub.nats_url={nats.url}")
+        )
+        for name in "ABC"
+    }
+    kernels: list[Kernel] = []
+    try:
+        for server in servers.values():
+            server.start()
+        alice = servers["A"].start_notebook_kernel("alice.ipynb")
+        bob = servers["B"].start_notebook_kernel("bob.ipynb")
+        kernels += [alice, bob]
+        alice.ok("%load_ext spindel_jupyter")
+        bob.ok("%load_ext spindel_jupyter\n%spin_serve --allow alice@A\nsecret = 42\nimport time")
+        wait_until(
+            lambda: ("bob", "B") in {(p["name"], p["hub"]) for p in servers["A"].get("spindel/api/peers")},
+            timeout=20,
+            what="bob of B listed on A",
+        )
+        yield {"alice": alice, "bob": bob, "nats": nats, **servers}
+    finally:
+        for kernel in kernels:
+            kernel.shutdown()
+        for server in servers.values():
+            server.stop()
+        nats.stop()
+
+
+def test_a_cell_runs_on_a_kernel_of_another_server(mesh: dict[str, Any]) -> None:
+    alice = mesh["alice"]
+    alice.ok("x = 3")
+    assert alice.ok("%%spin_remote bob@B x\nx * secret").text().strip() == "126"
+    assert alice.ok("_").text().strip() == "126"
+
+
+def test_a_bare_name_finds_the_only_peer_of_that_name_in_the_mesh(mesh: dict[str, Any]) -> None:
+    alice = mesh["alice"]
+    out = alice.ok("%%spin_remote bob\nprint('from', 'bob')\nsecret + 1")
+    assert out.stdout == "from bob\n"
+    assert out.text().strip() == "43"
+
+
+def test_remote_functions_call_and_contexts_work_across_servers(mesh: dict[str, Any]) -> None:
+    alice, bob = mesh["alice"], mesh["bob"]
+    bob.ok("from spindel_jupyter import register_context\nregister_context('lab', {'owner': 'the lab'})")
+    alice.ok(
+        "from spindel_jupyter import remote, call\n"
+        "@remote('bob@B')\ndef scaled(v: int, k: int = 2) -> int:\n    return v * k + secret\n"
+    )
+    assert alice.ok("scaled(1)").text().strip() == "44"
+    assert alice.ok("await scaled.aio(1, k=10)").text().strip() == "52"
+    assert (
+        alice.ok("def plus(a, b):\n    return a + b + secret\ncall('bob@B', plus, 1, b=2)").text().strip()
+        == "45"
+    )
+    assert alice.ok("%%spin_remote bob@B/lab\nowner").text().strip() == "'the lab'"
+    peers = alice.ok("%spin_peers").html()
+    assert "bob" in peers and ">B<" in peers and "lab" in peers
+
+
+def test_output_errors_and_rich_results_come_across(mesh: dict[str, Any]) -> None:
+    alice = mesh["alice"]
+    out = alice.ok(
+        "%%spin_remote bob@B\nimport sys\nfrom IPython.display import HTML, display\n"
+        "print('to stdout')\nprint('to stderr', file=sys.stderr)\ndisplay(HTML('<b>bold</b>'))\n"
+    )
+    assert out.stdout == "to stdout\n" and "to stderr" in out.stderr
+    assert "<b>bold</b>" in out.html()
+    failed = alice.run("%%spin_remote bob@B\ndef inner():\n    raise ValueError('deep down')\ninner()")
+    assert failed.error["ename"] == "RemoteError"
+    assert "ValueError" in failed.error["evalue"] and "deep down" in failed.error["evalue"]
+    assert any("inner()" in line for line in failed.error["traceback"])
+
+
+def test_a_value_over_the_nats_payload_limit_crosses_in_chunks(mesh: dict[str, Any]) -> None:
+    alice = mesh["alice"]
+    alice.ok("blob = bytes(range(256)) * 12_000")  # 3 MB: three times NATS's default payload limit
+    out = alice.ok(
+        "%%spin_remote bob@B blob\nimport hashlib\n(len(blob), hashlib.sha256(blob).hexdigest(), blob)"
+    )
+    alice.ok("import hashlib\nexpected = (len(blob), hashlib.sha256(blob).hexdigest(), blob)")
+    assert alice.ok("_ == expected").text().strip() == "True"
+    assert out.error is None
+    stats = mesh["A"].get("spindel/api/stats")["mesh"]
+    assert stats["bytes_in"] >= 3_000_000 and stats["bytes_out"] >= 3_000_000
+
+
+def test_a_timeout_interrupts_the_code_on_the_other_server(mesh: dict[str, Any]) -> None:
+    alice, bob = mesh["alice"], mesh["bob"]
+    started = time.monotonic()
+    out = alice.run(
+        "%%spin_remote bob@B --timeout 1\nfor i in range(100):\n    time.sleep(0.1)\nfinished = True"
+    )
+    assert out.error["ename"] == "RemoteTimeout"
+    assert 1 <= time.monotonic() - started < 3
+    assert alice.ok("%%spin_remote bob@B\nsecret").text().strip() == "42"  # it serves again at once
+    assert bob.run("finished").error["ename"] == "NameError"  # interrupted there, not left running
+
+
+def test_an_unknown_peer_fails_at_once_naming_the_mesh_peers(mesh: dict[str, Any]) -> None:
+    alice = mesh["alice"]
+    for target in ("nobody", "nobody@B", "bob@Z"):
+        started = time.monotonic()
+        out = alice.run(f"%%spin_remote {target}\n1")
+        assert time.monotonic() - started < 2
+        assert out.error["ename"] == "PeerNotFound", out.error
+        assert f"'{target}'" in out.error["evalue"] and "bob@B" in out.error["evalue"]
+
+
+def test_an_ambiguous_name_lists_the_qualified_ones(mesh: dict[str, Any]) -> None:
+    alice, c = mesh["alice"], mesh["C"]
+    other = Peer(c.ws_url, "bob", c.token).start()
+    try:
+        wait_until(
+            lambda: ("bob", "C") in {(p["name"], p["hub"]) for p in mesh["A"].get("spindel/api/peers")},
+            timeout=20,
+            what="the second bob listed on A",
+        )
+        out = alice.run("%%spin_remote bob\nsecret")
+        assert out.error["ename"] == "AmbiguousPeer"
+        assert "bob@B, bob@C" in out.error["evalue"]
+        assert alice.ok("%%spin_remote bob@B\nsecret").text().strip() == "42"
+    finally:
+        other.close()
+
+
+def test_a_peer_of_another_hub_is_served_only_when_allowed_by_name(mesh: dict[str, Any]) -> None:
+    alice, bob = mesh["alice"], mesh["bob"]
+    try:
+        bob.ok("%spin_serve --allow '*'")
+        out = alice.run("%%spin_remote bob@B\nsecret")
+        assert out.error["ename"] == "NotServed"
+        assert "a peer of another hub" in out.error["evalue"]
+        assert "%spin_serve --allow *,alice@A" in out.error["evalue"]
+    finally:
+        bob.ok("%spin_serve --allow alice@A")
+    assert alice.ok("%%spin_remote bob@B\nsecret").text().strip() == "42"
+
+
+def test_a_server_killed_mid_call_gives_peer_lost_within_3_s(nats: NatsServer, servers: Any) -> None:
+    a = servers("A", f"--SpindelHub.nats_url={nats.url}")
+    b = servers("B", f"--SpindelHub.nats_url={nats.url}")
+    alice = a.start_notebook_kernel("alice.ipynb")
+    bob = b.start_notebook_kernel("bob.ipynb")
+    try:
+        alice.ok("%load_ext spindel_jupyter")
+        bob.ok("%load_ext spindel_jupyter\n%spin_serve --allow alice@A")
+        wait_until(lambda: "bob" in a.peer_names(), timeout=20, what="bob of B listed on A")
+        msg_id = alice.client.execute("%%spin_remote bob@B\nimport time\ntime.sleep(60)")
+        time.sleep(1.5)
+        b.kill()
+        killed = time.monotonic()
+        reply = wait_until(lambda: _reply_to(alice, msg_id), timeout=15, what="alice's reply")
+        assert time.monotonic() - killed <= 3.0
+        assert reply["content"]["ename"] == "PeerLost"
+        assert "left the mesh" in reply["content"]["evalue"]
+    finally:
+        alice.shutdown()
+        bob.shutdown()
+
+
+def _reply_to(kernel: Kernel, msg_id: str) -> dict[str, Any] | None:
+    try:
+        reply = kernel.client.get_shell_msg(timeout=0.05)
+    except Exception:
+        return None
+    return reply if reply["parent_header"].get("msg_id") == msg_id else None
