@@ -271,3 +271,141 @@ def test_a_peer_renamed_after_its_notebook_keeps_its_calls_and_is_told(relay: Re
     assert renamed == [("Untitled", "alice-2")]
     send(relay, bob, {"t": "rep", "re": 3, "to": "alice-2"}, "done")  # the reply finds the new name
     assert link.last("rep")["re"] == 3 and link.last("rep")["from"] == "bob"
+
+
+# -- frames to and from the peers of other hubs ---------------------------------------------------
+
+
+class RecordingMesh:
+    """Stands in for the NATS mesh (tested on its own in test_mesh.py): other hubs' peers, frames sent."""
+
+    def __init__(self, peers: dict[str, list[str]]) -> None:
+        self.hub_peers = peers
+        self.sent: list[tuple[str, dict[str, Any], Any]] = []
+
+    def peers(self) -> list[dict[str, Any]]:
+        return [
+            {"name": name, "kind": "kernel", "hub": hub, "local": False}
+            for hub, names in sorted(self.hub_peers.items())
+            for name in names
+        ]
+
+    def reaches(self, hub: str) -> bool:
+        return hub in self.hub_peers
+
+    def send(self, hub: str, frame: bytes, body: wire.Buffer = b"") -> None:
+        header, rest = wire.unpack_frame(frame + body)
+        self.sent.append((hub, header, wire.decode(rest) if rest else None))
+
+    def stats(self) -> dict[str, Any]:
+        return {"state": "connected"}
+
+
+@pytest.fixture
+def meshed() -> tuple[Relay, RecordingMesh]:
+    relay = Relay(max_frame_bytes=1024)
+    relay.hub_name = "A"
+    relay.mesh = RecordingMesh({"B": ["bob", "carol"], "C": ["carol"]})
+    return relay, relay.mesh
+
+
+def from_hub(relay: Relay, hub: str, header: dict[str, Any], body: Any = None) -> None:
+    relay.receive_from_hub(hub, wire.pack_frame(header, None if body is None else wire.encode(body)))
+
+
+def test_a_call_to_a_peer_of_another_hub_goes_to_its_hub_and_its_reply_comes_back(meshed: Any) -> None:
+    relay, mesh = meshed
+    _, alice = join(relay, "alice")
+    send(relay, relay.members["alice"], {"t": "req", "id": 7, "op": "call", "to": "bob"}, {"x": 1})
+    hub, header, body = mesh.sent[-1]
+    assert (hub, header["to"], header["from"], header["scope"], body) == (
+        "B",
+        "bob",
+        "alice",
+        "own",
+        {"x": 1},
+    )
+    from_hub(relay, "B", {"t": "msg", "op": "output", "to": "alice@A", "from": "bob", "scope": "own"}, "hi")
+    from_hub(relay, "B", {"t": "rep", "re": 7, "to": "alice@A", "from": "bob", "scope": "own"}, 42)
+    (output, said), (reply, value) = alice.of("msg")[-1], alice.of("rep")[-1]
+    assert (output["from"], output["scope"], said) == ("bob@B", "mesh", "hi")
+    assert (reply["from"], reply["scope"], value) == ("bob@B", "mesh", 42)
+
+
+def test_an_unasked_reply_from_another_hub_is_dropped(meshed: Any) -> None:
+    relay, _ = meshed
+    _, alice = join(relay, "alice")
+    from_hub(relay, "B", {"t": "rep", "re": 99, "to": "alice", "from": "bob"}, "forged")
+    assert alice.of("rep") == []
+
+
+def test_a_bare_name_of_several_hubs_is_ambiguous_and_names_them(meshed: Any) -> None:
+    relay, mesh = meshed
+    _, alice = join(relay, "alice")
+    send(relay, relay.members["alice"], {"t": "req", "id": 1, "op": "call", "to": "carol"})
+    error = alice.last("rep")["error"]
+    assert error["code"] == codes.AMBIGUOUS_PEER and "carol@B, carol@C" in error["message"]
+    assert mesh.sent == []
+    _, _carol = join(relay, "carol")  # then the local one is meant
+    send(relay, relay.members["alice"], {"t": "req", "id": 2, "op": "call", "to": "carol"})
+    assert mesh.sent == [] and relay.members["carol"].awaiting == {("alice", 2)}
+
+
+def test_a_peer_of_another_hub_reaches_only_this_hubs_peers(meshed: Any) -> None:
+    relay, mesh = meshed
+    join(relay, "alice")
+    from_hub(relay, "B", {"t": "req", "id": 3, "op": "call", "to": "carol", "from": "bob"})
+    hub, header, _ = mesh.sent[-1]
+    assert hub == "B" and header["t"] == "rep" and header["to"] == "bob@B"  # not carol of C
+    assert header["error"]["code"] == codes.PEER_NOT_FOUND and header["from"] == "carol"
+    assert "'carol@A'" in header["error"]["message"] and "alice@A" in header["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"t": "req", "id": 4, "op": "peers", "from": "bob"},  # a hub op: only this hub's peers ask the hub
+        {"t": "req", "id": 4, "op": "workspace.publish", "from": "bob"},
+        {"t": "sub", "id": 4, "topic": "t", "mode": "sync", "from": "bob"},
+        {"t": "req", "id": 4, "op": "call", "to": "alice@C", "from": "bob"},  # for another hub
+    ],
+    ids=["hub-op", "workspace-op", "topic", "other-hub"],
+)
+def test_a_peer_of_another_hub_never_asks_this_hub_itself(meshed: Any, header: dict[str, Any]) -> None:
+    relay, mesh = meshed
+    _, alice = join(relay, "alice")
+    before = len(alice.frames)
+    from_hub(relay, "B", header)
+    assert alice.frames[before:] == []
+    if header["t"] == "req":
+        _, reply, _ = mesh.sent[-1]
+        assert reply["error"]["code"] in (codes.FORBIDDEN, codes.BAD_FRAME)
+    assert relay.topics.list() == []
+
+
+def test_a_frame_from_another_hub_that_speaks_for_a_third_is_dropped(meshed: Any) -> None:
+    relay, mesh = meshed
+    join(relay, "alice")
+    from_hub(relay, "B", {"t": "req", "id": 5, "op": "call", "to": "alice", "from": "carol@C"})
+    assert relay.members["alice"].awaiting == set() and mesh.sent == []
+
+
+def test_calls_to_a_hub_that_left_the_mesh_fail_with_peer_lost(meshed: Any) -> None:
+    relay, mesh = meshed
+    _, alice = join(relay, "alice")
+    send(relay, relay.members["alice"], {"t": "req", "id": 6, "op": "call", "to": "bob@B"})
+    del mesh.hub_peers["B"]
+    relay.mesh_changed()
+    error = alice.last("rep")["error"]
+    assert alice.last("rep")["re"] == 6 and error["code"] == codes.PEER_LOST
+    assert "its hub 'B' left the mesh" in error["message"]
+    assert [p["name"] for p in alice.of("event")[-1][1]] == ["alice", "carol"]  # told of the new list
+
+
+def test_a_local_peer_that_leaves_fails_the_calls_of_other_hubs_peers(meshed: Any) -> None:
+    relay, mesh = meshed
+    bob, _ = join(relay, "bob")
+    from_hub(relay, "B", {"t": "req", "id": 8, "op": "call", "to": "bob", "from": "dave"})
+    relay.disconnect(bob)
+    hub, header, _ = mesh.sent[-1]
+    assert (hub, header["to"], header["re"], header["error"]["code"]) == ("B", "dave@B", 8, codes.PEER_LOST)
