@@ -31,6 +31,7 @@ from .handlers import (
 )
 from .invites import Invites, add_invite_ops, close_invited
 from .mesh import Mesh
+from .mesh_topics import MeshTopics
 from .notebooks import SAVE_EVENT, NotebookService
 from .relay import Relay
 from .store import NodeStore
@@ -152,6 +153,7 @@ class SpindelHub(ExtensionApp):
         self.mesh: Mesh | None = None
         if self.nats_url:
             self.mesh = Mesh(self.nats_url, "", self.nats_credentials, self.max_frame_bytes)
+            self.mesh.parts.append(MeshTopics(self.mesh, topics))
             self.relay.mesh = self.mesh
         self.settings["spindel_hub"] = self
         self.export_environment()

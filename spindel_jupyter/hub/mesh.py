@@ -9,8 +9,11 @@ Subjects (each name is one subject token, see :func:`token`):
 ``spindel.hubs.HUB``          HUB's announcement: its peers, every ``HEARTBEAT`` s and on change.
                                A hub not heard from for ``HUB_TTL`` s has left.
 ``spindel.frames.TO.FROM``    frames from the peers of hub FROM to those of hub TO (calls, replies,
-                               streamed output, cancels), in order, cut into chunks where NATS's
-                               payload limit is smaller than a frame.
+                               streamed output, cancels), in order.
+``spindel.topics.TOPIC.HUB``  changes to a topic made on HUB (:mod:`.mesh_topics`).
+
+A message larger than NATS's payload limit goes as chunks, in order, each
+marked as the last or not (a publisher's messages on one subject arrive in order).
 
 The sending hub is read from the subject, never from the message: with one
 NATS user per hub, each allowed to publish only on subjects ending in its own
@@ -27,7 +30,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ..core import wire
@@ -81,6 +84,19 @@ def frames_subject(to_hub: str, from_hub: str) -> str:
     return f"{PREFIX}.frames.{token(to_hub)}.{token(from_hub)}"
 
 
+class Part(Protocol):
+    """Something more the hub does in the mesh while connected (topics: :mod:`.mesh_topics`)."""
+
+    async def joined(self, nc: Any) -> None:
+        """The hub is connected through ``nc`` (a nats-py client); runs until it returns or is cancelled."""
+
+    def left(self) -> None:
+        """The connection is gone."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters for ``/spindel/api/stats``."""
+
+
 class Mesh:
     """This hub's membership of the mesh: its connection to NATS, the hubs it sees, and the frames
     its peers exchange with theirs."""
@@ -104,9 +120,11 @@ class Mesh:
         self.on_peers: Callable[[], None] = lambda: None
         #: Called with (hub, frame) for each frame a peer of another hub sent to one of this hub's.
         self.on_frame: Callable[[str, bytes], None] = lambda hub, frame: None
-        self._outbox: deque[tuple[str, bytes, wire.Buffer]] = deque()
+        self._outbox: deque[tuple[str, wire.Buffer, wire.Buffer, dict[str, str] | None]] = deque()
         self._wake = asyncio.Event()
-        self._chunks: dict[str, list[bytes]] = {}
+        self._chunks = Chunks(max_frame_bytes)
+        #: What else runs while connected.
+        self.parts: list[Part] = []
         #: Frames and bytes this hub sent to and received from other hubs.
         self.counts = {"frames_out": 0, "frames_in": 0, "bytes_out": 0, "bytes_in": 0}
         self._nc: Any = None
@@ -161,8 +179,25 @@ class Mesh:
         """
         if self._nc is None:
             return
-        self._outbox.append((hub, frame, body))
+        self.counts["frames_out"] += 1
+        self.counts["bytes_out"] += len(frame) + len(body)
+        self.publish(frames_subject(hub, self.hub_name), frame, body)
+
+    def publish(
+        self, subject: str, data: wire.Buffer, more: wire.Buffer = b"", headers: dict[str, str] | None = None
+    ) -> None:
+        """Queue ``data`` then ``more`` as one message on ``subject`` (in chunks if need be).
+
+        Dropped when out of the mesh: what waits for it learns so otherwise.
+        """
+        if self._nc is None:
+            return
+        self._outbox.append((subject, data, more, headers))
         self._wake.set()
+
+    @property
+    def connected(self) -> bool:
+        return self.state == CONNECTED and self._nc is not None
 
     def stats(self) -> dict[str, Any]:
         """What ``/spindel/api/stats`` shows of the mesh."""
@@ -173,6 +208,7 @@ class Mesh:
             "hubs": self.hubs(),
             "problem": self.problem,
             **self.counts,
+            **{key: value for part in self.parts for key, value in part.stats().items()},
         }
 
     async def _run(self) -> None:
@@ -195,6 +231,8 @@ class Mesh:
                 nc, self._nc = self._nc, None
                 self._outbox.clear()
                 self._chunks.clear()
+                for part in self.parts:
+                    part.left()
                 if nc is not None:
                     with contextlib.suppress(Exception):
                         await nc.close()
@@ -239,7 +277,11 @@ class Mesh:
             pending_msgs_limit=1_000_000,
             pending_bytes_limit=limit,
         )
-        writer = asyncio.get_running_loop().create_task(self._write_forever(nc))
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(self._write_forever(nc)),
+            *(loop.create_task(p.joined(nc)) for p in self.parts),
+        ]
         since = time.time()
         self._changed = asyncio.Event()
         announced = 0.0
@@ -261,12 +303,14 @@ class Mesh:
                 for hub in gone:
                     log.info("spindel: hub %r left the mesh (not heard from for %.0f s)", hub, HUB_TTL)
                     self._forget(hub)
-                if writer.done():
-                    writer.result()
+                for task in tasks:
+                    if task.done() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), _TICK)
         finally:
-            writer.cancel()
+            for task in tasks:
+                task.cancel()
         raise ConnectionError("the connection to NATS closed")
 
     async def _write_forever(self, nc: Any) -> None:
@@ -275,18 +319,16 @@ class Mesh:
             await self._wake.wait()
             self._wake.clear()
             while self._outbox:
-                hub, frame, body = self._outbox.popleft()
-                subject = frames_subject(hub, self.hub_name)
-                size = len(frame) + len(body)
-                self.counts["frames_out"] += 1
-                self.counts["bytes_out"] += size
+                subject, data, more, headers = self._outbox.popleft()
+                size = len(data) + len(more)
                 if size < chunk:
-                    await nc.publish(subject, b"".join((_LAST, frame, body)))
+                    await nc.publish(subject, b"".join((_LAST, data, more)), headers=headers)
                     continue
-                whole = memoryview(b"".join((frame, body)))
+                whole = memoryview(b"".join((data, more)))
                 for start in range(0, size, chunk):
                     mark = _LAST if start + chunk >= size else _MORE
-                    await nc.publish(subject, mark + whole[start : start + chunk])
+                    await nc.publish(subject, mark + whole[start : start + chunk], headers=headers)
+                    headers = None  # on the first chunk only (a rollup clears what came before it)
 
     async def _on_announcement(self, msg: Any) -> None:
         hub = untoken(msg.subject.rsplit(".", 1)[-1])
@@ -311,31 +353,45 @@ class Mesh:
 
     def _forget(self, hub: str) -> None:
         self._hubs.pop(hub, None)
-        self._chunks.pop(hub, None)
         self.on_peers()
 
     async def _on_frames(self, msg: Any) -> None:
-        hub = untoken(msg.subject.rsplit(".", 1)[-1])
-        data = msg.data
-        parts = self._chunks.get(hub)
-        if data[:1] == _MORE:
-            parts = self._chunks.setdefault(hub, [])
-            parts.append(data[1:])
-            if sum(len(p) for p in parts) > self.max_frame_bytes:
-                log.warning("spindel: dropped a frame from hub %r: over %d bytes", hub, self.max_frame_bytes)
-                self._chunks[hub] = []
+        frame = self._chunks.add(msg.subject, msg.data)
+        if frame is None:
             return
-        if parts:
-            del self._chunks[hub]
-            frame = b"".join([*parts, data[1:]])
-        else:
-            frame = data[1:]
+        hub = untoken(msg.subject.rsplit(".", 1)[-1])
         self.counts["frames_in"] += 1
         self.counts["bytes_in"] += len(frame)
         try:
             self.on_frame(hub, frame)
         except Exception:
             log.exception("spindel: failed to handle a frame from hub %r", hub)
+
+
+class Chunks:
+    """Messages put back together from their chunks, per subject (one publisher's arrive in order)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._parts: dict[str, list[bytes]] = {}
+
+    def add(self, subject: str, data: bytes) -> bytes | None:
+        """The whole message once ``data`` is its last chunk, else None."""
+        parts = self._parts.get(subject)
+        if data[:1] == _MORE:
+            parts = self._parts.setdefault(subject, [])
+            parts.append(data[1:])
+            if sum(len(p) for p in parts) > self.limit:
+                log.warning("spindel: dropped a message on %s: over %d bytes", subject, self.limit)
+                parts.clear()
+            return None
+        if parts:
+            del self._parts[subject]
+            return b"".join([*parts, data[1:]])
+        return data[1:]
+
+    def clear(self) -> None:
+        self._parts.clear()
 
 
 def _announced(peer: dict[str, Any]) -> dict[str, Any]:

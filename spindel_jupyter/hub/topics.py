@@ -134,6 +134,9 @@ class TopicStore:
         self._waiters: Waiters = []
         #: Called after changes are stored, when the topic list or a value changed.
         self.on_change: Callable[[], None] | None = None
+        #: Called with each change made here (not one from another hub): the topic, and the CRDT
+        #: change that made it (None: the topic's state as a whole, as for every plain topic).
+        self.on_local_change: Callable[[Topic, wire.Buffer | None], None] | None = None
         #: Changes received and frames relayed, for /spindel/api/stats.
         self.received = 0
         self.relayed = 0
@@ -162,7 +165,7 @@ class TopicStore:
             self._followers_changed()
             reply = self._join(topic, member, header, body)
             if body and isinstance(header.get("seq"), int):
-                self._ack_later(member, name, header["seq"], topic)
+                self._ack_later(member, name, header["seq"])
             snapshot["kind"] = topic.kind
             if reply is not None:
                 if topic.stamp is not None:
@@ -223,12 +226,43 @@ class TopicStore:
             return
         stamp = _stamp(header.get("stamp"))
         if not wins(stamp, topic.stamp):
-            self._ack_later(member, name, header["seq"], topic)
+            self._ack_later(member, name, header["seq"])
             return
         topic.state, topic.stamp = bytes(body), stamp
         frame = {"t": PUB, "topic": name, "kind": topic.kind, "from": member.name, "stamp": list(stamp)}
         self._relay(topic, member, wire.pack_frame(frame, body))
-        self._ack_later(member, name, header["seq"], topic, dirty=True)
+        self._changed(topic, None)
+        self._ack_later(member, name, header["seq"])
+
+    def merge_remote(
+        self, name: str, kind: str, stamp: Any, body: wire.Buffer, sender: str, full_state: bool = False
+    ) -> bool:
+        """A change made on another hub of the mesh (``full_state``: its whole state): apply it, and
+        relay it to every follower here only if it adds something. Whether it did.
+
+        Applying the same change twice does nothing the second time: no follower
+        hears of it again, no observer fires twice.
+        """
+        topic = self._topic(name, kind, create=True)
+        assert topic is not None
+        frame: dict[str, Any] = {"t": PUB, "topic": name, "kind": topic.kind, "from": sender}
+        if topic.kind == LWW:
+            stamped = _stamp(stamp)
+            if not wins(stamped, topic.stamp):
+                return False
+            topic.state, topic.stamp = bytes(body), stamped
+            frame["stamp"] = list(stamped)
+            self._relay(topic, None, wire.pack_frame(frame, body))
+            self._changed(topic, None, local=False)
+            return True
+        self._settle(topic)  # after the changes of this hub's peers already received
+        joined = join(topic.state, _crdt_value(topic.kind, body), full_state)
+        if joined is topic.state:
+            return False
+        topic.state = joined
+        self._relay(topic, None, wire.pack_frame(frame, body))
+        self._changed(topic, body, local=False)
+        return True
 
     def _settle_all(self) -> None:
         settled = bool(self._unsettled)
@@ -302,7 +336,7 @@ class TopicStore:
         self._topic(target, original.kind, create=True)
         copy = self.topics[target]
         copy.state, copy.stamp = original.state, original.stamp
-        self._mark_dirty(copy)
+        self._changed(copy, None)
 
     def fold(self, source: str, target: str, take_source: bool) -> None:
         """Bring a fork's topic back: a CRDT joins; a plain value is taken if ``take_source``."""
@@ -402,11 +436,14 @@ class TopicStore:
                 member.link.send(frame)
                 self.relayed += 1
 
-    def _changed(self, topic: Topic, body: wire.Buffer | None) -> None:
-        """The topic's state changed: a CRDT's by joining ``body`` (to log), a plain one's whole."""
+    def _changed(self, topic: Topic, body: wire.Buffer | None, local: bool = True) -> None:
+        """The topic's state changed: a CRDT's by joining ``body`` (to log), a plain one's whole;
+        ``local``: here, not on another hub."""
         if topic.log is not None and body is not None:
             topic.records.append(body)
         self._mark_dirty(topic)
+        if local and self.on_local_change is not None:
+            self.on_local_change(topic, body)
 
     # -- durability ----------------------------------------------------------------------
 
@@ -422,13 +459,10 @@ class TopicStore:
         self._request_flush()
         return waiter
 
-    def _ack_later(self, member: Member, name: str, seq: int, topic: Topic, dirty: bool = False) -> None:
+    def _ack_later(self, member: Member, name: str, seq: int) -> None:
         key = (member, name)
         self._acks[key] = max(seq, self._acks.get(key, 0))
-        if dirty:
-            self._mark_dirty(topic)
-        else:
-            self._request_flush()
+        self._request_flush()
 
     def _mark_dirty(self, topic: Topic) -> None:
         self._dirty.add(topic)
@@ -606,7 +640,7 @@ def _stamp(value: Any) -> Stamp:
         raise errors.BadFrame(f"bad stamp: {exc}") from None
 
 
-def _crdt_value(kind: str, body: memoryview) -> Any:
+def _crdt_value(kind: str, body: wire.Buffer) -> Any:
     try:
         return decode_state(kind, body)
     except (errors.DecodeError, ValueError, KeyError) as exc:

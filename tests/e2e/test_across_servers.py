@@ -157,6 +157,80 @@ def test_a_peer_of_another_hub_is_served_only_when_allowed_by_name(mesh: dict[st
     assert alice.ok("%%spin_remote bob@B\nsecret").text().strip() == "42"
 
 
+SYNC = "from spindel_jupyter import *\nfrom spindel_jupyter.core.crdt import *"
+
+
+def value_of(kernel: Kernel, expression: str) -> Any:
+    return eval(kernel.ok(f"print(repr({expression}))").stdout.strip())
+
+
+def converges(kernels: list[Kernel], expression: str, expected: Any, timeout: float = 15.0) -> None:
+    for kernel in kernels:
+        wait_until(
+            lambda k=kernel: value_of(k, expression) == expected,
+            timeout=timeout,
+            interval=0.1,
+            what=f"{expression} == {expected!r}",
+        )
+
+
+def test_a_crdt_topic_synced_on_two_servers_converges(mesh: dict[str, Any]) -> None:
+    alice, bob = mesh["alice"], mesh["bob"]
+    for kernel in (alice, bob):
+        kernel.ok(
+            f"{SYNC}\ncount = sync_signal('x/count', PNCounter())\ntags = sync_signal('x/tags', ORSet())"
+        )
+    alice.ok(
+        "for _ in range(30):\n    count.update(lambda c: c.increment())\ntags.update(lambda s: s.add('a'))"
+    )
+    bob.ok(
+        "for _ in range(12):\n    count.update(lambda c: c.increment())\ntags.update(lambda s: s.add('b'))"
+    )
+    converges([alice, bob], "int(count.value)", 42)
+    converges([alice, bob], "sorted(tags.value)", ["a", "b"])
+    bob.ok("tags.update(lambda s: s.remove('a'))")
+    converges([alice, bob], "sorted(tags.value)", ["b"])
+    # The hubs hold it too: a late joiner on a third server gets it at once.
+    carol = mesh["C"].start_notebook_kernel("carol.ipynb")
+    try:
+        out = carol.ok(
+            f"%load_ext spindel_jupyter\n{SYNC}\nm = subscribe_signal('x/count')\nprint(int(m.value))"
+        )
+        assert out.stdout.strip().splitlines()[-1] == "42"
+    finally:
+        carol.shutdown()
+
+
+def test_plain_values_end_equal_on_both_servers_by_their_clocks(mesh: dict[str, Any]) -> None:
+    alice, bob = mesh["alice"], mesh["bob"]
+    for kernel in (alice, bob):
+        kernel.ok(f"{SYNC}\nlevel = sync_signal('x/level', 0)")
+    ids = [
+        k.client.execute(f"for v in range(100):\n    level.set(({i}, v))") for i, k in enumerate((alice, bob))
+    ]
+    for kernel, _ in zip((alice, bob), ids, strict=True):
+        kernel.client.get_shell_msg(timeout=30)
+    wait_until(
+        lambda: value_of(alice, "level.value") == value_of(bob, "level.value"),
+        timeout=15,
+        what="equal values",
+    )
+    assert value_of(alice, "level.value")[1] == 99  # the last write of one of them
+
+
+def test_a_change_that_adds_nothing_fires_no_observer_on_the_other_server(mesh: dict[str, Any]) -> None:
+    alice, bob = mesh["alice"], mesh["bob"]
+    for kernel in (alice, bob):
+        kernel.ok(f"{SYNC}\ncalls = []\nseen = sync_signal('x/seen', GSet())\nseen.observe(calls.append)")
+    alice.ok("for i in range(5):\n    seen.update(lambda s, i=i: s.add(i))")
+    converges([bob], "len(seen.value)", 5)
+    calls = value_of(bob, "len(calls)")
+    assert 1 <= calls <= 5
+    alice.ok("for i in range(5):\n    seen.update(lambda s, i=i: s.add(i))")  # nothing new
+    time.sleep(1.0)
+    assert value_of(bob, "len(calls)") == calls
+
+
 def test_a_server_killed_mid_call_gives_peer_lost_within_3_s(nats: NatsServer, servers: Any) -> None:
     a = servers("A", f"--SpindelHub.nats_url={nats.url}")
     b = servers("B", f"--SpindelHub.nats_url={nats.url}")

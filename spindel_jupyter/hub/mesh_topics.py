@@ -1,0 +1,165 @@
+"""Topics across the mesh: every hub's changes in one JetStream stream that every hub follows.
+
+Each hub stays the star relay of its own peers (:mod:`.topics`). What its peers
+change it publishes once, as one NATS message on ``spindel.topics.TOPIC.HUB``;
+the stream ``SPINDEL_TOPICS`` keeps those messages, and every hub follows the
+stream with an ordered consumer, applying the other hubs' changes and relaying
+those that add something to its followers. Changes are joins (CRDTs) or
+stamped writes (last writer wins by hybrid logical clock), so order and
+repetition do not matter: a change applied twice does nothing the second time.
+
+The stream is the durable copy, compacted per topic and hub: a plain topic's
+write, and every ``SNAPSHOT_EVERY``-th change of a CRDT topic, go as the hub's
+whole state of it with a ``Nats-Rollup: sub`` header, which drops that hub's
+earlier messages of the topic (the state holds them all). A hub that was down
+or cut off replays the stream when it joins again, then publishes a snapshot of
+every topic its peers changed meanwhile: both sides end equal, nothing
+acknowledged is lost. The live fan-out is the same consumer, so there is one
+path, not a lossy one beside a repair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..core import errors, wire
+from ..core.protocol import HUB, LWW
+from .mesh import PREFIX, Chunks, Mesh, token, untoken
+
+if TYPE_CHECKING:
+    from .topics import Topic, TopicStore
+
+log = logging.getLogger(__name__)
+
+STREAM = "SPINDEL_TOPICS"
+#: A CRDT topic's changes made on one hub between two snapshots of it.
+SNAPSHOT_EVERY = 500
+
+
+def topic_subject(topic: str, hub: str) -> str:
+    return f"{PREFIX}.topics.{token(topic)}.{token(hub)}"
+
+
+class MeshTopics:
+    """This hub's side of the topics shared with the mesh's other hubs."""
+
+    def __init__(self, mesh: Mesh, store: TopicStore) -> None:
+        self.mesh = mesh
+        self.store = store
+        store.on_local_change = self.changed
+        #: Following the stream live (connected, and caught up with what it held when joining).
+        self.live = False
+        #: Topics changed here since their last snapshot in the stream: how many changes.
+        #: At start, every topic held (it may hold changes made while out of the mesh).
+        self._unsnapshotted: dict[str, int] = dict.fromkeys(store.topics, 1)
+        self._chunks = Chunks(mesh.max_frame_bytes)
+        self.counts = {"changes_out": 0, "changes_in": 0, "changes_applied": 0, "snapshots": 0}
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    # -- out --------------------------------------------------------------------------------
+
+    def changed(self, topic: Topic, change: wire.Buffer | None) -> None:
+        """A change made here (``change``: a CRDT delta; None: the topic's whole state)."""
+        name = topic.name
+        count = self._unsnapshotted[name] = self._unsnapshotted.get(name, 0) + 1
+        if not self.live:
+            return  # goes as a snapshot once back in the mesh
+        if topic.kind == LWW or change is None or count >= SNAPSHOT_EVERY:
+            self._snapshot(topic)
+        else:
+            self._publish(topic, change, full=False)
+
+    def _snapshot(self, topic: Topic) -> None:
+        self._unsnapshotted.pop(topic.name, None)
+        self.counts["snapshots"] += 1
+        body = topic.state if topic.kind == LWW else wire.encode(topic.state.state())
+        self._publish(topic, body, full=True)
+
+    def _publish(self, topic: Topic, body: wire.Buffer, full: bool) -> None:
+        header: dict[str, Any] = {"kind": topic.kind}
+        if topic.stamp is not None:
+            header["stamp"] = list(topic.stamp)
+        if full:
+            header["full"] = True
+        rollup = {"Nats-Rollup": "sub"} if full else None
+        self.counts["changes_out"] += 1
+        self.mesh.publish(
+            topic_subject(topic.name, self.mesh.hub_name), wire.pack_frame(header), body, rollup
+        )
+
+    # -- in ---------------------------------------------------------------------------------
+
+    async def joined(self, nc: Any) -> None:
+        """Replay the stream, then follow it live and publish what changed here meanwhile."""
+        from nats.js.api import DeliverPolicy, StorageType, StreamConfig
+
+        js = nc.jetstream()
+        config = StreamConfig(
+            name=STREAM,
+            subjects=[f"{PREFIX}.topics.>"],
+            storage=StorageType.FILE,
+            allow_rollup_hdrs=True,
+        )
+        try:
+            info = await js.add_stream(config)
+        except Exception as exc:
+            try:
+                info = await js.stream_info(STREAM)
+            except Exception:
+                raise ConnectionError(
+                    f"cannot create or find the JetStream stream {STREAM} ({exc}): topics need JetStream "
+                    "on the NATS server (nats-server -js) and, with per-hub users, the stream made beforehand"
+                ) from None
+        self._until = info.state.last_seq
+        self._caught_up = asyncio.Event()
+        if self._until == 0:
+            self._caught_up.set()
+        await js.subscribe(
+            f"{PREFIX}.topics.>",
+            cb=self._on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            pending_msgs_limit=1_000_000,
+            pending_bytes_limit=4 * self.mesh.max_frame_bytes + (64 << 20),
+        )
+        await self._caught_up.wait()
+        self.live = True
+        for name in sorted(self._unsnapshotted):
+            topic = self.store.topics.get(name)
+            if topic is not None and topic.state is not None:
+                self._snapshot(topic)
+        log.info("spindel: topics follow the mesh (%d messages replayed)", self._until)
+
+    def left(self) -> None:
+        self.live = False
+        self._chunks.clear()
+
+    async def _on_message(self, msg: Any) -> None:
+        data = self._chunks.add(msg.subject, msg.data)
+        seq = msg.metadata.sequence.stream
+        if data is not None:
+            self._apply(msg.subject, data)
+        if seq >= self._until:
+            self._caught_up.set()
+
+    def _apply(self, subject: str, data: bytes) -> None:
+        _, _, topic_token, hub_token = subject.split(".")
+        hub = untoken(hub_token)
+        if hub == self.mesh.hub_name and self.live:
+            return  # made here, already applied
+        self.counts["changes_in"] += 1
+        name = untoken(topic_token)
+        try:
+            header, body = wire.unpack_frame(data)
+            kind = header.get("kind")
+            if not isinstance(kind, str):
+                raise errors.BadFrame("no kind")
+            full = bool(header.get("full"))
+            if self.store.merge_remote(name, kind, header.get("stamp"), body, HUB, full):
+                self.counts["changes_applied"] += 1
+        except (errors.SpindelError, ValueError) as exc:
+            log.warning("spindel: ignored a change to topic %r from hub %r: %s", name, hub, exc)
