@@ -206,10 +206,30 @@ class NatsServer:
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "nats.log"
+        self.passwords: dict[str, str] = {}
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @classmethod
+    def with_hub_users(cls, root: Path, hubs: str | list[str]) -> NatsServer:
+        """A nats-server where each hub has its own user, allowed to publish only as itself;
+        ``user_url(hub)`` is the URL that hub joins with."""
+        from spindel_jupyter.hub.mesh import permissions
+
+        root.mkdir(parents=True, exist_ok=True)
+        users = [
+            {"user": hub, "password": secrets.token_hex(8), "permissions": permissions(hub)} for hub in hubs
+        ]
+        config = root / "nats.conf"
+        config.write_text(json.dumps({"accounts": {"SPINDEL": {"jetstream": "enabled", "users": users}}}))
+        server = cls(root, args=("-c", str(config)))
+        server.passwords = {user["user"]: user["password"] for user in users}
+        return server
+
+    def user_url(self, hub: str) -> str:
+        return f"nats://{hub}:{self.passwords[hub]}@127.0.0.1:{self.port}"
 
     def start(self) -> NatsServer:
         binary = Path(sys.executable).parent / "nats-server"

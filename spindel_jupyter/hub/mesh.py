@@ -394,6 +394,37 @@ class Chunks:
         self._parts.clear()
 
 
+def permissions(hub: str) -> dict[str, Any]:
+    """The NATS permissions of hub ``hub``'s own user: it publishes only as itself.
+
+    It may announce only itself, send frames only as coming from itself, and
+    publish topic changes only as its own; it reads what is addressed to it, the
+    others' announcements, and the topic stream. With one such user per hub, a
+    hub cannot speak for another (``docs/federation.md`` shows a whole server
+    configuration).
+    """
+    me = token(hub)
+    stream = "SPINDEL_TOPICS"
+    return {
+        "publish": {
+            "allow": [
+                f"{PREFIX}.hubs.{me}",
+                f"{PREFIX}.frames.*.{me}",
+                f"{PREFIX}.topics.*.{me}",
+                "$JS.API.INFO",
+                f"$JS.API.STREAM.CREATE.{stream}",
+                f"$JS.API.STREAM.INFO.{stream}",
+                f"$JS.API.CONSUMER.CREATE.{stream}",
+                f"$JS.API.CONSUMER.CREATE.{stream}.>",
+                f"$JS.API.CONSUMER.DELETE.{stream}.>",
+                f"$JS.API.CONSUMER.INFO.{stream}.>",
+                "$JS.FC.>",
+            ]
+        },
+        "subscribe": {"allow": [f"{PREFIX}.hubs.*", f"{PREFIX}.frames.{me}.*", "_INBOX.>"]},
+    }
+
+
 def _announced(peer: dict[str, Any]) -> dict[str, Any]:
     """What the mesh learns of one of this hub's peers: not how this hub lists it, nor its kernel id
     (which means something only to its own server)."""

@@ -120,6 +120,7 @@ class MeshTopics:
             self._caught_up.set()
         await js.subscribe(
             f"{PREFIX}.topics.>",
+            stream=STREAM,
             cb=self._on_message,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,

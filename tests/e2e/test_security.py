@@ -2,17 +2,23 @@
 
 Each row of the table is an operation; each column a kind of asker: one of the
 server's own peers (a script with the server's token), an invited peer (joined
-with an invite token), and a REST request (the signed-in user). Every cell is a
-test that tries the operation for real and checks the hub (or the serving
-kernel) allowed it, or refused it for that rule, changing nothing.
+with an invite token), a peer of another hub of the mesh (over a real
+nats-server where each hub has its own user), and a REST request (the
+signed-in user). Every cell is a test that tries the operation for real and
+checks the hub (or the serving kernel) allowed it, or refused it for that rule,
+changing nothing. A peer of another hub asks this hub directly as its own hub
+could: frames on NATS under that hub's user, the most any hub can send.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import queue
 import re
 import secrets
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -22,12 +28,14 @@ from typing import Any
 
 import pytest
 
+from spindel_jupyter.core import wire
 from spindel_jupyter.core.errors import BadName, Forbidden, HubError, NotServed
+from spindel_jupyter.core.protocol import from_wire
 from spindel_jupyter.peer.client import Peer
-from tests.support import REPO, HubServer, Kernel, wait_until
+from tests.support import REPO, HubServer, Kernel, NatsServer, wait_until
 
-OWN, INVITED, REST = "own peer", "invited peer", "REST request"
-COLUMNS = (OWN, INVITED, REST)
+OWN, INVITED, MESH, REST = "own peer", "invited peer", "peer of another hub", "REST request"
+COLUMNS = (OWN, INVITED, MESH, REST)
 ALLOWED, REFUSED, NO_ROUTE = "allowed", "refused", "no route"
 
 NOTEBOOK = {
@@ -52,6 +60,46 @@ class Refused(Exception):
     """The operation was refused for a rule (not failed for another reason)."""
 
 
+class FromAnotherHub:
+    """Peer ``sec-asker`` of hub B asking hub A itself, through NATS as hub B's user."""
+
+    def __init__(self, url: str) -> None:
+        import nats
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.replies: queue.Queue[bytes] = queue.Queue()
+        self.nc = self._run(nats.connect(url))
+
+        async def received(msg: Any) -> None:
+            self.replies.put(msg.data[1:])  # after the mark of a whole (unchunked) message
+
+        self._run(self.nc.subscribe("spindel.frames.B.A", cb=received))
+        self._ids = itertools.count(1)
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+
+    def request(self, op: str, argument: Any = None) -> Any:
+        rid = next(self._ids)
+        frame = wire.pack_frame({"t": "req", "id": rid, "op": op, "from": "sec-asker"}, wire.encode(argument))
+        self._run(self.nc.publish("spindel.frames.A.B", b"\x00" + frame))
+        while True:
+            header, body = wire.unpack_frame(self.replies.get(timeout=10))
+            if (header.get("to"), header.get("re")) == ("sec-asker@B", rid):
+                break
+        if header.get("error"):
+            error = from_wire(header["error"])
+            if isinstance(error, Forbidden):
+                raise Refused(str(error))
+            raise error
+        return wire.decode(body) if body else None
+
+    def close(self) -> None:
+        self._run(self.nc.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
 @dataclass
 class World:
     hub: HubServer
@@ -59,6 +107,8 @@ class World:
     guest: Peer
     other_guest: Peer
     server: Kernel
+    remote: Peer
+    from_b: FromAnotherHub
     serving: str = ""
 
     def fresh(self, stem: str) -> str:
@@ -68,6 +118,8 @@ class World:
         """Workspace operation ``op``, asked by ``who``: over its WebSocket, or as a REST request."""
         if who == REST:
             return self.rest(op, arguments)
+        if who == MESH:
+            return self.from_b.request(f"workspace.{op}", arguments)
         peer = self.own if who == OWN else self.guest
         try:
             return peer.request(None, f"workspace.{op}", arguments, timeout=30)
@@ -108,16 +160,27 @@ class World:
             self.serving = str(allow)
 
     def call(self, who: str) -> int:
-        peer = self.own if who == OWN else self.guest
+        peer = {OWN: self.own, INVITED: self.guest, MESH: self.remote}[who]
         body = {"kind": "cell", "source": "import os\nos.getpid()", "args": {}}
         try:
-            return int(peer.request("server", "call", body, timeout=30)["value"])
+            return int(peer.request("server@A", "call", body, timeout=30)["value"])
         except NotServed as exc:
             raise Refused(str(exc)) from None
 
 
 @pytest.fixture(scope="module")
-def world(hub: HubServer) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """Hub A (the one asked) and hub B, each joined to NATS as its own user."""
+    root = tmp_path_factory.mktemp("security")
+    nats = NatsServer.with_hub_users(root / "nats", "AB").start()
+    hub = HubServer(
+        root / "A", args=("--SpindelHub.hub_name=A", f"--SpindelHub.nats_url={nats.user_url('A')}")
+    )
+    other = HubServer(
+        root / "B", args=("--SpindelHub.hub_name=B", f"--SpindelHub.nats_url={nats.user_url('B')}")
+    )
+    hub.start()
+    other.start()
     (hub.notebooks / "security").mkdir(exist_ok=True)
     own = Peer(hub.ws_url, "sec-own", hub.token, kind="script", session="sec-own").start()
     invites = [
@@ -125,13 +188,24 @@ def world(hub: HubServer) -> Iterator[World]:
         for n in ("sec-guest", "sec-guest2")
     ]
     guest = Peer(hub.ws_url, "sec-guest", invites[0]["token"], kind="script", session="sec-guest").start()
-    other = Peer(hub.ws_url, "sec-guest2", invites[1]["token"], kind="script", session="sec-guest2").start()
+    other_guest = Peer(
+        hub.ws_url, "sec-guest2", invites[1]["token"], kind="script", session="sec-guest2"
+    ).start()
     server = hub.start_notebook_kernel("security/server.ipynb")
     server.ok("%load_ext spindel_jupyter")
-    yield World(hub, own, guest, other, server)
+    remote = Peer(other.ws_url, "sec-remote", other.token, kind="script", session="sec-remote").start()
+    wait_until(
+        lambda: "server" in [p["name"] for p in remote.peers()], timeout=20, what="A's peers seen from B"
+    )
+    from_b = FromAnotherHub(nats.user_url("B"))
+    yield World(hub, own, guest, other_guest, server, remote, from_b)
+    from_b.close()
     server.shutdown()
-    for peer in (guest, other, own):
+    for peer in (guest, other_guest, own, remote):
         peer.close()
+    for server_process in (hub, other):
+        server_process.stop()
+    nats.stop()
 
 
 # -- the rows: each tries one operation as ``who``; returns if allowed, raises Refused if refused ----
@@ -156,13 +230,16 @@ def list_everything(w: World, who: str) -> None:
         for path in ("peers", "topics", "workspaces"):
             assert isinstance(w.hub.get(f"spindel/api/{path}"), list)
         return
+    if who == MESH:
+        w.from_b.request("peers")  # it sees A's peers through its own hub, never by asking A
     peer = w.own if who == OWN else w.guest
     assert any(p["name"] == peer.name for p in peer.peers())
     assert isinstance(w.op(who, "list"), list)
 
 
 def sync_a_topic(w: World, who: str) -> None:
-    peer = w.own if who == OWN else w.guest
+    """Through its own hub, which shares its topics with the mesh: the topic reaches A too."""
+    peer = {OWN: w.own, INVITED: w.guest, MESH: w.remote}[who]
     topic, answers = w.fresh("topic"), []
     peer.on_frame("snap", lambda header, body: answers.append(header))
     peer.on_frame("ack", lambda header, body: answers.append(header))
@@ -172,7 +249,7 @@ def sync_a_topic(w: World, who: str) -> None:
     )
     wait_until(lambda: any(a["t"] == "ack" for a in answers), what="the hub to store the write")
     assert not any(a.get("error") for a in answers), answers
-    assert any(t["name"] == topic for t in w.hub.get("spindel/api/topics"))
+    wait_until(lambda: any(t["name"] == topic for t in w.hub.get("spindel/api/topics")), what="A to hold it")
 
 
 def call_serving_no_allow(w: World, who: str) -> None:
@@ -181,7 +258,7 @@ def call_serving_no_allow(w: World, who: str) -> None:
 
 
 def call_allow_naming(w: World, who: str) -> None:
-    w.serve("sec-own,sec-guest")
+    w.serve("sec-own,sec-guest,sec-remote@B")
     w.call(who)
 
 
@@ -262,7 +339,7 @@ def first_source(path: Path) -> str:
 
 def merge_into_a_server_file(w: World, who: str) -> None:
     # An invited peer cannot publish a server file: one of the server's own publishes the parent.
-    parent = w.published(OWN if who == INVITED else who, from_file=True)
+    parent = w.published(OWN if who in (INVITED, MESH) else who, from_file=True)
     path = w.hub.get(f"spindel/api/workspaces/{parent}")["path"]
     fork = _changed_fork(w, who, parent)
     try:
@@ -295,7 +372,7 @@ def overwrite_a_foreign_file(w: World, who: str) -> None:
         w.op(who, "follow", name=name, path=f"security/victim-{name}.ipynb")
     except (Refused, AssertionError, HubError) as exc:
         assert victim.read_text() == '{"mine": true}'
-        assert "--into" in str(exc) or "invite" in str(exc), exc
+        assert "--into" in str(exc) or "invite" in str(exc) or "another hub" in str(exc), exc
         raise Refused(str(exc)) from None
 
 
@@ -306,7 +383,7 @@ def write_outside_the_root(w: World, who: str) -> None:
         w.op(who, "follow", name=name, path=f"../{name}.ipynb")
     except (Refused, AssertionError, HubError) as exc:
         assert not outside.exists()
-        assert "outside the server's root" in str(exc) or "invite" in str(exc), exc
+        assert any(why in str(exc) for why in ("outside the server's root", "invite", "another hub")), exc
         raise Refused(str(exc)) from None
 
 
@@ -322,8 +399,10 @@ def act_for_an_invited_peer(w: World, who: str) -> None:
 
 
 def manage_invites(w: World, who: str) -> None:
-    peer = w.own if who == OWN else w.guest
     name = w.fresh("invitee")
+    if who == MESH:
+        w.from_b.request("invite.create", {"name": name, "ttl": "1h"})
+    peer = w.own if who == OWN else w.guest
     try:
         peer.request(None, "invite.create", {"name": name, "ttl": "1h"}, timeout=10)
     except Forbidden as exc:
@@ -350,41 +429,53 @@ def other_routes(w: World, who: str) -> None:
             raise Refused(f"{path}: 403") from None
 
 
-ROWS: dict[str, tuple[Callable[[World, str], None], tuple[str, str, str]]] = {
-    "join the hub under a name other than its invite's": (join_as_another_name, (ALLOWED, REFUSED, NO_ROUTE)),
-    "list peers, topics and workspaces": (list_everything, (ALLOWED, ALLOWED, ALLOWED)),
-    "follow and write a topic": (sync_a_topic, (ALLOWED, ALLOWED, NO_ROUTE)),
-    "call a kernel serving with no --allow": (call_serving_no_allow, (ALLOWED, REFUSED, NO_ROUTE)),
-    "call a kernel whose --allow names the caller": (call_allow_naming, (ALLOWED, ALLOWED, NO_ROUTE)),
+ROWS: dict[str, tuple[Callable[[World, str], None], tuple[str, str, str, str]]] = {
+    "join the hub under a name other than its invite's": (
+        join_as_another_name,
+        (ALLOWED, REFUSED, NO_ROUTE, NO_ROUTE),
+    ),
+    "list peers, topics and workspaces": (list_everything, (ALLOWED, ALLOWED, REFUSED, ALLOWED)),
+    "follow and write a topic": (sync_a_topic, (ALLOWED, ALLOWED, ALLOWED, NO_ROUTE)),
+    "call a kernel serving with no --allow": (call_serving_no_allow, (ALLOWED, REFUSED, REFUSED, NO_ROUTE)),
+    "call a kernel whose --allow names the caller": (
+        call_allow_naming,
+        (ALLOWED, ALLOWED, ALLOWED, NO_ROUTE),
+    ),
     "call a kernel whose --allow does not name the caller": (
         call_allow_not_naming,
-        (REFUSED, REFUSED, NO_ROUTE),
+        (REFUSED, REFUSED, REFUSED, NO_ROUTE),
     ),
-    "call a kernel serving --allow '*'": (call_allow_everyone, (ALLOWED, ALLOWED, NO_ROUTE)),
-    "publish a notebook file of the server": (publish_a_server_file, (ALLOWED, REFUSED, ALLOWED)),
-    "publish notebook content sent along": (publish_content, (ALLOWED, ALLOWED, ALLOWED)),
-    "follow into a file on the server": (follow_into_a_server_file, (ALLOWED, REFUSED, ALLOWED)),
-    "follow, receiving the notebook": (follow_receiving, (ALLOWED, ALLOWED, ALLOWED)),
-    "fork into a file on the server": (fork_into_a_server_file, (ALLOWED, REFUSED, ALLOWED)),
-    "fork, receiving the notebook": (fork_receiving, (ALLOWED, ALLOWED, ALLOWED)),
+    "call a kernel serving --allow '*'": (call_allow_everyone, (ALLOWED, ALLOWED, REFUSED, NO_ROUTE)),
+    "publish a notebook file of the server": (publish_a_server_file, (ALLOWED, REFUSED, REFUSED, ALLOWED)),
+    "publish notebook content sent along": (publish_content, (ALLOWED, ALLOWED, REFUSED, ALLOWED)),
+    "follow into a file on the server": (follow_into_a_server_file, (ALLOWED, REFUSED, REFUSED, ALLOWED)),
+    "follow, receiving the notebook": (follow_receiving, (ALLOWED, ALLOWED, REFUSED, ALLOWED)),
+    "fork into a file on the server": (fork_into_a_server_file, (ALLOWED, REFUSED, REFUSED, ALLOWED)),
+    "fork, receiving the notebook": (fork_receiving, (ALLOWED, ALLOWED, REFUSED, ALLOWED)),
     "merge into a workspace whose notebook is a file on the server": (
         merge_into_a_server_file,
-        (ALLOWED, REFUSED, ALLOWED),
+        (ALLOWED, REFUSED, REFUSED, ALLOWED),
     ),
-    "merge into a workspace with no file on the server": (merge_into_no_file, (ALLOWED, ALLOWED, ALLOWED)),
-    "claim a workspace's writer lease": (claim_a_lease, (ALLOWED, ALLOWED, ALLOWED)),
+    "merge into a workspace with no file on the server": (
+        merge_into_no_file,
+        (ALLOWED, ALLOWED, REFUSED, ALLOWED),
+    ),
+    "claim a workspace's writer lease": (claim_a_lease, (ALLOWED, ALLOWED, REFUSED, ALLOWED)),
     "overwrite a file the hub does not keep for that workspace": (
         overwrite_a_foreign_file,
-        (REFUSED, REFUSED, REFUSED),
+        (REFUSED, REFUSED, REFUSED, REFUSED),
     ),
-    "write outside the server's root": (write_outside_the_root, (REFUSED, REFUSED, REFUSED)),
+    "write outside the server's root": (write_outside_the_root, (REFUSED, REFUSED, REFUSED, REFUSED)),
     "act for a peer of the same user (as NAME)": (
         act_for_a_peer_of_the_same_user,
-        (ALLOWED, REFUSED, ALLOWED),
+        (ALLOWED, REFUSED, REFUSED, ALLOWED),
     ),
-    "act for an invited peer (as NAME)": (act_for_an_invited_peer, (REFUSED, REFUSED, REFUSED)),
-    "manage invites": (manage_invites, (ALLOWED, REFUSED, NO_ROUTE)),
-    "any other route of the server (files, kernels, terminals)": (other_routes, (ALLOWED, REFUSED, ALLOWED)),
+    "act for an invited peer (as NAME)": (act_for_an_invited_peer, (REFUSED, REFUSED, REFUSED, REFUSED)),
+    "manage invites": (manage_invites, (ALLOWED, REFUSED, REFUSED, NO_ROUTE)),
+    "any other route of the server (files, kernels, terminals)": (
+        other_routes,
+        (ALLOWED, REFUSED, NO_ROUTE, ALLOWED),
+    ),
 }
 
 CELLS = [

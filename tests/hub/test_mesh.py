@@ -112,3 +112,60 @@ def test_credentials_in_the_nats_url_stay_out_of_the_stats_and_the_log(tmp_path:
 
 def test_credentials_are_taken_out_of_every_url_of_a_list() -> None:
     assert _without_credentials("nats://a:b@h1:4222, nats://h2") == "nats://***@h1:4222,nats://h2"
+
+
+def test_a_hub_cannot_speak_for_another_hub(tmp_path: Path, servers: Any) -> None:
+    """With one NATS user per hub, a hub that claims another's name, or frames and changes that say
+    they come from another hub, are refused by NATS: nothing reaches the others."""
+    import asyncio
+
+    import nats as nats_py
+
+    from spindel_jupyter.core import wire
+
+    nats = NatsServer.with_hub_users(tmp_path / "nats", ["A", "B", "C"]).start()
+    try:
+        a = servers("A", f"--SpindelHub.nats_url={nats.user_url('A')}")
+        servers("B", f"--SpindelHub.nats_url={nats.user_url('B')}")
+        wait_until(lambda: mesh(a)["hubs"] == ["A", "B"], timeout=20, what="A and B in the mesh")
+        # A server of B's that says it is hub C, with B's credentials.
+        impostor = servers("C", f"--SpindelHub.nats_url={nats.user_url('B')}")
+        wait_until(lambda: "permissions violation" in mesh(impostor)["problem"], timeout=20, what="refused")
+        assert "NATS refused this hub ('C')" in impostor.log_path.read_text()
+
+        alice = Peer(a.ws_url, "alice", a.token).start()
+        calls: list[str] = []
+        alice.handle("echo", lambda message: calls.append(message.sender))
+        try:
+            frame = wire.pack_frame({"t": "req", "id": 1, "op": "echo", "to": "alice", "from": "carol"})
+
+            async def forge() -> list[str]:
+                errors: list[str] = []
+
+                async def refused(exc: Exception) -> None:
+                    errors.append(str(exc))
+
+                nc = await nats_py.connect(nats.user_url("B"), error_cb=refused)
+                await nc.publish("spindel.frames.A.C", b"\x00" + frame)  # a frame "from C"
+                await nc.publish("spindel.hubs.C", b'{"since": 0, "peers": [{"name": "carol"}]}')
+                await nc.publish(
+                    "spindel.topics.forged.A", b"\x00" + wire.pack_frame({"kind": "lww"}, b"\x01")
+                )
+                await nc.publish("spindel.frames.A.B", b"\x00" + frame)  # as itself: allowed, stamped B's
+                await nc.flush()
+                await asyncio.sleep(1.0)
+                await nc.close()
+                return errors
+
+            errors = asyncio.run(forge())
+            assert sum("permissions violation" in e.lower() for e in errors) == 3, errors
+            wait_until(lambda: calls == ["carol@B"], timeout=10, what="the frame B may send, stamped as B's")
+            time.sleep(1.0)
+            assert calls == ["carol@B"]  # never one from C
+            assert mesh(a)["hubs"] == ["A", "B"]
+            assert "carol" not in [p["name"] for p in a.get("spindel/api/peers")]
+            assert "forged" not in [t["name"] for t in a.get("spindel/api/topics")]
+        finally:
+            alice.close()
+    finally:
+        nats.stop()
