@@ -222,6 +222,8 @@ def test_a_change_that_adds_nothing_fires_no_observer_on_the_other_server(mesh: 
     alice, bob = mesh["alice"], mesh["bob"]
     for kernel in (alice, bob):
         kernel.ok(f"{SYNC}\ncalls = []\nseen = sync_signal('x/seen', GSet())\nseen.observe(calls.append)")
+    wait_until(lambda: topic(mesh["B"], "x/seen")["subscribers"] == 1, timeout=10, what="bob following")
+    before_a, before_b = stats(mesh["A"]), stats(mesh["B"])
     alice.ok("for i in range(5):\n    seen.update(lambda s, i=i: s.add(i))")
     converges([bob], "len(seen.value)", 5)
     calls = value_of(bob, "len(calls)")
@@ -229,6 +231,31 @@ def test_a_change_that_adds_nothing_fires_no_observer_on_the_other_server(mesh: 
     alice.ok("for i in range(5):\n    seen.update(lambda s, i=i: s.add(i))")  # nothing new
     time.sleep(1.0)
     assert value_of(bob, "len(calls)") == calls
+    after_a, after_b = stats(mesh["A"]), stats(mesh["B"])
+    # At most one NATS message per write, and each change reaches each follower on B once.
+    assert 1 <= after_a["mesh"]["changes_out"] - before_a["mesh"]["changes_out"] <= 5
+    applied = after_b["mesh"]["changes_applied"] - before_b["mesh"]["changes_applied"]
+    assert after_b["changes_relayed"] - before_b["changes_relayed"] == applied == calls
+
+
+def test_both_wrote_before_syncing_on_two_servers_end_with_the_union(mesh: dict[str, Any]) -> None:
+    alice, bob = mesh["alice"], mesh["bob"]
+    alice.ok(f"{SYNC}\nearly = GSet().add('from alice').add('both')\ns = sync_signal('x/early', early)")
+    wait_until(lambda: topic(mesh["B"], "x/early"), timeout=10, what="B to hold alice's state")
+    out = bob.ok(
+        f"{SYNC}\nearly = GSet().add('from bob').add('both')\ns = sync_signal('x/early', early)\n"
+        "print(sorted(s.value))"
+    )
+    assert out.stdout.strip().splitlines()[-1] == "['both', 'from alice', 'from bob']"  # one round trip
+    converges([alice], "sorted(s.value)", ["both", "from alice", "from bob"])
+
+
+def stats(hub: HubServer) -> dict[str, Any]:
+    return dict(hub.get("spindel/api/stats"))
+
+
+def topic(hub: HubServer, name: str) -> dict[str, Any]:
+    return next((t for t in hub.get("spindel/api/topics") if t["name"] == name), {})
 
 
 def test_a_server_killed_mid_call_gives_peer_lost_within_3_s(nats: NatsServer, servers: Any) -> None:
