@@ -235,7 +235,8 @@ def test_a_change_that_adds_nothing_fires_no_observer_on_the_other_server(mesh: 
     # At most one NATS message per write, and each change reaches each follower on B once.
     assert 1 <= after_a["mesh"]["changes_out"] - before_a["mesh"]["changes_out"] <= 5
     applied = after_b["mesh"]["changes_applied"] - before_b["mesh"]["changes_applied"]
-    assert after_b["changes_relayed"] - before_b["changes_relayed"] == applied == calls
+    assert after_b["changes_relayed"] - before_b["changes_relayed"] == applied  # bob is B's one follower
+    assert calls <= applied  # changes arriving together: one observer call
 
 
 def test_both_wrote_before_syncing_on_two_servers_end_with_the_union(mesh: dict[str, Any]) -> None:
