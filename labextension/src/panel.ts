@@ -204,7 +204,7 @@ export class SpindelPanel extends Widget {
     this._peerCount.textContent = `(${peers.length})`;
     this._peerList.replaceChildren(
       ...(peers.length
-        ? peers.map(peer => this._peerItem(peer))
+        ? this._peerItems(peers)
         : [h('li', { class: 'jp-SpindelPanel-empty' }, status === 'connected' ? 'No peers.' : 'Not connected.')])
     );
     const topics = connection.topics;
@@ -359,6 +359,30 @@ export class SpindelPanel extends Widget {
   /** Whether peer `name` is connected to this hub (a namesake on another hub of the mesh is not). */
   private _isConnectedHere(name: string): boolean {
     return this._connection.peers.some(p => p.name === name && p.local !== false);
+  }
+
+  /** The peers, grouped under their hub when the mesh has several: this server's hub first. */
+  private _peerItems(peers: readonly IPeer[]): HTMLElement[] {
+    const hubs = [...new Set(peers.map(peer => peer.hub ?? ''))];
+    if (hubs.length < 2) {
+      return peers.map(peer => this._peerItem(peer));
+    }
+    const here = peers.find(peer => peer.local !== false)?.hub ?? '';
+    const others = hubs.filter(hub => hub !== here).sort((a, b) => a.localeCompare(b));
+    return (here ? [here, ...others] : others).flatMap(hub => {
+      const members = peers.filter(peer => (peer.hub ?? '') === hub);
+      const label = hub === here ? `${hub} (this server)` : hub;
+      const count = `${members.length} peer${members.length === 1 ? '' : 's'}`;
+      return [
+        h(
+          'li',
+          { class: 'jp-SpindelPanel-hub', 'data-hub': hub, title: `hub ${hub}: ${count}` },
+          h('span', { class: 'jp-SpindelPanel-name' }, label),
+          h('span', { class: 'jp-SpindelPanel-mark' }, count)
+        ),
+        ...members.map(peer => this._peerItem(peer))
+      ];
+    });
   }
 
   private _peerItem(peer: IPeer): HTMLElement {

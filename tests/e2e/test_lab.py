@@ -272,8 +272,14 @@ def test_the_panel_lists_the_peers_of_another_hub_with_their_hub(
             panel = show_panel(page)
             bob_item = panel.locator(".jp-SpindelPanel-peer[data-peer='bob']")
             expect(bob_item).to_contain_text("on B", timeout=30_000)
+            # Grouped by hub, this server's first, each heading followed by its peers.
+            headings = panel.locator(".jp-SpindelPanel-hub")
+            expect(headings).to_have_text(["A (this server)1 peer", "B1 peer"])
+            after_b = panel.locator(".jp-SpindelPanel-hub[data-hub='B'] + .jp-SpindelPanel-peer")
+            expect(after_b).to_have_attribute("data-peer", "bob")
             bob.close()
             expect(bob_item).to_have_count(0, timeout=30_000)
+            expect(headings).to_have_count(0)  # one hub left: no headings
 
 
 def test_workspaces_follow_fork_and_merge_with_conflicts_from_the_panel(
