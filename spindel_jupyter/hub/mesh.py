@@ -222,7 +222,7 @@ class Mesh:
                 raise
             except Exception as exc:
                 self.state = DISCONNECTED if self.state == CONNECTED else CONNECTING
-                self.problem = str(exc) if isinstance(exc, _Unreachable) else _reason(exc)
+                self.problem = str(exc) if isinstance(exc, _Unreachable) else reason(exc)
                 log.warning(
                     "spindel: cannot reach NATS at %s to join the mesh as %r: %s; this hub serves its own "
                     "peers meanwhile and tries again",
@@ -256,7 +256,7 @@ class Mesh:
             options["user_credentials"] = self.credentials
 
         async def quiet(exc: Exception) -> None:  # nats-py logs every failed attempt on its own otherwise
-            self.problem = _reason(exc)
+            self.problem = reason(exc)
             if "permissions violation" in self.problem.lower():
                 log.warning("spindel: NATS refused this hub (%r): %s", self.hub_name, self.problem)
 
@@ -278,10 +278,8 @@ class Mesh:
             pending_bytes_limit=limit,
         )
         loop = asyncio.get_running_loop()
-        tasks = [
-            loop.create_task(self._write_forever(nc)),
-            *(loop.create_task(p.joined(nc)) for p in self.parts),
-        ]
+        writer = loop.create_task(self._write_forever(nc))
+        tasks = [writer, *(loop.create_task(self._keep(part, nc)) for part in self.parts)]
         since = time.time()
         self._changed = asyncio.Event()
         announced = 0.0
@@ -303,15 +301,31 @@ class Mesh:
                 for hub in gone:
                     log.info("spindel: hub %r left the mesh (not heard from for %.0f s)", hub, HUB_TTL)
                     self._forget(hub)
-                for task in tasks:
-                    if task.done() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
+                if writer.done():
+                    writer.result()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), _TICK)
         finally:
             for task in tasks:
                 task.cancel()
         raise ConnectionError("the connection to NATS closed")
+
+    async def _keep(self, part: Part, nc: Any) -> None:
+        """Run ``part`` while connected; if it fails, say why and try it again, the rest of the mesh
+        (calls, peer lists) going on meanwhile."""
+        delay = _BACKOFF_FIRST
+        while True:
+            try:
+                await part.joined(nc)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.problem = reason(exc)
+                log.warning("spindel: %s; trying again in a moment", self.problem)
+                part.left()
+                await asyncio.sleep(jittered(delay))
+                delay = min(delay * 2, _BACKOFF_MAX)
 
     async def _write_forever(self, nc: Any) -> None:
         chunk = max(1024, int(nc.max_payload) - 64)
@@ -435,7 +449,8 @@ class _Unreachable(ConnectionError):
     """No NATS server of the URL answered (the message says why the last one did not)."""
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """What went wrong, for the log and the stats: the message, with the exception's kind."""
     text = str(exc) or type(exc).__name__
     return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
 

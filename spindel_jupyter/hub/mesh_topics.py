@@ -21,12 +21,13 @@ path, not a lossy one beside a repair.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
 from ..core import errors, wire
 from ..core.protocol import HUB, LWW
-from .mesh import PREFIX, Chunks, Mesh, token, untoken
+from .mesh import PREFIX, Chunks, Mesh, reason, token, untoken
 
 if TYPE_CHECKING:
     from .topics import Topic, TopicStore
@@ -55,6 +56,7 @@ class MeshTopics:
         #: At start, every topic held (it may hold changes made while out of the mesh).
         self._unsnapshotted: dict[str, int] = dict.fromkeys(store.topics, 1)
         self._chunks = Chunks(mesh.max_frame_bytes)
+        self._subscription: Any = None
         self.counts = {"changes_out": 0, "changes_in": 0, "changes_applied": 0, "snapshots": 0}
 
     def stats(self) -> dict[str, int]:
@@ -111,14 +113,17 @@ class MeshTopics:
                 info = await js.stream_info(STREAM)
             except Exception:
                 raise ConnectionError(
-                    f"cannot create or find the JetStream stream {STREAM} ({exc}): topics need JetStream "
-                    "on the NATS server (nats-server -js) and, with per-hub users, the stream made beforehand"
+                    f"topics are not shared with the mesh: cannot create or find the JetStream stream "
+                    f"{STREAM} ({reason(exc)}); they need JetStream on the NATS server (nats-server -js)"
                 ) from None
         self._until = info.state.last_seq
         self._caught_up = asyncio.Event()
         if self._until == 0:
             self._caught_up.set()
-        await js.subscribe(
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+        self._subscription = await js.subscribe(
             f"{PREFIX}.topics.>",
             stream=STREAM,
             cb=self._on_message,
@@ -137,6 +142,7 @@ class MeshTopics:
 
     def left(self) -> None:
         self.live = False
+        self._subscription = None
         self._chunks.clear()
 
     async def _on_message(self, msg: Any) -> None:

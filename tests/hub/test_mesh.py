@@ -169,3 +169,27 @@ def test_a_hub_cannot_speak_for_another_hub(tmp_path: Path, servers: Any) -> Non
             alice.close()
     finally:
         nats.stop()
+
+
+def test_without_jetstream_calls_cross_and_the_hub_says_topics_are_not_shared(
+    tmp_path: Path, servers: Any
+) -> None:
+    nats = NatsServer(tmp_path / "nats", jetstream=False).start()
+    try:
+        a = servers("A", f"--SpindelHub.nats_url={nats.url}")
+        b = servers("B", f"--SpindelHub.nats_url={nats.url}")
+        wait_until(
+            lambda: "topics are not shared" in mesh(a)["problem"], timeout=20, what="the hub to say so"
+        )
+        assert "JetStream" in mesh(a)["problem"] and mesh(a)["state"] == "connected"
+        bob = Peer(b.ws_url, "bob", b.token).start()
+        alice = Peer(a.ws_url, "alice", a.token).start()
+        try:
+            bob.handle("echo", lambda message: message.body)
+            wait_until(lambda: "bob" in a.peer_names(), timeout=20, what="bob listed on A")
+            assert alice.request("bob@B", "echo", "still", timeout=10) == "still"
+        finally:
+            alice.close()
+            bob.close()
+    finally:
+        nats.stop()
