@@ -37,7 +37,7 @@ T = TypeVar("T")
 ROUNDS = 5
 #: Seconds of warm-up, then of measurement, for the update rates (``--quick``: fewer).
 RATE_WARMUP, RATE_SECONDS = 1.0, 3.0
-QUICK_WARMUP, QUICK_SECONDS = 0.5, 1.5
+QUICK_WARMUP, QUICK_SECONDS = 0.3, 1.0
 
 
 def call_message_sizes() -> tuple[int, int]:
@@ -153,14 +153,14 @@ def cross_hub_signal(mesh: Mesh) -> Block:
 #: section -> name -> (set-up returning a Block, iterations, warm-up iterations)
 LATENCY_PLAN: dict[str, dict[str, tuple[Callable[[Mesh], Block], int, int]]] = {
     "call": {
-        "raw_nats_request": (raw_nats_request, 3000, 300),
-        "single_hub": (single_hub_call, 2000, 200),
-        "cross_hub": (cross_hub_call, 2000, 200),
+        "raw_nats_request": (raw_nats_request, 2000, 200),
+        "single_hub": (single_hub_call, 1500, 150),
+        "cross_hub": (cross_hub_call, 1500, 150),
     },
     "signal": {
-        "raw_nats_one_way": (raw_nats_one_way, 3000, 300),
-        "single_hub": (single_hub_signal, 2000, 200),
-        "cross_hub": (cross_hub_signal, 2000, 200),
+        "raw_nats_one_way": (raw_nats_one_way, 2000, 200),
+        "single_hub": (single_hub_signal, 1500, 150),
+        "cross_hub": (cross_hub_signal, 1500, 150),
     },
 }
 
@@ -220,7 +220,7 @@ def _rate(
     reader.expect("READY", 30)
     writer: Proc = start(
         f"{name}-writer", "bench.peers", writer_role, *mesh.a.peer_args(f"{name}-writer"),
-        "--topic", topic, "--seconds", warmup + seconds + 1.5,
+        "--topic", topic, "--seconds", warmup + seconds + 1.0,
     )  # fmt: skip
     try:
         sent = int(writer.result(timeout=warmup + seconds + 90)["sent"])
