@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from spindel_jupyter.core import wire
@@ -69,10 +70,10 @@ class Mesh:
         for hub in self.hubs.values():
             hub.wait_ready()
         for hub in self.hubs.values():
-            wait_until(
-                lambda hub=hub: hub.get("spindel/api/stats")["mesh"].get("hubs") == sorted(self.hubs),
-                30, f"{hub.name} to see both hubs in the mesh", 0.1,
-            )  # fmt: skip
+            wait_until(partial(self._sees_all, hub), 30, f"{hub.name} to see both hubs in the mesh", 0.1)
+
+    def _sees_all(self, hub: HubServer) -> bool:
+        return bool(hub.get("spindel/api/stats")["mesh"].get("hubs") == sorted(self.hubs))
 
     @property
     def a(self) -> HubServer:
