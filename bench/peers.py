@@ -58,6 +58,33 @@ def role_call(args: argparse.Namespace) -> None:
     serve_blocks(measure)
 
 
+def role_echo(args: argparse.Namespace) -> None:
+    """Serve ``echo``: answer every request with its body."""
+    spindel_jupyter.current_peer().handle("echo", lambda message: message.body)
+    emit("READY")
+    _wait_for_eof()
+
+
+def role_request(args: argparse.Namespace) -> None:
+    """Blocks of round trips of ``request(--target, "echo", 1)``, in milliseconds."""
+    peer = spindel_jupyter.current_peer()
+
+    def measure(n: int) -> list[float]:
+        samples: list[float] = []
+        deadline = time.monotonic() + args.max_seconds
+        for _ in range(n):
+            started = time.perf_counter()
+            value = peer.request(args.target, "echo", 1, timeout=10)
+            samples.append((time.perf_counter() - started) * 1000.0)
+            if value != 1:
+                raise RuntimeError(f"echo answered {value!r}")
+            if time.monotonic() > deadline:
+                break
+        return samples
+
+    serve_blocks(measure)
+
+
 def role_arrays(args: argparse.Namespace) -> None:
     """For each size: milliseconds of ``@remote("bob") get_array(size)``, checked by size."""
     fn = remote(args.target)(get_array)
@@ -146,6 +173,7 @@ def role_writer(args: argparse.Namespace) -> None:
     while sent < args.max_count and time.monotonic() < end:
         signal.set(sent)
         sent += 1
+    spindel_jupyter.peer.sync.flush(timeout=60)
     emit("RESULT", {"sent": sent})
 
 
@@ -155,6 +183,8 @@ def role_reader(args: argparse.Namespace) -> None:
     The writer sets 0, 1, 2...: an observed value ``n`` means every update up to
     ``n`` has arrived (the observer sees the newest of updates that arrive
     together, as last-writer-wins allows), so the count is the writer's progress.
+    With ``--check-final``, told ``final N`` (the writer's last value) after the
+    window, it waits for N and reports the value it ends at.
     """
     signal = subscribe_signal(args.topic)
     window = RateWindow(args.warmup, args.seconds)
@@ -166,9 +196,14 @@ def role_reader(args: argparse.Namespace) -> None:
             newest[0] = value
 
     signal.observe(delivered)
+    commands = stdin_lines()
     emit("READY")
     window.done.wait(args.max_seconds)
-    emit("RESULT", window.result())
+    if not args.check_final:
+        emit("RESULT", window.result())
+        return
+    final = _wait_for_final(commands, newest, args.max_seconds)
+    emit("RESULT", {**window.result(), "final": signal.value, "sent": final})
 
 
 def role_count_writer(args: argparse.Namespace) -> None:
@@ -208,15 +243,21 @@ def role_count_reader(args: argparse.Namespace) -> None:
     commands = stdin_lines()
     emit("READY")
     window.done.wait(args.max_seconds)
-    line = commands.get(timeout=args.max_seconds) or ""
-    final = int(line.split()[1]) if line.startswith("final ") else -1
-    deadline = time.monotonic() + 30
-    while newest[0] < final and time.monotonic() < deadline:
-        time.sleep(0.01)
+    final = _wait_for_final(commands, newest, args.max_seconds)
     emit(
         "RESULT",
         {**window.result(), "final": int(signal.value or 0), "sent": final, "backwards": backwards[0]},
     )
+
+
+def _wait_for_final(commands: queue.Queue[str | None], newest: list[int], timeout: float) -> int:
+    """Read ``final N`` from the orchestrator, then wait (30 s at most) for ``newest[0]`` to reach N."""
+    line = commands.get(timeout=timeout) or ""
+    final = int(line.split()[1]) if line.startswith("final ") else -1
+    deadline = time.monotonic() + 30
+    while newest[0] < final and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return final
 
 
 def role_fan_sub(args: argparse.Namespace) -> None:
@@ -329,6 +370,8 @@ def _wait_for_eof() -> None:
 
 ROLES = {
     "call": role_call,
+    "echo": role_echo,
+    "request": role_request,
     "arrays": role_arrays,
     "ping": role_ping,
     "pong": role_pong,
@@ -369,6 +412,9 @@ def main() -> None:
     parser.add_argument("--max-count", type=int, default=10_000_000)
     parser.add_argument("--max-seconds", type=float, default=60.0)
     parser.add_argument("--wait-go", action="store_true")
+    parser.add_argument(
+        "--check-final", action="store_true", help="reader: told `final N`, report the value it ends at"
+    )
     args = parser.parse_args()
     if args.role not in ("reader", "count-reader"):
         args.warmup = int(args.warmup)
