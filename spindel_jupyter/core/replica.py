@@ -14,10 +14,12 @@ while disconnected), the hub joins it and answers with whatever the replica
 lacks, so both hold the union after one round trip. It is made again after every
 reconnection.
 
-A CRDT write may also be held back (:meth:`Replica.publish` with ``hold``):
-its delta joins the others held, and :meth:`Replica.release` makes one frame of
-them all. A peer holds writes that come in a burst, so that a loop of a
-thousand adds costs the hub and every follower a few frames, not a thousand.
+A write may also be held back (:meth:`Replica.publish` with ``hold``): a
+CRDT's delta joins the others held, a plain value replaces the one held (the
+last writer wins anyway), and :meth:`Replica.release` makes one frame of them
+all. A peer holds writes that come in a burst, so that a loop of a thousand
+adds or sets costs the hub, the mesh and every follower a few frames, not a
+thousand.
 
 A replica holds no socket, thread, lock or value: its caller keeps the value
 (a :class:`~.signals.Signal` in a peer) and passes it in, under whatever lock
@@ -130,9 +132,10 @@ class Replica:
         """A local write of ``new``: the ``pub`` frame to send (None if nothing is) and the value to keep.
 
         A plain value is stamped; a CRDT's pending delta is what travels, and the
-        value kept has none left. With ``hold``, a CRDT's delta joins those held
-        back instead (for :meth:`release`); a frame goes now only if writes were held
-        and ``hold`` is off, carrying them too. Raises SpindelError for a value of
+        value kept has none left. With ``hold``, the write is held back instead (for
+        :meth:`release`): a CRDT's delta joins those held, a plain value replaces the
+        one held; a frame goes now only if writes were held and ``hold`` is off,
+        carrying them too. Raises SpindelError for a value of
         another kind, EncodeError for one that cannot travel, changing nothing.
         """
         if self.kind is None:  # followed before anyone wrote: the first write decides
@@ -140,7 +143,10 @@ class Replica:
         if self.kind == LWW:
             body = wire.encode(new, where=f"the value of topic {self.name!r}")
             self.stamp = self.clock.now(self.peer())
-            return self._pub({"kind": LWW, "stamp": list(self.stamp)}, body), new
+            if not hold and self.held is None:
+                return self._pub({"kind": LWW, "stamp": list(self.stamp)}, body), new
+            self.held, self.held_bytes = body, len(body)  # only the newest write travels
+            return (None if hold else self.release()), new
         if not crdt.is_convergent(new) or new.type_name != self.kind:
             raise SpindelError(
                 f"topic {self.name!r} holds {self.kind} values; set one of those (or use .update)"
@@ -161,6 +167,10 @@ class Replica:
         """The ``pub`` frame of the writes held back, joined (None if none are)."""
         if self.held is None:
             return None
+        if self.kind == LWW:
+            body, self.held, self.held_bytes = self.held, None, 0
+            assert self.stamp is not None
+            return self._pub({"kind": LWW, "stamp": list(self.stamp)}, body)
         body = wire.encode(self.held.state(), where=f"the changes to topic {self.name!r}")
         self.held, self.held_bytes = None, 0
         return self._pub({"kind": self.kind}, body)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -56,6 +57,7 @@ _LAST, _MORE = b"\x00", b"\x01"
 _PLAIN = re.compile(r"[A-Za-z0-9_\-:@]")
 
 
+@functools.lru_cache(maxsize=4096)
 def token(name: str) -> str:
     """``name`` as one NATS subject token: ``.``, ``*``, ``>``, ``~`` and whitespace escaped as ``~XX``."""
     return "".join(c if _PLAIN.fullmatch(c) else "".join(f"~{b:02x}" for b in c.encode()) for c in name)

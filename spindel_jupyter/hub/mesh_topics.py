@@ -57,6 +57,8 @@ class MeshTopics:
         self._unsnapshotted: dict[str, int] = dict.fromkeys(store.topics, 1)
         self._chunks = Chunks(mesh.max_frame_bytes)
         self._subscription: Any = None
+        #: Plain topics written in this turn of the loop, published at its end.
+        self._due: dict[str, Topic] = {}
         self.counts = {"changes_out": 0, "changes_in": 0, "changes_applied": 0, "snapshots": 0}
 
     def stats(self) -> dict[str, int]:
@@ -65,15 +67,29 @@ class MeshTopics:
     # -- out --------------------------------------------------------------------------------
 
     def changed(self, topic: Topic, change: wire.Buffer | None) -> None:
-        """A change made here (``change``: a CRDT delta; None: the topic's whole state)."""
+        """A change made here (``change``: a CRDT delta; None: the topic's whole state).
+
+        A plain topic's writes of one turn of the event loop go as one message, the
+        last (the stream would keep only that one).
+        """
         name = topic.name
         count = self._unsnapshotted[name] = self._unsnapshotted.get(name, 0) + 1
         if not self.live:
             return  # goes as a snapshot once back in the mesh
-        if topic.kind == LWW or change is None or count >= SNAPSHOT_EVERY:
+        if topic.kind == LWW:
+            if not self._due:
+                asyncio.get_running_loop().call_soon(self._publish_due)
+            self._due[name] = topic
+        elif change is None or count >= SNAPSHOT_EVERY:
             self._snapshot(topic)
         else:
             self._publish(topic, change, full=False)
+
+    def _publish_due(self) -> None:
+        due, self._due = self._due, {}
+        if self.live:
+            for topic in due.values():
+                self._snapshot(topic)
 
     def _snapshot(self, topic: Topic) -> None:
         self._unsnapshotted.pop(topic.name, None)
@@ -142,6 +158,7 @@ class MeshTopics:
 
     def left(self) -> None:
         self.live = False
+        self._due.clear()  # still unsnapshotted: a snapshot goes once back
         self._subscription = None
         self._chunks.clear()
 

@@ -7,11 +7,12 @@ topic's replica is bound to this process: its value lives in a :class:`Signal`
 (whose lock serializes the topic's writes, applies and handshakes), its frames
 go through the process's peer, and what arrives is applied on the home thread.
 
-A CRDT write goes out at once, unless the topic sent a frame less than
+A write goes out at once, unless the topic sent a frame less than
 :data:`BURST_SECONDS` ago: then it is held back, joined with the writes that
-follow, and sent as one frame from the connection thread as soon as that
-thread runs (or by the write that brings what is held to :data:`HOLD_BYTES`).
-A lone write costs no delay; a burst costs a few frames.
+follow (a plain value: replaced by the next), and sent as one frame from the
+connection thread as soon as that thread runs (or by the write that brings what
+is held to :data:`HOLD_BYTES`). A lone write costs no delay; a burst costs a few
+frames.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 
 #: How long following a topic waits for the hub's answer.
 SUBSCRIBE_TIMEOUT = 10.0
-#: A CRDT write this soon after the topic's last frame is held back and joined with the next ones...
+#: A write this soon after the topic's last frame is held back and joined with the next ones...
 BURST_SECONDS = 0.0005
 #: ... until the writes held add up to this many bytes: then they go (frames stay well under the hub's limit).
 HOLD_BYTES = 1 << 20
@@ -70,7 +71,7 @@ class _Topic(Replica):
         peer = client.current_peer()
         with self._sending:
             now = time.monotonic()
-            burst = self.kind != LWW and peer.connected and now - self._last_sent < BURST_SECONDS
+            burst = peer.connected and now - self._last_sent < BURST_SECONDS
             hold = (burst or self._release_due) and self.held_bytes < HOLD_BYTES
             frame, kept = self.publish(new, hold=hold)
             if frame is not None and peer.connected:

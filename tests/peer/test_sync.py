@@ -206,7 +206,8 @@ class _Wire:
         self.soon: list[Any] = []
 
     def send_frame(self, header: dict[str, Any], body: bytes | None = None) -> None:
-        self.sent.append((header, GSet.from_state(wire.decode(body)) if body else None))
+        value = wire.decode(body) if body else None
+        self.sent.append((header, value if header["kind"] == "lww" else GSet.from_state(value)))
 
     def call_soon(self, fn: Any, *args: Any) -> None:
         self.soon.append((fn, args))
@@ -215,6 +216,25 @@ class _Wire:
         soon, self.soon = self.soon, []
         for fn, args in soon:
             fn(*args)
+
+
+def test_a_burst_of_plain_writes_leaves_as_its_last_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    peer = _Wire()
+    monkeypatch.setattr(client, "current_peer", lambda: peer)
+    monkeypatch.setattr(sync, "BURST_SECONDS", 60.0)  # every write after the first comes in a burst
+    signal: Signal[Any] = Signal(0)
+    topic = _Topic("t", signal, "sync", "lww")
+    signal._add_writer(topic.write)
+    for i in range(1, 1001):
+        signal.set(i)
+    assert [(h["seq"], body) for h, body in peer.sent] == [(1, 1)]  # the first at once
+    assert topic.pending and len(peer.soon) == 1  # the rest held: only the newest is kept
+    peer.run_soon()
+    (first, _), (last, body) = peer.sent
+    assert (last["seq"], body) == (2, 1000)
+    assert tuple(last["stamp"]) > tuple(first["stamp"]) and tuple(last["stamp"]) == topic.stamp
+    topic.acknowledge(2)
+    assert not topic.pending and signal.value == 1000
 
 
 def test_a_burst_of_crdt_writes_leaves_as_a_few_frames_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
