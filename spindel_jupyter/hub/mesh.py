@@ -121,7 +121,7 @@ class Mesh:
         #: Called when the hubs of the mesh or their peers changed.
         self.on_peers: Callable[[], None] = lambda: None
         #: Called with (hub, frame) for each frame a peer of another hub sent to one of this hub's.
-        self.on_frame: Callable[[str, bytes], None] = lambda hub, frame: None
+        self.on_frame: Callable[[str, wire.Buffer], None] = lambda hub, frame: None
         self._outbox: deque[tuple[str, wire.Buffer, wire.Buffer, dict[str, str] | None]] = deque()
         self._wake = asyncio.Event()
         self._chunks = Chunks(max_frame_bytes)
@@ -391,7 +391,7 @@ class Chunks:
         self.limit = limit
         self._parts: dict[str, list[bytes]] = {}
 
-    def add(self, subject: str, data: bytes) -> bytes | None:
+    def add(self, subject: str, data: bytes) -> wire.Buffer | None:
         """The whole message once ``data`` is its last chunk, else None."""
         parts = self._parts.get(subject)
         if data[:1] == _MORE:
@@ -404,7 +404,7 @@ class Chunks:
         if parts:
             del self._parts[subject]
             return b"".join([*parts, data[1:]])
-        return data[1:]
+        return memoryview(data)[1:]
 
     def clear(self) -> None:
         self._parts.clear()

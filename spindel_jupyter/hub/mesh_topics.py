@@ -170,7 +170,7 @@ class MeshTopics:
         if seq >= self._until:
             self._caught_up.set()
 
-    def _apply(self, subject: str, data: bytes) -> None:
+    def _apply(self, subject: str, data: wire.Buffer) -> None:
         _, _, topic_token, hub_token = subject.split(".")
         hub = untoken(hub_token)
         if hub == self.mesh.hub_name and self.live:

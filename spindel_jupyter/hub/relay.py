@@ -255,7 +255,7 @@ class Relay:
             log.exception("spindel: failed to handle a frame from %r", member.name or "(no hello yet)")
             self._refuse(member, errors.HubFailure(_failed(exc)), request_id)
 
-    def receive_from_hub(self, hub: str, data: bytes) -> None:
+    def receive_from_hub(self, hub: str, data: wire.Buffer) -> None:
         """Handle one frame from a peer of ``hub`` (the mesh vouches for which hub sent it).
 
         It is stamped here as ``NAME@HUB`` of scope ``mesh``, and reaches only this
