@@ -124,6 +124,7 @@ class Mesh:
         self.on_frame: Callable[[str, wire.Buffer], None] = lambda hub, frame: None
         self._outbox: deque[tuple[str, wire.Buffer, wire.Buffer, dict[str, str] | None]] = deque()
         self._wake = asyncio.Event()
+        self._draining = False
         self._chunks = Chunks(max_frame_bytes)
         #: What else runs while connected.
         self.parts: list[Part] = []
@@ -330,10 +331,24 @@ class Mesh:
                 delay = min(delay * 2, _BACKOFF_MAX)
 
     async def _write_forever(self, nc: Any) -> None:
-        chunk = max(1024, int(nc.max_payload) - 64)
         while True:
             await self._wake.wait()
             self._wake.clear()
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Publish what is queued, in order.
+
+        A coroutine that queued a message may call this at once (the handler of
+        frames from other hubs does): the message leaves without waiting for the
+        writer's next turn. One drain runs at a time, so order holds.
+        """
+        nc = self._nc
+        if self._draining or nc is None:
+            return
+        self._draining = True
+        try:
+            chunk = max(1024, int(nc.max_payload) - 64)
             while self._outbox:
                 subject, data, more, headers = self._outbox.popleft()
                 size = len(data) + len(more)
@@ -345,6 +360,8 @@ class Mesh:
                     mark = _LAST if start + chunk >= size else _MORE
                     await nc.publish(subject, mark + whole[start : start + chunk], headers=headers)
                     headers = None  # on the first chunk only (a rollup clears what came before it)
+        finally:
+            self._draining = False
 
     async def _on_announcement(self, msg: Any) -> None:
         hub = untoken(msg.subject.rsplit(".", 1)[-1])
@@ -382,6 +399,7 @@ class Mesh:
             self.on_frame(hub, frame)
         except Exception:
             log.exception("spindel: failed to handle a frame from hub %r", hub)
+        await self.drain()
 
 
 class Chunks:
