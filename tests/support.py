@@ -192,7 +192,8 @@ class HubServer:
         wait_until(connection_file.exists, timeout=30, what="the kernel's connection file")
         client = BlockingKernelClient()
         client.load_connection_file(str(connection_file))
-        client.start_channels()
+        # No heartbeat: on a loaded machine a late one reads as a dead kernel; the server watches it.
+        client.start_channels(hb=False)
         client.wait_for_ready(timeout=60)
         return Kernel(client=client, kernel_id=kernel_id, server=self)
 

@@ -117,6 +117,19 @@ def test_a_timeout_interrupts_the_code_on_the_other_server(mesh: dict[str, Any])
     assert bob.run("finished").error["ename"] == "NameError"  # interrupted there, not left running
 
 
+def test_the_callers_interrupt_button_interrupts_the_code_on_the_other_server(mesh: dict[str, Any]) -> None:
+    alice, bob = mesh["alice"], mesh["bob"]
+    msg_id = alice.client.execute("%%spin_remote bob@B\ntime.sleep(30)\nslept = True")
+    time.sleep(1.0)
+    mesh["A"].request("POST", f"api/kernels/{alice.kernel_id}/interrupt")
+    reply = alice.client.get_shell_msg(timeout=10)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = alice.client.get_shell_msg(timeout=10)
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    assert alice.ok("%%spin_remote bob@B\nsecret").text().strip() == "42"  # bob is free again
+    assert bob.run("slept").error["ename"] == "NameError"  # interrupted there
+
+
 def test_an_unknown_peer_fails_at_once_naming_the_mesh_peers(mesh: dict[str, Any]) -> None:
     alice = mesh["alice"]
     for target in ("nobody", "nobody@B", "bob@Z"):

@@ -94,6 +94,19 @@ class LabServer(HubServer):
     def notebook(self, path: str) -> dict[str, Any]:
         return self.get(f"api/contents/{path}?type=notebook&content=1")["content"]
 
+    def saved_notebook(self, path: str) -> dict[str, Any]:
+        """The notebook once a save under way is complete (the server writes the file in place)."""
+
+        def readable() -> dict[str, Any] | None:
+            try:
+                return self.notebook(path)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 400:  # read halfway through the save
+                    return None
+                raise
+
+        return dict(wait_until(readable, timeout=20, what=f"{path} readable after its save"))
+
     def exists(self, path: str) -> bool:
         try:
             self.get(f"api/contents/{path}?content=0")
@@ -506,7 +519,7 @@ def run_all(page: Page, lab: LabServer, name: str, restart: bool = False) -> flo
         what=f"{name} saved",
     )
     problems = []
-    for cell in lab.notebook(name)["cells"]:
+    for cell in lab.saved_notebook(name)["cells"]:
         if cell["cell_type"] != "code":
             continue
         errors = [f"{o['ename']}: {o['evalue']}" for o in cell["outputs"] if o["output_type"] == "error"]
