@@ -57,11 +57,18 @@ from .peer import client
 _private_hub: subprocess.Popen[bytes] | None = None
 _peers: list[DemoPeer] = []
 _stops_at_exit = False
-_workdir = Path(tempfile.mkdtemp(prefix="spindel-demo-"))
 #: Who started which demo kernel on which hub: one small file each, so that a notebook's next
 #: kernel can tell its own leftovers (which end by themselves) from another notebook's peers.
 _records = Path(tempfile.gettempdir()) / f"spindel-demo-peers-{os.getuid() if hasattr(os, 'getuid') else 0}"
 _SEEN_CHARS = 200
+
+
+@functools.cache
+def _workdir() -> Path:
+    """This process's scratch directory (logs, the private hub's store): made on first use, gone at exit."""
+    path = Path(tempfile.mkdtemp(prefix="spindel-demo-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def _die_with_parent() -> None:
@@ -89,7 +96,7 @@ def ensure_hub(timeout: float = 60.0) -> client.Peer:
     if os.environ.get(client.ENV_URL):
         return session.connect()
     port, token = _free_port(), secrets.token_hex(16)
-    log = (_workdir / "hub.log").open("ab")
+    log = (_workdir() / "hub.log").open("ab")
     _private_hub = subprocess.Popen(
         [
             sys.executable,
@@ -100,8 +107,8 @@ def ensure_hub(timeout: float = 60.0) -> client.Peer:
             "--port-retries=0",
             "--ip=127.0.0.1",
             f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={_workdir}",
-            f"--SpindelHub.store_dir={_workdir / 'store'}",
+            f"--ServerApp.root_dir={_workdir()}",
+            f"--SpindelHub.store_dir={_workdir() / 'store'}",
         ]
         + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
         stdout=log,
@@ -122,7 +129,7 @@ def _wait_for_http(url: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if _private_hub is not None and _private_hub.poll() is not None:
-            raise SpindelError(f"the private hub exited; see {_workdir / 'hub.log'}")
+            raise SpindelError(f"the private hub exited; see {_workdir() / 'hub.log'}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
@@ -277,10 +284,10 @@ def start_peer(name: str, timeout: float = 60.0) -> DemoPeer:
         client.ENV_PEER: name,
     }
     env.pop("JPY_SESSION_NAME", None)
-    log = (_workdir / f"{name}.log").open("ab")
+    log = (_workdir() / f"{name}.log").open("ab")
     manager = KernelManager(kernel_name="python3")
     # The kernel ends with this process: jupyter_client tells it its parent, which it watches.
-    manager.start_kernel(env=env, stdout=log, stderr=log, cwd=str(_workdir))
+    manager.start_kernel(env=env, stdout=log, stderr=log, cwd=str(_workdir()))
     kernel = manager.blocking_client()
     kernel.start_channels()
     peer = DemoPeer(name, manager, kernel)
@@ -713,7 +720,7 @@ def start_nats(timeout: float = 30.0) -> DemoNats:
     program = nats_server_program()
     if _nats is not None:
         _nats.stop()
-    directory = Path(tempfile.mkdtemp(prefix="nats-", dir=_workdir))
+    directory = Path(tempfile.mkdtemp(prefix="nats-", dir=_workdir()))
 
     def command(port: int) -> list[str]:
         return [program, "-js", "-sd", str(directory / "jetstream"), "-a", "127.0.0.1", "-p", str(port)]
@@ -929,7 +936,7 @@ def start_server(hub_name: str, nats_url: str, timeout: float = 60.0) -> DemoSer
     """
     for earlier in [s for s in _servers if s.hub_name == hub_name]:
         earlier.stop()
-    directory = Path(tempfile.mkdtemp(prefix="server-", dir=_workdir))
+    directory = Path(tempfile.mkdtemp(prefix="server-", dir=_workdir()))
     (directory / "notebooks").mkdir()
     env = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
     env["JUPYTER_RUNTIME_DIR"] = str(directory / "runtime")

