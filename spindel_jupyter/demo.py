@@ -44,7 +44,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
@@ -177,7 +177,23 @@ def execute(kernel: Any, code: str, timeout: float = 60.0) -> Execution:
     return out
 
 
-class DemoPeer:
+class _Stopped:
+    """Something a demo started, that a ``with`` block stops when it ends."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+_S = TypeVar("_S", bound=_Stopped)
+
+
+class DemoPeer(_Stopped):
     """A second kernel connected to the same hub, driven from this notebook.
 
     Stop it with :meth:`stop`, or use it as a context manager (``with
@@ -194,12 +210,6 @@ class DemoPeer:
 
     def __repr__(self) -> str:
         return f"<DemoPeer {self.name!r}{' (stopped)' if self._stopped else ''}>"
-
-    def __enter__(self) -> DemoPeer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def run(self, code: str, timeout: float = 60.0) -> None:
         """Run ``code`` as a cell on this kernel; what it prints is printed here."""
@@ -667,7 +677,7 @@ def _listening(port: int) -> bool:
         return False
 
 
-class DemoNats:
+class DemoNats(_Stopped):
     """A ``nats-server`` with JetStream that this notebook started: hubs join the mesh at :attr:`url`.
 
     Its store is a temp dir of its own, gone when it stops. It ends with this
@@ -687,12 +697,6 @@ class DemoNats:
 
     def __repr__(self) -> str:
         return f"<DemoNats {self.url}{' (stopped)' if self._stopped else ''}>"
-
-    def __enter__(self) -> DemoNats:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def stop(self) -> None:
         """Stop the servers that joined it, then it; its store goes too."""
@@ -734,7 +738,7 @@ def start_nats(timeout: float = 30.0) -> DemoNats:
     return _nats
 
 
-class DemoServer:
+class DemoServer(_Stopped):
     """A Jupyter server with spindel-jupyter that this notebook started, its hub in a mesh as ``hub_name``.
 
     It has a port, a token, a root dir and a hub store of its own (temp dirs,
@@ -777,12 +781,6 @@ class DemoServer:
 
     def __repr__(self) -> str:
         return f"<DemoServer {self.hub_name!r}{' (stopped)' if self._stopped else ''}>"
-
-    def __enter__(self) -> DemoServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
         """A request to the server's REST API (``path`` relative to :attr:`url`), with its token."""

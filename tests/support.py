@@ -362,6 +362,31 @@ class Kernel:
                 pass
 
 
+def value_of(kernel: Kernel, expression: str) -> Any:
+    """The value of ``expression`` in ``kernel`` (its repr printed last, read back)."""
+    return eval(kernel.ok(f"print(repr({expression}))").stdout.strip().splitlines()[-1])
+
+
+def converges(kernels: list[Kernel], expression: str, expected: Any, timeout: float = 15.0) -> None:
+    """Wait until ``expression`` is ``expected`` in every one of ``kernels``."""
+    for kernel in kernels:
+        wait_until(
+            lambda k=kernel: value_of(k, expression) == expected,
+            timeout=timeout,
+            interval=0.1,
+            what=f"{expression} == {expected!r}",
+        )
+
+
+def reply_to(kernel: Kernel, msg_id: str) -> dict[str, Any] | None:
+    """The shell reply to ``msg_id`` if it is the next one in, else None (for :func:`wait_until`)."""
+    try:
+        reply = kernel.client.get_shell_msg(timeout=0.05)
+    except Exception:
+        return None
+    return reply if reply["parent_header"].get("msg_id") == msg_id else None
+
+
 def start_kernel(env: dict[str, str]) -> Kernel:
     """A kernel started outside any server (it survives the hub's restarts)."""
     manager = KernelManager(kernel_name="python3")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from spindel_jupyter.peer.client import Peer
-from tests.support import HubServer, Kernel, NatsServer, wait_until
+from tests.support import HubServer, Kernel, NatsServer, converges, reply_to, value_of, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -173,20 +173,6 @@ def test_a_peer_of_another_hub_is_served_only_when_allowed_by_name(mesh: dict[st
 SYNC = "from spindel_jupyter import *\nfrom spindel_jupyter.core.crdt import *"
 
 
-def value_of(kernel: Kernel, expression: str) -> Any:
-    return eval(kernel.ok(f"print(repr({expression}))").stdout.strip())
-
-
-def converges(kernels: list[Kernel], expression: str, expected: Any, timeout: float = 15.0) -> None:
-    for kernel in kernels:
-        wait_until(
-            lambda k=kernel: value_of(k, expression) == expected,
-            timeout=timeout,
-            interval=0.1,
-            what=f"{expression} == {expected!r}",
-        )
-
-
 def test_a_crdt_topic_synced_on_two_servers_converges(mesh: dict[str, Any]) -> None:
     alice, bob = mesh["alice"], mesh["bob"]
     for kernel in (alice, bob):
@@ -285,18 +271,10 @@ def test_a_server_killed_mid_call_gives_peer_lost_within_3_s(nats: NatsServer, s
         time.sleep(1.5)
         b.kill()
         killed = time.monotonic()
-        reply = wait_until(lambda: _reply_to(alice, msg_id), timeout=15, what="alice's reply")
+        reply = wait_until(lambda: reply_to(alice, msg_id), timeout=15, what="alice's reply")
         assert time.monotonic() - killed <= 3.0
         assert reply["content"]["ename"] == "PeerLost"
         assert "left the mesh" in reply["content"]["evalue"]
     finally:
         alice.shutdown()
         bob.shutdown()
-
-
-def _reply_to(kernel: Kernel, msg_id: str) -> dict[str, Any] | None:
-    try:
-        reply = kernel.client.get_shell_msg(timeout=0.05)
-    except Exception:
-        return None
-    return reply if reply["parent_header"].get("msg_id") == msg_id else None

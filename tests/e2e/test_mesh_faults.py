@@ -5,23 +5,9 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from tests.support import Cuttable, HubServer, Kernel, NatsServer, wait_until
+from tests.support import Cuttable, HubServer, Kernel, NatsServer, converges, value_of, wait_until
 
 SYNC = "%load_ext spindel_jupyter\nfrom spindel_jupyter import *\nfrom spindel_jupyter.core.crdt import *"
-
-
-def value_of(kernel: Kernel, expression: str) -> Any:
-    return eval(kernel.ok(f"print(repr({expression}))").stdout.strip().splitlines()[-1])
-
-
-def converges(kernels: list[Kernel], expression: str, expected: Any, timeout: float = 30.0) -> None:
-    for kernel in kernels:
-        wait_until(
-            lambda k=kernel: value_of(k, expression) == expected,
-            timeout=timeout,
-            interval=0.2,
-            what=f"{expression} == {expected!r}",
-        )
 
 
 def state(hub: HubServer) -> str:
@@ -56,7 +42,7 @@ def test_nats_killed_and_restarted_with_its_store(nats: NatsServer, servers: Any
         carol.ok("%load_ext spindel_jupyter\n%spin_serve\nanswer = 42")
         alice.ok("for _ in range(3):\n    count.update(lambda c: c.increment())")
         bob.ok("count.update(lambda c: c.increment())")
-        converges([alice, bob], "int(count.value)", 4)
+        converges([alice, bob], "int(count.value)", 4, timeout=30)
 
         nats.stop()  # kill -9
         wait_until(lambda: state(a) == state(b) == "disconnected", timeout=20, what="the hubs to notice")
@@ -68,8 +54,8 @@ def test_nats_killed_and_restarted_with_its_store(nats: NatsServer, servers: Any
 
         nats.start()  # the same port and store
         wait_until(lambda: state(a) == state(b) == "connected", timeout=30, what="the hubs to join again")
-        converges([alice, bob], "int(count.value)", 16)
-        converges([alice, bob], "level.value", "from alice")
+        converges([alice, bob], "int(count.value)", 16, timeout=30)
+        converges([alice, bob], "level.value", "from alice", timeout=30)
         assert value_of(bob, "int(count.value)") == 16
         for kernel in (alice, bob):
             no_value_seen_twice_in_a_row(kernel)
@@ -86,7 +72,7 @@ def test_a_hub_cut_off_while_both_sides_write_ends_equal(nats: NatsServer, serve
         alice, bob = syncing(a, "alice.ipynb"), syncing(b, "bob.ipynb")
         try:
             alice.ok("count.update(lambda c: c.increment())")
-            converges([alice, bob], "int(count.value)", 1)
+            converges([alice, bob], "int(count.value)", 1, timeout=30)
 
             link.cut()
             wait_until(lambda: state(a) == "disconnected", timeout=20, what="A to notice it is cut off")
@@ -99,8 +85,8 @@ def test_a_hub_cut_off_while_both_sides_write_ends_equal(nats: NatsServer, serve
 
             link.heal()
             wait_until(lambda: state(a) == "connected", timeout=30, what="A to join again")
-            converges([alice, bob], "int(count.value)", 31)
-            converges([alice, bob], "level.value", "bob, later")
+            converges([alice, bob], "int(count.value)", 31, timeout=30)
+            converges([alice, bob], "level.value", "bob, later", timeout=30)
             for kernel in (alice, bob):
                 no_value_seen_twice_in_a_row(kernel)
         finally:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import HubServer, Kernel, wait_until
+from tests.support import HubServer, Kernel, reply_to, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -297,19 +297,11 @@ def test_serving_kernel_killed_mid_call_gives_peer_lost_within_2s(hub: HubServer
         time.sleep(1.0)
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
-        reply = wait_until(lambda: _reply_to(alice, msg_id), timeout=10, what="alice's reply")
+        reply = wait_until(lambda: reply_to(alice, msg_id), timeout=10, what="alice's reply")
         assert time.monotonic() - killed < 2
         assert reply["content"]["ename"] == "PeerLost"
     finally:
         eve.shutdown()
-
-
-def _reply_to(kernel: Kernel, msg_id: str) -> dict[str, Any] | None:
-    try:
-        reply = kernel.client.get_shell_msg(timeout=0.05)
-    except Exception:
-        return None
-    return reply if reply["parent_header"].get("msg_id") == msg_id else None
 
 
 def test_top_level_await_and_a_progress_line_for_long_calls(trio: Any) -> None:

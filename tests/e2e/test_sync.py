@@ -5,27 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support import HubServer, Kernel, start_kernel, wait_until
+from tests.support import HubServer, Kernel, converges, start_kernel, value_of, wait_until
 
 SETUP = "%load_ext spindel_jupyter\nfrom spindel_jupyter import *\nfrom spindel_jupyter.core.crdt import *"
-
-
-def value_of(kernel: Kernel, expression: str) -> Any:
-    return eval(kernel.ok(f"print(repr({expression}))").stdout.strip())
-
-
-def converges(kernels: list[Kernel], expression: str, expected: Any, timeout: float = 10.0) -> None:
-    for kernel in kernels:
-        wait_until(
-            lambda k=kernel: value_of(k, expression) == expected,
-            timeout=timeout,
-            interval=0.1,
-            what=f"{expression} == {expected!r}",
-        )
 
 
 @pytest.fixture(scope="module")
