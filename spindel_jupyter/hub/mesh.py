@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -123,8 +123,8 @@ class Mesh:
         #: Called with (hub, frame) for each frame a peer of another hub sent to one of this hub's.
         self.on_frame: Callable[[str, wire.Buffer], None] = lambda hub, frame: None
         self._outbox: deque[tuple[str, wire.Buffer, wire.Buffer, dict[str, str] | None]] = deque()
-        self._wake = asyncio.Event()
         self._draining = False
+        self._finishing: set[asyncio.Task[None]] = set()
         self._chunks = Chunks(max_frame_bytes)
         #: What else runs while connected.
         self.parts: list[Part] = []
@@ -196,7 +196,8 @@ class Mesh:
         if self._nc is None:
             return
         self._outbox.append((subject, data, more, headers))
-        self._wake.set()
+        if not self._draining:
+            self._run_now(self._drain())
 
     @property
     def connected(self) -> bool:
@@ -281,8 +282,7 @@ class Mesh:
             pending_bytes_limit=limit,
         )
         loop = asyncio.get_running_loop()
-        writer = loop.create_task(self._write_forever(nc))
-        tasks = [writer, *(loop.create_task(self._keep(part, nc)) for part in self.parts)]
+        tasks = [loop.create_task(self._keep(part, nc)) for part in self.parts]
         since = time.time()
         self._changed = asyncio.Event()
         announced = 0.0
@@ -304,8 +304,6 @@ class Mesh:
                 for hub in gone:
                     log.info("spindel: hub %r left the mesh (not heard from for %.0f s)", hub, HUB_TTL)
                     self._forget(hub)
-                if writer.done():
-                    writer.result()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), _TICK)
         finally:
@@ -330,19 +328,38 @@ class Mesh:
                 await asyncio.sleep(jittered(delay))
                 delay = min(delay * 2, _BACKOFF_MAX)
 
-    async def _write_forever(self, nc: Any) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self.drain()
+    def _run_now(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` now, as far as it goes without waiting; a task takes it on from where it waits.
 
-    async def drain(self) -> None:
-        """Publish what is queued, in order.
-
-        A coroutine that queued a message may call this at once (the handler of
-        frames from other hubs does): the message leaves without waiting for the
-        writer's next turn. One drain runs at a time, so order holds.
+        Publishing with nats-py waits for nothing unless its buffer is full, so a
+        frame leaves in the turn that made it instead of at some task's next turn
+        (a hop each way of a call across hubs).
         """
+        try:
+            waiting = coroutine.send(None)
+        except StopIteration:
+            return
+        except Exception:
+            log.exception("spindel: failed to publish to the mesh")
+            return
+
+        def resume(_: object = None) -> None:
+            task = asyncio.ensure_future(coroutine)
+            self._finishing.add(task)
+            task.add_done_callback(self._finished)
+
+        if isinstance(waiting, asyncio.Future):
+            waiting.add_done_callback(resume)  # resumed once what it awaits is done, as a task would
+        else:
+            asyncio.get_running_loop().call_soon(resume)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._finishing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("spindel: failed to publish to the mesh: %s", reason(task.exception()))  # type: ignore[arg-type]
+
+    async def _drain(self) -> None:
+        """Publish what is queued, in order; one drain at a time, so order holds."""
         nc = self._nc
         if self._draining or nc is None:
             return
@@ -399,7 +416,6 @@ class Mesh:
             self.on_frame(hub, frame)
         except Exception:
             log.exception("spindel: failed to handle a frame from hub %r", hub)
-        await self.drain()
 
 
 class Chunks:

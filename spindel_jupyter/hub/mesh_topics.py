@@ -8,10 +8,10 @@ those that add something to its followers. Changes are joins (CRDTs) or
 stamped writes (last writer wins by hybrid logical clock), so order and
 repetition do not matter: a change applied twice does nothing the second time.
 
-The stream is the durable copy, compacted per topic and hub: a plain topic's
-write, and every ``SNAPSHOT_EVERY``-th change of a CRDT topic, go as the hub's
-whole state of it with a ``Nats-Rollup: sub`` header, which drops that hub's
-earlier messages of the topic (the state holds them all). A hub that was down
+The stream is the durable copy, compacted per topic and hub: every
+``SNAPSHOT_EVERY``-th change goes as the hub's whole state of the topic with a
+``Nats-Rollup: sub`` header, which drops that hub's earlier messages of it (the
+state holds them all). A hub that was down
 or cut off replays the stream when it joins again, then publishes a snapshot of
 every topic its peers changed meanwhile: both sides end equal, nothing
 acknowledged is lost. The live fan-out is the same consumer, so there is one
@@ -57,8 +57,9 @@ class MeshTopics:
         self._unsnapshotted: dict[str, int] = dict.fromkeys(store.topics, 1)
         self._chunks = Chunks(mesh.max_frame_bytes)
         self._subscription: Any = None
-        #: Plain topics written in this turn of the loop, published at its end.
-        self._due: dict[str, Topic] = {}
+        #: Plain topics written in this turn of the loop: the write to publish at its end (None: none,
+        #: the turn's first write went at once).
+        self._due: dict[str, Topic | None] = {}
         self.counts = {"changes_out": 0, "changes_in": 0, "changes_applied": 0, "snapshots": 0}
 
     def stats(self) -> dict[str, int]:
@@ -69,17 +70,22 @@ class MeshTopics:
     def changed(self, topic: Topic, change: wire.Buffer | None) -> None:
         """A change made here (``change``: a CRDT delta; None: the topic's whole state).
 
-        A plain topic's writes of one turn of the event loop go as one message, the
-        last (the stream would keep only that one).
+        A plain topic's first write in a turn of the event loop goes at once; the
+        ones after it in that turn go as one message at its end, the last (the
+        stream would keep only that one).
         """
         name = topic.name
         count = self._unsnapshotted[name] = self._unsnapshotted.get(name, 0) + 1
         if not self.live:
             return  # goes as a snapshot once back in the mesh
         if topic.kind == LWW:
+            if name in self._due:
+                self._due[name] = topic
+                return
             if not self._due:
                 asyncio.get_running_loop().call_soon(self._publish_due)
-            self._due[name] = topic
+            self._due[name] = None
+            self._write(topic, count)
         elif change is None or count >= SNAPSHOT_EVERY:
             self._snapshot(topic)
         else:
@@ -89,7 +95,15 @@ class MeshTopics:
         due, self._due = self._due, {}
         if self.live:
             for topic in due.values():
-                self._snapshot(topic)
+                if topic is not None:
+                    self._write(topic, self._unsnapshotted.get(topic.name, 0))
+
+    def _write(self, topic: Topic, count: int) -> None:
+        """A plain topic's value: a message like any change, a snapshot every so often."""
+        if count >= SNAPSHOT_EVERY:
+            self._snapshot(topic)
+        else:
+            self._publish(topic, topic.state, full=False)
 
     def _snapshot(self, topic: Topic) -> None:
         self._unsnapshotted.pop(topic.name, None)
@@ -164,10 +178,9 @@ class MeshTopics:
 
     async def _on_message(self, msg: Any) -> None:
         data = self._chunks.add(msg.subject, msg.data)
-        seq = msg.metadata.sequence.stream
         if data is not None:
             self._apply(msg.subject, data)
-        if seq >= self._until:
+        if not self._caught_up.is_set() and msg.metadata.sequence.stream >= self._until:
             self._caught_up.set()
 
     def _apply(self, subject: str, data: wire.Buffer) -> None:

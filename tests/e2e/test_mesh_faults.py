@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from spindel_jupyter.hub.mesh_topics import topic_subject
 from tests.support import Cuttable, HubServer, Kernel, NatsServer, converges, value_of, wait_until
 
 SYNC = "%load_ext spindel_jupyter\nfrom spindel_jupyter import *\nfrom spindel_jupyter.core.crdt import *"
@@ -22,6 +23,23 @@ def syncing(hub: HubServer, notebook: str) -> Kernel:
         "seen = []\ncount.observe(lambda v: seen.append(int(v)))"
     )
     return kernel
+
+
+def stream_subjects(nats: NatsServer) -> dict[str, int]:
+    """How many messages the topics' stream holds, per subject."""
+    import asyncio
+
+    import nats as nats_py
+
+    async def ask() -> dict[str, int]:
+        nc = await nats_py.connect(nats.url)
+        try:
+            info = await nc.jetstream().stream_info("SPINDEL_TOPICS", subjects_filter="spindel.topics.>")
+            return dict(info.state.subjects or {})
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
 
 
 def no_value_seen_twice_in_a_row(kernel: Kernel) -> None:
@@ -89,6 +107,11 @@ def test_a_hub_cut_off_while_both_sides_write_ends_equal(nats: NatsServer, serve
             converges([alice, bob], "level.value", "bob, later", timeout=30)
             for kernel in (alice, bob):
                 no_value_seen_twice_in_a_row(kernel)
+            # A's snapshots on its return rolled up its earlier messages: one per topic is left of A's.
+            kept = stream_subjects(nats)
+            of = topic_subject
+            assert kept[of("faults/count", "A")] == kept[of("faults/level", "A")] == 1, kept
+            assert kept[of("faults/count", "B")] >= 1  # B's own, beside them
         finally:
             alice.shutdown()
             bob.shutdown()
