@@ -98,19 +98,7 @@ def ensure_hub(timeout: float = 60.0) -> client.Peer:
     port, token = _free_port(), secrets.token_hex(16)
     log = (_workdir() / "hub.log").open("ab")
     _private_hub = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jupyter_server",
-            "--no-browser",
-            f"--port={port}",
-            "--port-retries=0",
-            "--ip=127.0.0.1",
-            f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={_workdir()}",
-            f"--SpindelHub.store_dir={_workdir() / 'store'}",
-        ]
-        + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []),
+        _server_command(port, token, _workdir(), _workdir() / "store"),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -123,6 +111,24 @@ def ensure_hub(timeout: float = 60.0) -> client.Peer:
     os.environ[client.ENV_TOKEN] = token
     # A stable name, so a notebook run outside a server always shows the same peers.
     return session.connect(url, name=os.environ.get(client.ENV_PEER) or "notebook", token=token)
+
+
+def _server_command(port: int, token: str, root: Path, store: Path, *extra: str) -> list[str]:
+    """The command of a demo's own Jupyter server with the hub, on ``port`` and ``token``."""
+    command = [
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        "--no-browser",
+        f"--port={port}",
+        "--port-retries=0",
+        "--ip=127.0.0.1",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
+        f"--SpindelHub.store_dir={store}",
+        *extra,
+    ]
+    return command + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])
 
 
 def _wait_for_http(url: str, timeout: float) -> None:
@@ -941,20 +947,8 @@ def start_server(hub_name: str, nats_url: str, timeout: float = 60.0) -> DemoSer
     token = secrets.token_hex(16)
 
     def command(port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "jupyter_server",
-            "--no-browser",
-            f"--port={port}",
-            "--port-retries=0",
-            "--ip=127.0.0.1",
-            f"--IdentityProvider.token={token}",
-            f"--ServerApp.root_dir={directory / 'notebooks'}",
-            f"--SpindelHub.store_dir={directory / 'store'}",
-            f"--SpindelHub.hub_name={hub_name}",
-            f"--SpindelHub.nats_url={nats_url}",
-        ] + (["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])
+        mesh = (f"--SpindelHub.hub_name={hub_name}", f"--SpindelHub.nats_url={nats_url}")
+        return _server_command(port, token, directory / "notebooks", directory / "store", *mesh)
 
     what = f"the Jupyter server of hub {hub_name!r}"
     try:
