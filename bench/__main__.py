@@ -58,10 +58,15 @@ def write_results(
             merged = old if isinstance(old, dict) else {}
         except (OSError, ValueError):
             merged = {}
+    kept = merged.pop("runs", None)
     merged.update(sections)
-    merged.pop("runs", None)
     if runs is not None and len(runs) > 1:
+        if isinstance(kept, list) and len(kept) == len(runs):
+            # A run of some families adds them to each stored run, keeping the others' figures.
+            runs = [{**before, **now} for before, now in zip(kept, runs, strict=True)]
         merged["runs"] = runs
+    elif kept is not None and runs is None:
+        merged["runs"] = kept
     merged["machine"] = machine()
     merged["when"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     tmp = path.with_suffix(".tmp")
