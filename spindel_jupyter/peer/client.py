@@ -48,7 +48,7 @@ from ..core.protocol import (
     name_from,
     to_wire,
 )
-from ..core.retry import jittered
+from ..core.retry import Backoff
 from .transport import HandshakeError, WebSocket, open_websocket
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ class Peer:
     # -- the connection thread ------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = _BACKOFF_FIRST
+        backoff = Backoff(_BACKOFF_FIRST, _BACKOFF_MAX)
         first = True
         while not self._closing:
             try:
@@ -371,7 +371,7 @@ class Peer:
             else:
                 self._ws = ws
                 self._connected.set()
-                delay = _BACKOFF_FIRST
+                backoff.reset()
                 if first:
                     self._ready.set_result(None)
                 else:
@@ -392,8 +392,7 @@ class Peer:
                     log.info("spindel: peer %r was replaced by a newer connection", self.name)
                     return
             first = False
-            await asyncio.sleep(jittered(delay))
-            delay = min(delay * 2, _BACKOFF_MAX)
+            await asyncio.sleep(backoff.next())
 
     async def _open(self) -> WebSocket:
         headers = {"Authorization": f"token {self.token}"} if self.token else {}
