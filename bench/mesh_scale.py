@@ -559,11 +559,13 @@ class Run:
         }
 
     def _jetstream(self) -> dict[str, Any]:
+        from spindel_jupyter.hub.mesh import TOPICS_STREAM
+
         assert self.nats is not None
         info = self.nats.monitoring("jsz?streams=true&consumers=true")
         for account in info.get("account_details") or []:
             for stream in account.get("stream_detail") or []:
-                if stream.get("name") == "SPINDEL_TOPICS":
+                if stream.get("name") == TOPICS_STREAM:
                     state = stream.get("state") or {}
                     return {
                         "messages": state.get("messages"),

@@ -35,11 +35,13 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from ..core import wire
-from ..core.retry import jittered
+from ..core.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 PREFIX = "spindel"
+#: The JetStream stream of topic changes (:mod:`.mesh_topics`).
+TOPICS_STREAM = "SPINDEL_TOPICS"
 #: Seconds between a hub's announcements, and how long one is believed without the next.
 HEARTBEAT = 0.5
 HUB_TTL = 2.0
@@ -175,10 +177,10 @@ class Mesh:
         return hub in self._hubs and self._nc is not None
 
     def send(self, hub: str, frame: bytes, body: wire.Buffer = b"") -> None:
-        """Queue ``frame`` (and ``body``) for ``hub``; dropped if the mesh is out of reach.
+        """Send ``frame`` (and ``body``) to ``hub``, in order; dropped if the mesh is out of reach.
 
-        Never blocks: the frames leave in order from one task. What waits for a reply
-        learns of a hub out of reach through :attr:`on_peers` (it leaves the list).
+        Never blocks (see :meth:`publish`). What waits for a reply learns of a hub
+        out of reach through :attr:`on_peers` (it leaves the list).
         """
         if self._nc is None:
             return
@@ -189,7 +191,8 @@ class Mesh:
     def publish(
         self, subject: str, data: wire.Buffer, more: wire.Buffer = b"", headers: dict[str, str] | None = None
     ) -> None:
-        """Queue ``data`` then ``more`` as one message on ``subject`` (in chunks if need be).
+        """Publish ``data`` then ``more`` as one message on ``subject`` (in chunks if need be), in
+        the order of the calls: now, unless NATS's buffer is full, then as soon as it takes more.
 
         Dropped when out of the mesh: what waits for it learns so otherwise.
         """
@@ -198,10 +201,6 @@ class Mesh:
         self._outbox.append((subject, data, more, headers))
         if not self._draining:
             self._run_now(self._drain())
-
-    @property
-    def connected(self) -> bool:
-        return self.state == CONNECTED and self._nc is not None
 
     def stats(self) -> dict[str, Any]:
         """What ``/spindel/api/stats`` shows of the mesh."""
@@ -216,11 +215,11 @@ class Mesh:
         }
 
     async def _run(self) -> None:
-        delay = _BACKOFF_FIRST
+        backoff = Backoff(_BACKOFF_FIRST, _BACKOFF_MAX)
         while True:
             try:
                 await self._connect()
-                delay = _BACKOFF_FIRST
+                backoff.reset()
                 await self._serve()
             except asyncio.CancelledError:
                 raise
@@ -243,8 +242,7 @@ class Mesh:
                 had_hubs, self._hubs = bool(self._hubs), {}  # out of the mesh, nobody there is reachable
                 if had_hubs:
                     self.on_peers()
-                await asyncio.sleep(jittered(delay))
-                delay = min(delay * 2, _BACKOFF_MAX)
+                await asyncio.sleep(backoff.next())
 
     async def _connect(self) -> None:
         import nats
@@ -314,7 +312,7 @@ class Mesh:
     async def _keep(self, part: Part, nc: Any) -> None:
         """Run ``part`` while connected; if it fails, say why and try it again, the rest of the mesh
         (calls, peer lists) going on meanwhile."""
-        delay = _BACKOFF_FIRST
+        backoff = Backoff(_BACKOFF_FIRST, _BACKOFF_MAX)
         while True:
             try:
                 await part.joined(nc)
@@ -325,8 +323,7 @@ class Mesh:
                 self.problem = reason(exc)
                 log.warning("spindel: %s; trying again in a moment", self.problem)
                 part.left()
-                await asyncio.sleep(jittered(delay))
-                delay = min(delay * 2, _BACKOFF_MAX)
+                await asyncio.sleep(backoff.next())
 
     def _run_now(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run ``coroutine`` now, as far as it goes without waiting; a task takes it on from where it waits.
@@ -453,8 +450,7 @@ def permissions(hub: str) -> dict[str, Any]:
     hub cannot speak for another (``docs/federation.md`` shows a whole server
     configuration).
     """
-    me = token(hub)
-    stream = "SPINDEL_TOPICS"
+    me, stream = token(hub), TOPICS_STREAM
     return {
         "publish": {
             "allow": [

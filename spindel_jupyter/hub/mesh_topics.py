@@ -27,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import errors, wire
 from ..core.protocol import HUB, LWW
-from .mesh import PREFIX, Chunks, Mesh, reason, token, untoken
+from .mesh import PREFIX, TOPICS_STREAM, Chunks, Mesh, reason, token, untoken
 
 if TYPE_CHECKING:
     from .topics import Topic, TopicStore
 
 log = logging.getLogger(__name__)
 
-STREAM = "SPINDEL_TOPICS"
 #: A CRDT topic's changes made on one hub between two snapshots of it.
 SNAPSHOT_EVERY = 500
 
@@ -85,25 +84,24 @@ class MeshTopics:
             if not self._due:
                 asyncio.get_running_loop().call_soon(self._publish_due)
             self._due[name] = None
-            self._write(topic, count)
-        elif change is None or count >= SNAPSHOT_EVERY:
-            self._snapshot(topic)
-        else:
-            self._publish(topic, change, full=False)
+        self._send(topic, change, count)
 
     def _publish_due(self) -> None:
         due, self._due = self._due, {}
         if self.live:
             for topic in due.values():
                 if topic is not None:
-                    self._write(topic, self._unsnapshotted.get(topic.name, 0))
+                    self._send(topic, None, self._unsnapshotted.get(topic.name, 0))
 
-    def _write(self, topic: Topic, count: int) -> None:
-        """A plain topic's value: a message like any change, a snapshot every so often."""
-        if count >= SNAPSHOT_EVERY:
+    def _send(self, topic: Topic, change: wire.Buffer | None, count: int) -> None:
+        """The ``count``-th change since the topic's last snapshot: a message of its own (a plain
+        topic's value, a CRDT's delta), or a snapshot every ``SNAPSHOT_EVERY`` changes and for a
+        CRDT change that is its whole state."""
+        body = topic.state if topic.kind == LWW else change
+        if body is None or count >= SNAPSHOT_EVERY:
             self._snapshot(topic)
         else:
-            self._publish(topic, topic.state, full=False)
+            self._publish(topic, body, full=False)
 
     def _snapshot(self, topic: Topic) -> None:
         self._unsnapshotted.pop(topic.name, None)
@@ -131,7 +129,7 @@ class MeshTopics:
 
         js = nc.jetstream()
         config = StreamConfig(
-            name=STREAM,
+            name=TOPICS_STREAM,
             subjects=[f"{PREFIX}.topics.>"],
             storage=StorageType.FILE,
             allow_rollup_hdrs=True,
@@ -140,11 +138,12 @@ class MeshTopics:
             info = await js.add_stream(config)
         except Exception as exc:
             try:
-                info = await js.stream_info(STREAM)
+                info = await js.stream_info(TOPICS_STREAM)
             except Exception:
                 raise ConnectionError(
-                    f"topics are not shared with the mesh: cannot create or find the JetStream stream "
-                    f"{STREAM} ({reason(exc)}); they need JetStream on the NATS server (nats-server -js)"
+                    "topics are not shared with the mesh: cannot create or find the JetStream stream "
+                    f"{TOPICS_STREAM} ({reason(exc)}); they need JetStream on the NATS server "
+                    "(nats-server -js)"
                 ) from None
         self._until = info.state.last_seq
         self._caught_up = asyncio.Event()
@@ -155,7 +154,7 @@ class MeshTopics:
                 await self._subscription.unsubscribe()
         self._subscription = await js.subscribe(
             f"{PREFIX}.topics.>",
-            stream=STREAM,
+            stream=TOPICS_STREAM,
             cb=self._on_message,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,

@@ -40,6 +40,7 @@ from ..core.protocol import (
     to_wire,
 )
 from .access import Actor
+from .mesh import ALONE
 from .topics import TopicStore
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ class Relay:
             "changes_received": self.topics.received,
             "changes_relayed": self.topics.relayed,
             **({"store": self.store_stats()} if self.store_stats else {}),
-            "mesh": self.mesh.stats() if self.mesh is not None else {"state": "alone"},
+            "mesh": self.mesh.stats() if self.mesh is not None else {"state": ALONE},
         }
 
     def local_peers(self) -> list[dict[str, Any]]:
@@ -222,17 +223,7 @@ class Relay:
         """
         request_id = None
         try:
-            if len(data) > self.max_frame_bytes:
-                raise errors.FrameTooLarge(
-                    f"frame of {len(data)} bytes is over the hub's limit of {self.max_frame_bytes} "
-                    "bytes (c.SpindelHub.max_frame_bytes); send smaller values"
-                )
-            try:
-                header, body = wire.unpack_frame(data)
-            except errors.DecodeError as exc:
-                raise errors.BadFrame(f"frame is not valid msgpack: {exc}") from None
-            if header.get("t") == REQ and isinstance(header.get("id"), int):
-                request_id = header["id"]
+            header, body, request_id = self._unpack(data)
             kind = check_inbound(header)
             self.frames_in[kind] += 1
             if kind == HELLO:
@@ -263,11 +254,8 @@ class Relay:
         """
         member, request_id, addressed = None, None, HUB
         try:
-            if len(data) > self.max_frame_bytes:
-                raise errors.FrameTooLarge(f"frame of {len(data)} bytes is over this hub's limit")
-            header, body = wire.unpack_frame(data)
-            if header.get("t") == REQ and isinstance(header.get("id"), int):
-                request_id = header["id"]
+            header, body, request_id = self._unpack(data)
+            if request_id is not None:
                 # A refusal goes back as the addressed peer's reply: the other hub routes only those.
                 addressed = str(header.get("to") or HUB)
             sender = header.get("from")
@@ -291,10 +279,27 @@ class Relay:
         except errors.HubError as exc:
             if member is not None:
                 self._refuse(member, exc, request_id, addressed)
+            else:
+                log.warning("spindel: dropped a frame from hub %r: %s", hub, exc)
         except Exception as exc:
             log.exception("spindel: failed to handle a frame from hub %r", hub)
             if member is not None:
                 self._refuse(member, errors.HubFailure(_failed(exc)), request_id, addressed)
+
+    def _unpack(self, data: wire.Buffer) -> tuple[dict[str, Any], memoryview, int | None]:
+        """A frame's header, its body, and its id if it is a request; refused if over the limit
+        or not a frame."""
+        if len(data) > self.max_frame_bytes:
+            raise errors.FrameTooLarge(
+                f"frame of {len(data)} bytes is over the hub's limit of {self.max_frame_bytes} "
+                "bytes (c.SpindelHub.max_frame_bytes); send smaller values"
+            )
+        try:
+            header, body = wire.unpack_frame(data)
+        except errors.DecodeError as exc:
+            raise errors.BadFrame(f"frame is not valid msgpack: {exc}") from None
+        request_id = header["id"] if header.get("t") == REQ and isinstance(header.get("id"), int) else None
+        return header, body, request_id
 
     def _route(self, member: Member, kind: str, header: dict[str, Any], body: memoryview) -> None:
         if kind == REQ:

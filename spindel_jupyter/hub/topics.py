@@ -224,14 +224,7 @@ class TopicStore:
             else:
                 self._unsettled[topic] = None
             return
-        stamp = _stamp(header.get("stamp"))
-        if not wins(stamp, topic.stamp):
-            self._ack_later(member, name, header["seq"])
-            return
-        topic.state, topic.stamp = bytes(body), stamp
-        frame = {"t": PUB, "topic": name, "kind": topic.kind, "from": member.name, "stamp": list(stamp)}
-        self._relay(topic, member, wire.pack_frame(frame, body))
-        self._changed(topic, None)
+        self._write(topic, header.get("stamp"), body, member, member.name)
         self._ack_later(member, name, header["seq"])
 
     def merge_remote(
@@ -245,23 +238,28 @@ class TopicStore:
         """
         topic = self._topic(name, kind, create=True)
         assert topic is not None
-        frame: dict[str, Any] = {"t": PUB, "topic": name, "kind": topic.kind, "from": sender}
         if topic.kind == LWW:
-            stamped = _stamp(stamp)
-            if not wins(stamped, topic.stamp):
-                return False
-            topic.state, topic.stamp = bytes(body), stamped
-            frame["stamp"] = list(stamped)
-            self._relay(topic, None, wire.pack_frame(frame, body))
-            self._changed(topic, None, local=False)
-            return True
+            return self._write(topic, stamp, body, None, sender)
         self._settle(topic)  # after the changes of this hub's peers already received
         joined = join(topic.state, _crdt_value(topic.kind, body), full_state)
         if joined is topic.state:
             return False
         topic.state = joined
+        frame = {"t": PUB, "topic": name, "kind": topic.kind, "from": sender}
         self._relay(topic, None, wire.pack_frame(frame, body))
         self._changed(topic, body, local=False)
+        return True
+
+    def _write(self, topic: Topic, stamp: Any, body: wire.Buffer, member: Member | None, sender: str) -> bool:
+        """A plain topic's write, by ``member`` here or (None) on another hub: taken and relayed
+        to the other followers if its stamp wins. Whether it did."""
+        stamped = _stamp(stamp)
+        if not wins(stamped, topic.stamp):
+            return False
+        topic.state, topic.stamp = bytes(body), stamped
+        frame = {"t": PUB, "topic": topic.name, "kind": topic.kind, "from": sender, "stamp": list(stamped)}
+        self._relay(topic, member, wire.pack_frame(frame, body))
+        self._changed(topic, None, local=member is not None)
         return True
 
     def _settle_all(self) -> None:

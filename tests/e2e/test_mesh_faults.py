@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from spindel_jupyter.hub.mesh import TOPICS_STREAM
 from spindel_jupyter.hub.mesh_topics import topic_subject
 from tests.support import Cuttable, HubServer, Kernel, NatsServer, converges, value_of, wait_until
 
@@ -34,7 +35,7 @@ def stream_subjects(nats: NatsServer) -> dict[str, int]:
     async def ask() -> dict[str, int]:
         nc = await nats_py.connect(nats.url)
         try:
-            info = await nc.jetstream().stream_info("SPINDEL_TOPICS", subjects_filter="spindel.topics.>")
+            info = await nc.jetstream().stream_info(TOPICS_STREAM, subjects_filter="spindel.topics.>")
             return dict(info.state.subjects or {})
         finally:
             await nc.close()
