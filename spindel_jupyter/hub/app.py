@@ -18,7 +18,7 @@ from jupyter_server.utils import url_path_join
 from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Float, Int, List, Unicode, default
 
-from ..core.protocol import name_from
+from ..core.protocol import name_from, split_peer
 from . import durable
 from .handlers import (
     PeersHandler,
@@ -31,7 +31,9 @@ from .handlers import (
 )
 from .invites import Invites, add_invite_ops, close_invited
 from .mesh import Mesh
+from .mesh_registry import MeshRegistry
 from .mesh_topics import MeshTopics
+from .node_sync import NodeSync
 from .notebooks import SAVE_EVENT, NotebookService
 from .relay import Relay
 from .store import NodeStore
@@ -145,16 +147,30 @@ class SpindelHub(ExtensionApp):
         add_invite_ops(self.relay, self.invites, lambda: self.peer_url(public=True))
         self._sweeper = PeriodicCallback(lambda: close_invited(self.relay, self.invites), 1000)
         self._sweeper.start()
-        self.registry.connected = lambda peer: peer in self.relay.members
-        self.relay.on_leave.append(self.registry.peer_left)
-        self.relay.on_rename.append(self.registry.peer_renamed)
+        self.registry.connected = self._connected
+        registry, notebooks = self.registry, self.notebooks
+        self.relay.on_leave.append(
+            lambda peer: notebooks.change_later(lambda: registry.peer_left(registry.qualified(peer)))
+        )
+        self.relay.on_rename.append(
+            lambda old, new: notebooks.change_later(
+                lambda: registry.peer_renamed(registry.qualified(old), registry.qualified(new))
+            )
+        )
         if server.event_logger is not None:
             server.event_logger.add_listener(schema_id=SAVE_EVENT, listener=self._on_contents_event)
         self.mesh: Mesh | None = None
+        self.node_sync: NodeSync | None = None
+        self._mesh_peers: set[str] = set()
         if self.nats_url:
             self.mesh = Mesh(self.nats_url, "", self.nats_credentials, self.max_frame_bytes)
-            self.mesh.parts.append(MeshTopics(self.mesh, topics))
+            self.node_sync = NodeSync(self.mesh, self.nodes)
+            shared = MeshRegistry(self.mesh, self.registry, self.node_sync)
+            shared.on_joined = self._registry_joined
+            self.notebooks.shared = shared
+            self.mesh.parts += [MeshTopics(self.mesh, topics), self.node_sync, shared]
             self.relay.mesh = self.mesh
+            self.relay.sync_stats = self.node_sync.stats
         self.settings["spindel_hub"] = self
         self.export_environment()
 
@@ -193,8 +209,8 @@ class SpindelHub(ExtensionApp):
         self.relay.hub_name = self.hub_name
         if self.mesh is not None:
             mesh = self.mesh
-            mesh.hub_name = self.hub_name
-            mesh.on_peers = self.relay.mesh_changed
+            mesh.hub_name = self.registry.hub = self.hub_name
+            mesh.on_peers = self._mesh_changed
             mesh.on_frame = self.relay.receive_from_hub
             self.relay.on_peers.append(mesh.set_peers)
             mesh.set_peers(self.relay.local_peers())
@@ -209,10 +225,45 @@ class SpindelHub(ExtensionApp):
         return call
 
     def _announce_head(self, descriptor: dict[str, Any], notebook: dict[str, Any]) -> None:
-        """Tell followers (those keeping their own copy get the notebook too) and the lab of a new head."""
+        """Tell this hub's followers (those keeping their own copy get the notebook too) and the lab of
+        a new head (without a notebook: one that could not be brought here)."""
         for follower in descriptor.get("followers") or []:
-            body = descriptor if follower.get("path") else {**descriptor, "notebook": notebook}
-            self.relay.notify(follower["peer"], "workspace", body)
+            if not self.registry.here(follower):
+                continue
+            body = (
+                descriptor if follower.get("path") or not notebook else {**descriptor, "notebook": notebook}
+            )
+            self.relay.notify(self.registry.local_name(follower["peer"]), "workspace", body)
+        self._workspaces_changed()
+
+    def _connected(self, peer: str) -> bool:
+        """Whether the peer the registry names is connected to a hub of the mesh (or to this one)."""
+        name, hub = split_peer(peer)
+        if not hub or hub == self.registry.hub:
+            return name in self.relay.members
+        return peer in self._mesh_peers
+
+    def _mesh_changed(self) -> None:
+        """The mesh's hubs or peers changed: for the relay, and for leases and heads of workspaces."""
+        self.relay.mesh_changed()
+        assert self.mesh is not None
+        now = {f"{p['name']}@{p['hub']}" for p in self.mesh.peers()}
+        until = self.registry.clock() + self.lease_seconds
+        for gone in self._mesh_peers - now:
+            self.registry.departed[gone] = until  # its lease runs on from now, its hub may not say so
+        for back in now - self._mesh_peers:
+            self.registry.departed.pop(back, None)
+        self._mesh_peers = now
+        if self.notebooks.behind:
+            self.notebooks.retry_behind()
+
+    def _registry_joined(self, first: bool) -> None:
+        """Caught up with the mesh's registry: after a start, bring every copy here to its head."""
+        if first:
+            for descriptor in self.registry.all():
+                if any(self.registry.here(f) for f in descriptor.get("followers") or []):
+                    self.notebooks.head_moved(descriptor)
+        self.notebooks.retry_behind()
         self._workspaces_changed()
 
     def _workspaces_changed(self) -> None:

@@ -11,6 +11,8 @@ Subjects (each name is one subject token, see :func:`token`):
 ``spindel.frames.TO.FROM``    frames from the peers of hub FROM to those of hub TO (calls, replies,
                                streamed output, cancels), in order.
 ``spindel.topics.TOPIC.HUB``  changes to a topic made on HUB (:mod:`.mesh_topics`).
+``spindel.nodes.TO.FROM``     asks for workspace nodes and their answers (:mod:`.node_sync`).
+``$KV.SPINDEL_WORKSPACES.*``  the shared registry of workspaces (:mod:`.mesh_registry`).
 
 A message larger than NATS's payload limit goes as chunks, in order, each
 marked as the last or not (a publisher's messages on one subject arrive in order).
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 PREFIX = "spindel"
 #: The JetStream stream of topic changes (:mod:`.mesh_topics`).
 TOPICS_STREAM = "SPINDEL_TOPICS"
+#: The JetStream KV bucket of workspace descriptors (:mod:`.mesh_registry`), and its stream.
+REGISTRY_BUCKET = "SPINDEL_WORKSPACES"
+REGISTRY_STREAM = f"KV_{REGISTRY_BUCKET}"
 #: Seconds between a hub's announcements, and how long one is believed without the next.
 HEARTBEAT = 0.5
 HUB_TTL = 2.0
@@ -444,30 +449,45 @@ class Chunks:
 def permissions(hub: str) -> dict[str, Any]:
     """The NATS permissions of hub ``hub``'s own user: it publishes only as itself.
 
-    It may announce only itself, send frames only as coming from itself, and
-    publish topic changes only as its own; it reads what is addressed to it, the
-    others' announcements, and the topic stream. With one such user per hub, a
-    hub cannot speak for another (``docs/federation.md`` shows a whole server
+    It may announce only itself, send frames, topic changes and node asks or
+    answers only as coming from itself; it reads what is addressed to it, the
+    others' announcements, the topic stream and the registry of workspaces
+    (which every hub writes, by compare-and-swap). With one such user per hub,
+    a hub cannot speak for another (``docs/federation.md`` shows a whole server
     configuration).
     """
-    me, stream = token(hub), TOPICS_STREAM
+    me = token(hub)
+    streams = [
+        api
+        for stream in (TOPICS_STREAM, REGISTRY_STREAM)
+        for api in (
+            f"$JS.API.STREAM.CREATE.{stream}",
+            f"$JS.API.STREAM.INFO.{stream}",
+            f"$JS.API.STREAM.MSG.GET.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}",
+            f"$JS.API.DIRECT.GET.{stream}.>",
+            f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>",
+            f"$JS.API.CONSUMER.DELETE.{stream}.>",
+            f"$JS.API.CONSUMER.INFO.{stream}.>",
+        )
+    ]
     return {
         "publish": {
             "allow": [
                 f"{PREFIX}.hubs.{me}",
                 f"{PREFIX}.frames.*.{me}",
                 f"{PREFIX}.topics.*.{me}",
+                f"{PREFIX}.nodes.*.{me}",
+                f"$KV.{REGISTRY_BUCKET}.>",
                 "$JS.API.INFO",
-                f"$JS.API.STREAM.CREATE.{stream}",
-                f"$JS.API.STREAM.INFO.{stream}",
-                f"$JS.API.CONSUMER.CREATE.{stream}",
-                f"$JS.API.CONSUMER.CREATE.{stream}.>",
-                f"$JS.API.CONSUMER.DELETE.{stream}.>",
-                f"$JS.API.CONSUMER.INFO.{stream}.>",
+                *streams,
                 "$JS.FC.>",
             ]
         },
-        "subscribe": {"allow": [f"{PREFIX}.hubs.*", f"{PREFIX}.frames.{me}.*", "_INBOX.>"]},
+        "subscribe": {
+            "allow": [f"{PREFIX}.hubs.*", f"{PREFIX}.frames.{me}.*", f"{PREFIX}.nodes.{me}.*", "_INBOX.>"]
+        },
     }
 
 

@@ -12,6 +12,11 @@ make the hub read or write the server's files. Anyone may instead send a
 notebook's content (publish) or take it back in the answer (follow and fork
 with ``deliver``), and write it where they run. The hub writes a file only if
 it does not exist yet or the hub wrote it for that same workspace.
+
+In a mesh of hubs the registry is shared (:mod:`.mesh_registry`) and each hub
+has its own node store: before reading a head, the hub fetches the nodes of it
+that it lacks (:mod:`.node_sync`), and it writes a copy only once every node
+of that head is here, so nobody sees a torn notebook.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import os
 import posixpath
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import nbformat
 from jupyter_server.services.contents.fileio import FileManagerMixin
@@ -44,6 +49,16 @@ SAVE_EVENT = "https://events.jupyter.org/jupyter_server/contents_service/v1"
 Announce = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
+class Shared(Protocol):
+    """The registry shared by the hubs of a mesh (:class:`.mesh_registry.MeshRegistry`)."""
+
+    async def write(self, operation: Callable[[], Any]) -> Any:
+        """Run ``operation`` on this hub's copy and write what it changed (again, if raced)."""
+
+    async def fetch(self, head: str, hub: str) -> None:
+        """Have every node of commit ``head`` here (made on ``hub``), each verified."""
+
+
 class NotebookService:
     """Workspace operations on notebook paths of one Jupyter server."""
 
@@ -58,6 +73,10 @@ class NotebookService:
         self.server_user = ""
         #: The kernel a notebook the hub writes or sends opens with, when it names none.
         self.kernelspec: dict[str, str] = {}
+        #: The mesh's shared registry, when this hub is in one (None: the registry is this hub's).
+        self.shared: Shared | None = None
+        #: Workspaces whose newest head could not be brought here: why (their copies stay as they were).
+        self.behind: dict[str, str] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._newest: dict[str, dict[str, Any]] = {}
         self._ops: dict[str, Callable[..., Any]] = {
@@ -92,13 +111,43 @@ class NotebookService:
         return await result if inspect.isawaitable(result) else result
 
     def all(self, actor: Actor) -> list[dict[str, Any]]:
-        return self.registry.all()
+        return [self.described(d) for d in self.registry.all()]
 
     def get(self, actor: Actor, name: str) -> dict[str, Any]:
-        return self.registry.get(name)
+        return self.described(self.registry.get(name))
 
-    def claim(self, actor: Actor, name: str, force: bool = False) -> dict[str, Any]:
-        return self.registry.claim(name, actor.name, bool(force))
+    async def claim(self, actor: Actor, name: str, force: bool = False) -> dict[str, Any]:
+        who = self.who(actor)
+        return await self.change(lambda: self.registry.claim(name, who, bool(force)))
+
+    # -- the registry, alone or shared ----------------------------------------------------
+
+    def who(self, actor: Actor) -> str:
+        """How the registry names ``actor``: in a mesh, with its hub (``alice@A``)."""
+        return self.registry.qualified(actor.name)
+
+    async def change(self, operation: Callable[[], Any]) -> Any:
+        """Run a registry operation: here, or on the mesh's shared registry."""
+        if self.shared is None:
+            return operation()
+        return await self.shared.write(operation)
+
+    def change_later(self, operation: Callable[[], Any]) -> None:
+        """Run a registry operation in the background (for hooks that cannot wait)."""
+        if self.shared is None:
+            operation()
+        else:
+            self._spawn(self.change(operation), "updating the shared registry of workspaces")
+
+    async def fetched(self, descriptor: dict[str, Any], head: str | None = None) -> None:
+        """Have the nodes of ``head`` (default: the descriptor's) here, from the hub that made it."""
+        if self.shared is not None:
+            await self.shared.fetch(head or descriptor["head"], descriptor.get("hub") or "")
+
+    def described(self, descriptor: dict[str, Any]) -> dict[str, Any]:
+        """A descriptor as this hub shows it: with why its copies here are behind, if they are."""
+        reason = self.behind.get(descriptor["name"])
+        return {**descriptor, "behind": reason} if reason else descriptor
 
     async def publish(
         self,
@@ -130,8 +179,13 @@ class NotebookService:
         states = self.topics.states(sorted(names))
         # The cells' files are written and fsynced off the event loop; the commit, after, on it.
         await asyncio.to_thread(self.registry.store_cells, content)
-        return self.registry.publish(
-            name, content, actor.name, str(message), path=path, topics=states, roles=roles
+        if name in self.registry.workspaces:  # the new head's parent is compared with it: it must be here
+            await self.fetched(self.registry.workspaces[name])
+        who = self.who(actor)
+        return await self.change(
+            lambda: self.registry.publish(
+                name, content, who, str(message), path=path, topics=states, roles=roles
+            )
         )
 
     async def follow(
@@ -139,16 +193,20 @@ class NotebookService:
     ) -> dict[str, Any]:
         """Follow ``name``: the hub keeps a read-only copy at ``path`` on the server, or with
         ``deliver`` sends the notebook (now and at every new head) to write where the follower runs."""
+        who = self.who(actor)
         if deliver:
-            descriptor = self.registry.follow(name, actor.name, None)
+            await self.fetched(self.registry.get(name))
+            descriptor = await self.change(lambda: self.registry.follow(name, who, None))
+            await self.fetched(descriptor)
             notebook = read_only(self.registry.notebook(descriptor["head"]), name, descriptor["head"])
             return {**self.with_kinds(descriptor), "notebook": self.openable(notebook)}
         require(actor, "write_file")
         path = self.contents_path(path or f"following/{name}.ipynb")
-        self.registry.get(name)
+        await self.fetched(self.registry.get(name))
         await self._check_writable(path, name)
-        descriptor = self.registry.follow(name, actor.name, path)
+        descriptor = await self.change(lambda: self.registry.follow(name, who, path))
         head = descriptor["head"]
+        await self.fetched(descriptor)
         await self.write(path, read_only(self.registry.notebook(head), name, head))
         return {**self.with_kinds(descriptor), "copy": path}
 
@@ -172,13 +230,17 @@ class NotebookService:
             path = self.contents_path(path or f"forks/{new}.ipynb")
             self.registry.get(name)
             await self._check_writable(path, new)
-        descriptor = self.registry.fork(name, new, actor.name, path=None if deliver else path)
+        who = self.who(actor)
+        descriptor = await self.change(
+            lambda: self.registry.fork(name, new, who, path=None if deliver else path)
+        )
         await self.topics.stored()  # the fork's own topics are durable before it is answered
         descriptor = self.with_kinds(descriptor)
         if deliver:
+            await self.fetched(descriptor)
             return {**descriptor, "notebook": self.openable(self.registry.notebook(descriptor["head"]))}
         assert path is not None
-        writing = self._write_head(path, descriptor["head"])
+        writing = self._write_head(path, descriptor)
         if wait:
             await writing
         else:
@@ -197,14 +259,24 @@ class NotebookService:
         file if it has one."""
         source = self.registry.get(name)
         parent_name = into or (source.get("fork_of") or {}).get("workspace")
-        parent_path = self.registry.get(parent_name).get("path") if parent_name else None
-        if parent_path:
+        parent = self.registry.get(parent_name) if parent_name else None
+        if parent and parent.get("path"):
             require(actor, "merge_into_file")
-        result = self.registry.merge(name, actor.name, strategy, bool(force), into)
+            if not self.registry.file_here(parent):
+                raise Forbidden(
+                    f"the notebook of {parent_name!r} is a file on the server of hub "
+                    f"{parent.get('path_hub')!r}, and only that server's own peers merge into it: "
+                    f"ask one of them to run %spin_merge {name}"
+                )
+        if parent and source.get("fork_of"):  # the three heads of the merge must be here
+            for descriptor, head in ((source, source["fork_of"]["head"]), (source, None), (parent, None)):
+                await self.fetched(descriptor, head)
+        who = self.who(actor)
+        result = await self.change(lambda: self.registry.merge(name, who, strategy, bool(force), into))
         await self.topics.stored()  # the topics merged back are durable before it is answered
-        parent = result.get("workspace")
-        if result.get("merged") and parent and parent.get("path"):
-            await self.write(parent["path"], self.registry.notebook(result["head"]))
+        merged = result.get("workspace")
+        if result.get("merged") and merged and self.registry.file_here(merged):
+            await self.write(merged["path"], self.registry.notebook(result["head"]))
         return result
 
     # -- files -----------------------------------------------------------------------------
@@ -252,10 +324,11 @@ class NotebookService:
         text = nbformat.writes(nbformat.from_dict(notebook))
         await asyncio.to_thread(_replace, target, text)
 
-    async def _write_head(self, path: str, head: str) -> None:
-        """Write the notebook of commit ``head`` at ``path`` (read from the store only now: with
-        ``wait=False`` a fork answers first, whatever the notebook's size)."""
-        await self.write(path, self.registry.notebook(head))
+    async def _write_head(self, path: str, descriptor: dict[str, Any]) -> None:
+        """Write the notebook of the descriptor's head at ``path`` (read from the store only now:
+        with ``wait=False`` a fork answers first, whatever the notebook's size)."""
+        await self.fetched(descriptor)
+        await self.write(path, self.registry.notebook(descriptor["head"]))
 
     async def _ensure_directory(self, directory: str) -> None:
         parts = [p for p in directory.split("/") if p]
@@ -295,10 +368,13 @@ class NotebookService:
             while True:
                 descriptor = self._newest[name]
                 notebook: dict[str, Any] = {}
-                if descriptor.get("followers"):  # else nobody needs the notebook read back
+                followers = [f for f in descriptor.get("followers") or [] if self.registry.here(f)]
+                if followers:  # else nobody here needs the notebook read back
                     head = descriptor["head"]
+                    if not await self._bring(descriptor):
+                        return
                     notebook = self.openable(read_only(self.registry.notebook(head), name, head))
-                for follower in descriptor.get("followers") or []:
+                for follower in followers:
                     if follower.get("path"):
                         try:
                             await self.write(follower["path"], notebook)
@@ -310,13 +386,38 @@ class NotebookService:
         finally:
             self._newest.pop(name, None)
 
+    async def _bring(self, descriptor: dict[str, Any]) -> bool:
+        """Fetch the nodes of a new head made on another hub; if that fails, the copies here stay as
+        they were, and the workspace says why (in its descriptor here, the log and to its followers)."""
+        name = descriptor["name"]
+        try:
+            await self.fetched(descriptor)
+        except Exception as exc:
+            reason = (
+                "the copies here stay at the last head this hub has: "
+                f"cannot fetch head {descriptor['head'][:12]} ({exc})"
+            )
+            log.warning("spindel: workspace %r: %s", name, reason)
+            self.behind[name] = reason
+            self.announce({**descriptor, "behind": reason}, {})
+            return False
+        self.behind.pop(name, None)
+        return True
+
+    def retry_behind(self) -> None:
+        """Try again to bring the workspaces that are behind (a hub came back to the mesh)."""
+        for name in list(self.behind):
+            if name in self.registry.workspaces:
+                self.head_moved(self.registry.get(name))
+
     async def saved(self, path: str) -> None:
         """A notebook was saved: republish the workspaces published from it."""
         for descriptor in self.registry.all():
             publisher = descriptor.get("publisher")
-            if descriptor.get("path") == path and publisher:
+            if self.registry.file_here(descriptor) == path and publisher:
                 try:
-                    await self.publish(Actor(publisher, OWN, self.server_user), descriptor["name"], path)
+                    actor = Actor(self.registry.local_name(publisher), OWN, self.server_user)
+                    await self.publish(actor, descriptor["name"], path)
                 except Exception as exc:
                     log.info("spindel: not republishing %s on save: %s", descriptor["name"], exc)
 

@@ -154,6 +154,8 @@ class Relay:
         self._tasks: set[asyncio.Future[None]] = set()
         #: Node store counters for stats, when the hub has a store.
         self.store_stats: Callable[[], dict[str, int]] | None = None
+        #: Nodes moved between the hubs of the mesh (:mod:`.node_sync`), for stats.
+        self.sync_stats: Callable[[], dict[str, int]] | None = None
         #: This hub's name (in the mesh, and on its peers in lists).
         self.hub_name = ""
         #: The mesh of hubs this one is in, if any; ``on_peers`` hears of changes to this hub's own peers.
@@ -189,6 +191,7 @@ class Relay:
             "changes_received": self.topics.received,
             "changes_relayed": self.topics.relayed,
             **({"store": self.store_stats()} if self.store_stats else {}),
+            **({"sync": self.sync_stats()} if self.sync_stats else {}),
             "mesh": self.mesh.stats() if self.mesh is not None else {"state": ALONE},
         }
 

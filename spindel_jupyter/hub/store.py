@@ -10,6 +10,7 @@ made durable together by :meth:`NodeStore.sync`, each directory fsynced once.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 from ..core import wire
 from ..core.errors import CorruptNode, MissingNode
 from . import durable
+
+_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 def canonical(value: Any) -> Any:
@@ -59,22 +62,41 @@ class NodeStore:
         returns, or ``batch``'s sync when one is given (a group written on another thread)."""
         data = node_bytes(value)
         key = node_hash(data)
+        self._add(key, data, batch)
+        return key
+
+    def add(self, key: str, data: bytes, batch: durable.Batch | None = None) -> None:
+        """Store ``data`` that came from elsewhere as node ``key``; :class:`CorruptNode` unless it is
+        that node (its hash is its key)."""
+        if node_hash(data) != key:
+            raise CorruptNode(f"node {key[:12]} is corrupt: its content does not match its hash")
+        self._add(key, data, batch)
+
+    def _add(self, key: str, data: bytes, batch: durable.Batch | None) -> None:
         path = self._path(key)
         if path.exists():
-            return key
+            return
         durable.make_directory(path.parent)
         (batch or self._batch).write(path, data)
         with self._counting:
             self.count += 1
             self.bytes += len(data)
-        return key
 
     def sync(self) -> None:
         """Make every node put so far durable (before anything that names them is written)."""
         self._batch.sync()
 
     def has(self, key: str) -> bool:
-        return len(key) == 64 and self._path(key).exists()
+        return bool(_KEY.fullmatch(key)) and self._path(key).exists()
+
+    def raw(self, key: str) -> bytes | None:
+        """Node ``key``'s bytes as stored, unverified (whoever receives them verifies), or None."""
+        if not _KEY.fullmatch(key):
+            return None
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def get(self, key: str) -> Any:
         """The node ``key``, verified; :class:`MissingNode` or :class:`CorruptNode` otherwise."""

@@ -13,16 +13,25 @@ workspace's writer lease; others get :class:`NotWritable`.
 
 Plain Python: the handlers and the hub's ops call it, and it reports new heads
 to ``on_head`` so the server can write followers' copies.
+
+Alone, the descriptors are this hub's files. In a mesh of hubs they are one
+registry shared by all (:mod:`.mesh_registry`): an operation runs here on this
+hub's copy inside :meth:`Registry.collecting`, and what it changed is written
+to the shared registry only if nobody changed it meanwhile (else it runs
+again). Where things are is then named by hub: the hub that made a head (whose
+store has its nodes), the hub whose server has a workspace's file, and each
+follower's hub (the one that writes its copy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +69,14 @@ class Registry:
         self.on_change: Callable[[], None] | None = None
         #: Whether a peer is connected now (its leases stay renewed while it is).
         self.connected: Callable[[str], bool] = lambda peer: False
+        #: This hub's name in a mesh of hubs ("" alone): where heads, files and copies made here are.
+        self.hub = ""
+        #: Peers of other hubs seen leaving the mesh: until when their leases last (their own hub,
+        #: which would say so, may be gone).
+        self.departed: dict[str, float] = {}
+        #: Each descriptor's revision in the shared registry (in a mesh).
+        self.revisions: dict[str, int] = {}
+        self._pending: list[dict[str, Any]] | None = None
         directory.mkdir(parents=True, exist_ok=True)
         self.workspaces: dict[str, dict[str, Any]] = {}
         for path in sorted(directory.glob("*.json")):
@@ -134,10 +151,12 @@ class Registry:
             }
             self.workspaces[name] = descriptor
         descriptor["head"] = head
+        descriptor["hub"] = self.hub  # whose store has the head's nodes
         descriptor["updated"] = now
         descriptor["owner"] = {"peer": peer, "expires": now + self.lease_seconds}
         if path is not None:
             descriptor["path"] = path
+            descriptor["path_hub"] = self.hub
             descriptor["publisher"] = peer  # saves of that file republish as this peer
         if topics:
             descriptor["topics"] = sorted(set(descriptor.get("topics") or []) | set(topics))
@@ -159,11 +178,13 @@ class Registry:
             "name": new,
             "owner": {"peer": peer, "expires": now + self.lease_seconds},
             "head": parent["head"],
+            "hub": parent.get("hub", ""),
             "fork_of": {"workspace": name, "head": parent["head"]},
             **merging.fork_topics(self.topics, parent, new),
             "created": now,
             "updated": now,
             "path": path,
+            "path_hub": self.hub,
             "publisher": peer if path else None,
             "followers": [],
         }
@@ -196,11 +217,34 @@ class Registry:
         """Record that ``peer`` follows ``name`` in the server's notebook at ``path``, or, with no
         path, in a copy of its own that it gets with every new head."""
         descriptor = self._descriptor(name)
-        same = (lambda f: f["path"] == path) if path else (lambda f: not f["path"] and f["peer"] == peer)
+
+        def same(f: dict[str, Any]) -> bool:
+            if path:
+                return bool(f["path"] == path and self.here(f))
+            return not f["path"] and f["peer"] == peer
+
         followers = [f for f in descriptor["followers"] if not same(f)]
-        descriptor["followers"] = [*followers, {"peer": peer, "path": path}]
+        descriptor["followers"] = [*followers, {"peer": peer, "path": path, "hub": self.hub}]
         self._saved(descriptor, new_head=False)
         return self._public(descriptor)
+
+    def here(self, entry: dict[str, Any], field: str = "hub") -> bool:
+        """Whether ``entry`` (a follower, or a descriptor's file with ``path_hub``) is on this hub."""
+        return entry.get(field, "") in ("", self.hub)
+
+    def qualified(self, peer: str) -> str:
+        """How the registry names a peer of this hub: in a mesh, with the hub (``alice@A``)."""
+        return peer if not self.hub or "@" in peer else f"{peer}@{self.hub}"
+
+    def local_name(self, peer: str) -> str:
+        """The name on this hub of a peer the registry names (``alice@A`` is ``alice`` on hub A)."""
+        suffix = f"@{self.hub}"
+        return peer[: -len(suffix)] if self.hub and peer.endswith(suffix) else peer
+
+    def file_here(self, descriptor: dict[str, Any]) -> str | None:
+        """The path of ``descriptor``'s notebook file if it is on this hub's server."""
+        path = descriptor.get("path")
+        return path if path and self.here(descriptor, "path_hub") else None
 
     def binds(self, name: str, path: str) -> bool:
         """Whether the server's file ``path`` is one the hub keeps for workspace ``name``: the
@@ -208,7 +252,9 @@ class Registry:
         descriptor = self.workspaces.get(name)
         if descriptor is None:
             return False
-        return descriptor.get("path") == path or any(f["path"] == path for f in descriptor["followers"])
+        return self.file_here(descriptor) == path or any(
+            f["path"] == path and self.here(f) for f in descriptor["followers"]
+        )
 
     def merge(
         self, fork: str, peer: str, strategy: str | None = None, force: bool = False, into: str | None = None
@@ -248,11 +294,12 @@ class Registry:
         message = f"merge {fork} into {parent['name']}"
         head = self._commit(merged, [ours_head, theirs_head], peer, message, {})
         parent["head"] = head
+        parent["hub"] = self.hub
         parent["updated"] = self.clock()
         # The fork's merged head is now in the parent: it is the base of the next merge.
         source["fork_of"] = {"workspace": parent["name"], "head": theirs_head}
-        self._saved(source, new_head=False)
         self._saved(parent, new_head=True)
+        self._saved(source, new_head=False)
         return {"merged": True, "head": head, "workspace": self._public(parent)}
 
     # -- internals -----------------------------------------------------------------
@@ -267,8 +314,11 @@ class Registry:
     def _holder(self, descriptor: dict[str, Any]) -> str | None:
         """The peer holding the lease: renewed while it is connected, expiring after it leaves."""
         owner = descriptor.get("owner")
-        if owner and (self.connected(owner["peer"]) or owner["expires"] > self.clock()):
-            return str(owner["peer"])
+        if not owner:
+            return None
+        peer, now = owner["peer"], self.clock()
+        if self.connected(peer) or owner["expires"] > now or self.departed.get(peer, -1e300) > now:
+            return str(peer)
         return None
 
     def _check_writer(self, descriptor: dict[str, Any], peer: str, merging: str | None = None) -> None:
@@ -346,12 +396,51 @@ class Registry:
         return self.store.put(commit)  # written last: a head is complete once it exists
 
     def _saved(self, descriptor: dict[str, Any], new_head: bool) -> None:
-        """Write ``descriptor`` durably, after the nodes it names: a reply follows only once both are."""
-        path = self.directory / f"{descriptor['name']}.json"
+        """Write ``descriptor`` durably, after the nodes it names: a reply follows only once both are.
+
+        Inside :meth:`collecting` it is only collected, for the shared registry to write.
+        """
         self.store.sync()
-        durable.write_file(path, json.dumps(descriptor, indent=1).encode())
+        if self._pending is not None:
+            self._pending.append(copy.deepcopy(descriptor))
+            return
+        self._write(descriptor)
         # A new head is announced by whoever writes its copies, once they are written.
         if new_head and self.on_head is not None:
+            self.on_head(self._public(descriptor))
+        elif self.on_change is not None:
+            self.on_change()
+
+    def _write(self, descriptor: dict[str, Any]) -> None:
+        path = self.directory / f"{descriptor['name']}.json"
+        durable.write_file(path, json.dumps(descriptor, indent=1).encode())
+
+    # -- shared by a mesh of hubs ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[list[dict[str, Any]]]:
+        """Run an operation on this hub's copy of a shared registry: the descriptors it changes are
+        collected (for the shared registry to write, each at its revision here), and this copy is
+        left as it was - it changes when the shared registry says so (:meth:`arrived`)."""
+        before = {name: copy.deepcopy(d) for name, d in self.workspaces.items()}
+        pending: list[dict[str, Any]] = []
+        self._pending = pending
+        try:
+            yield pending
+        finally:
+            self._pending = None
+            self.workspaces = before
+
+    def arrived(self, descriptor: dict[str, Any], revision: int) -> None:
+        """The shared registry holds ``descriptor`` at ``revision``: take it unless this copy is newer."""
+        name = descriptor["name"]
+        if revision <= self.revisions.get(name, 0):
+            return
+        before = self.workspaces.get(name)
+        self.workspaces[name] = descriptor
+        self.revisions[name] = revision
+        self._write(descriptor)  # this hub's copy, for when the mesh is out of reach
+        if (before or {}).get("head") != descriptor.get("head") and self.on_head is not None:
             self.on_head(self._public(descriptor))
         elif self.on_change is not None:
             self.on_change()
