@@ -3,11 +3,17 @@ fetched only when missing."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import nbformat
 import pytest
 
+from spindel_jupyter.peer.client import Peer
 from tests.e2e.test_workspaces import post, save, sources
 from tests.support import HubServer, NatsServer, wait_until
 
@@ -104,3 +110,112 @@ def test_forking_on_another_server_adds_no_node_and_merging_back_moves_only_new_
     assert sync(a)["nodes_fetched"] - before == 3  # two new cells and the fork's commit
     assert sync(c)["nodes_served"] - served == 3
     assert sources(a, "lesson.ipynb") == edited
+
+
+LEASE = 3.0
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Hubs D and E in one mesh, whose writer leases last 3 s after their holder left."""
+    root = tmp_path_factory.mktemp("pair")
+    nats = NatsServer(root / "nats").start()
+    servers = {
+        name: HubServer(
+            root / name,
+            args=(
+                f"--SpindelHub.hub_name={name}",
+                f"--SpindelHub.nats_url={nats.url}",
+                f"--SpindelHub.lease_seconds={LEASE}",
+            ),
+        )
+        for name in "DE"
+    }
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            wait_until(lambda s=server: len(s.get("spindel/api/stats")["mesh"]["hubs"]) == 2, 20, what="mesh")  # type: ignore[misc]
+        yield {"nats": nats, **servers}
+    finally:
+        for server in servers.values():
+            server.stop()
+        nats.stop()
+
+
+def notebook(*sources: str) -> dict[str, Any]:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    return json.loads(nbformat.writes(nb))
+
+
+def race(servers: list[HubServer], path: str, bodies: list[dict[str, Any]]) -> list[int]:
+    """POST to each server at once (its own body): the statuses, in the servers' order."""
+    start = threading.Barrier(len(servers))
+
+    def one(server: HubServer, body: dict[str, Any]) -> int:
+        start.wait()
+        return post(server, path, body)[0]
+
+    with ThreadPoolExecutor(len(servers)) as pool:
+        return list(pool.map(one, servers, bodies))
+
+
+def test_two_hubs_racing_to_publish_fork_or_claim_end_with_exactly_one_winner(pair: dict[str, Any]) -> None:
+    d, e = pair["D"], pair["E"]
+    races = lambda: sum(s.get("spindel/api/stats")["mesh"]["registry_races"] for s in (d, e))  # noqa: E731
+    assert post(d, "spindel/api/workspaces", {"name": "race-base", "notebook": notebook("x = 1")})[0] == 200
+    wait_until(lambda: listed(e, "race-base") is not None, what="race-base on E")
+    outcomes = []
+    for i in range(50):
+        published = race([d, e], "spindel/api/workspaces", [
+            {"name": f"race-pub-{i}", "notebook": notebook(f"p = {i}", "# from D")},
+            {"name": f"race-pub-{i}", "notebook": notebook(f"p = {i}", "# from E")},
+        ])  # fmt: skip
+        forked = race([d, e], "spindel/api/workspaces/race-base/fork", [{"new": f"race-fork-{i}"}] * 2)
+        outcomes.append((published, forked))
+    for published, forked in outcomes:
+        assert sorted(published) == [200, 409] and sorted(forked) == [200, 409], outcomes
+    for i, (published, _) in enumerate(outcomes):
+        winner = "D" if published[0] == 200 else "E"
+        for server in (d, e):  # both hubs agree on the winner, and its content is the head
+            wait_until(
+                lambda s=server, i=i, w=winner: listed(s, f"race-pub-{i}")["hub"] == w, what="agreement"
+            )  # type: ignore[index,misc]
+
+    # Claims: 50 workspaces whose lease ended (their publisher is a REST request, not a connected peer).
+    for i in range(50):
+        assert (
+            post(d, "spindel/api/workspaces", {"name": f"race-claim-{i}", "notebook": notebook("c = 1")})[0]
+            == 200
+        )
+    wait_until(lambda: listed(e, "race-claim-49") is not None, what="claims listed on E")
+    time.sleep(LEASE + 0.5)
+    claims = [race([d, e], f"spindel/api/workspaces/race-claim-{i}/claim", [{}, {}]) for i in range(50)]
+    assert all(sorted(c) == [200, 409] for c in claims), claims
+    for i, claim in enumerate(claims):
+        holder = listed(d, f"race-claim-{i}")["owner"]["peer"]  # type: ignore[index]
+        assert holder.endswith("@D" if claim[0] == 200 else "@E")
+    assert races() > 0  # the hubs did race (each loser ran its operation again on the winner's descriptor)
+
+
+def test_a_lease_is_held_while_its_peer_is_connected_to_any_hub_and_ends_lease_seconds_after_it_left(
+    pair: dict[str, Any],
+) -> None:
+    d, e = pair["D"], pair["E"]
+    alice = Peer(d.ws_url, "lease-alice", d.token, kind="script", session="lease-alice").start()
+    try:
+        alice.request(None, "workspace.publish", {"name": "held", "notebook": notebook("h = 1")}, timeout=30)
+        wait_until(lambda: listed(e, "held") is not None, what="held on E")
+        time.sleep(LEASE + 0.5)  # longer than a lease: still held, alice is connected to D
+        status, answer = post(e, "spindel/api/workspaces/held/claim", {})
+        assert status == 409 and "lease-alice@D" in answer["message"], answer
+    finally:
+        alice.close()
+    left = time.monotonic()
+    wait_until(lambda: listed(e, "held")["owner"]["expires"] > time.time(), what="the lease running on")  # type: ignore[index]
+    status, answer = post(e, "spindel/api/workspaces/held/claim", {})
+    assert status == 409 and "lease-alice@D" in answer["message"], answer
+    wait_until(lambda: post(e, "spindel/api/workspaces/held/claim", {})[0] == 200, LEASE + 5, what="claimed")
+    assert time.monotonic() - left >= LEASE - 0.5
+    assert listed(d, "held")["owner"]["peer"].endswith("@E")  # type: ignore[index]
