@@ -275,7 +275,8 @@ class NotebookService:
         result = await self.change(lambda: self.registry.merge(name, who, strategy, bool(force), into))
         await self.topics.stored()  # the topics merged back are durable before it is answered
         merged = result.get("workspace")
-        if result.get("merged") and merged and self.registry.file_here(merged):
+        moved = parent is None or result.get("head") != parent.get("head")  # topics alone leave the file be
+        if result.get("merged") and moved and merged and self.registry.file_here(merged):
             await self.write(merged["path"], self.registry.notebook(result["head"]))
         return result
 

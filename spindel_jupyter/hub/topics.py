@@ -336,17 +336,18 @@ class TopicStore:
         copy.state, copy.stamp = original.state, original.stamp
         self._changed(copy, None)
 
-    def fold(self, source: str, target: str, take_source: bool) -> None:
-        """Bring a fork's topic back: a CRDT joins; a plain value is taken if ``take_source``."""
+    def fold(self, source: str, target: str, take_source: bool) -> bool:
+        """Bring a fork's topic back: a CRDT joins; a plain value is taken if ``take_source``. Whether
+        that changed it."""
         self._settle_all()
         theirs = self.topics.get(source)
         if theirs is None or theirs.state is None:
-            return
+            return False
         ours = self._topic(target, theirs.kind, create=True)
         assert ours is not None
         if ours.kind == LWW:
             if not take_source or ours.state == theirs.state:
-                return
+                return False
             previous = ours.stamp or (0, 0, "")
             ours.state = theirs.state
             ours.stamp = (max(previous[0], int(time.time() * 1000)), previous[1] + 1, HUB)
@@ -354,7 +355,7 @@ class TopicStore:
         else:
             joined = join(ours.state, theirs.state, full_state=True)
             if joined is ours.state:
-                return
+                return False
             ours.state = joined
             payload = wire.encode(theirs.state.state())
         frame: dict[str, Any] = {"t": PUB, "topic": target, "kind": ours.kind, "from": HUB}
@@ -362,6 +363,7 @@ class TopicStore:
             frame["stamp"] = list(ours.stamp)
         self._relay(ours, None, wire.pack_frame(frame, payload))
         self._changed(ours, payload)
+        return True
 
     def list(self) -> list[dict[str, Any]]:
         self._settle_all()

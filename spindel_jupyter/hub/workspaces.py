@@ -274,8 +274,10 @@ class Registry:
         self._check_writer(parent, peer, merging=fork)
         folds = merging.topics_back(self.topics, source, strategy, force)
         result = self._merge_cells(source, parent, peer, strategy, force)
-        for forked, original, take_theirs in folds:
-            self.topics.fold(forked, original, take_theirs)
+        folded = [self.topics.fold(forked, original, take_theirs) for forked, original, take_theirs in folds]
+        if any(folded) and not result["merged"]:
+            reason = f"only the topics of {fork!r} had changes: they were merged back; its cells had none"
+            result = {**result, "merged": True, "reason": reason, "workspace": self._public(parent)}
         return result
 
     def _merge_cells(

@@ -219,3 +219,67 @@ def test_a_lease_is_held_while_its_peer_is_connected_to_any_hub_and_ends_lease_s
     wait_until(lambda: post(e, "spindel/api/workspaces/held/claim", {})[0] == 200, LEASE + 5, what="claimed")
     assert time.monotonic() - left >= LEASE - 0.5
     assert listed(d, "held")["owner"]["peer"].endswith("@E")  # type: ignore[index]
+
+
+def summary(hub: HubServer, topic: str) -> str:
+    return next((t["summary"] for t in hub.get("spindel/api/topics") if t["name"] == topic), "")
+
+
+def test_magics_and_workspace_topics_work_across_servers(mesh: dict[str, HubServer]) -> None:
+    """The single-server scenario with the teacher on A and the student on B: follow, roles, fork, merge."""
+    a, b = mesh["A"], mesh["B"]
+    save(a, "class/signals.ipynb", "s = 1")
+    save(b, "class/alice.ipynb")
+    teacher = a.start_notebook_kernel("class/signals.ipynb")
+    student = b.start_notebook_kernel("class/alice.ipynb")
+    try:
+        teacher.ok(
+            "%load_ext spindel_jupyter\nfrom spindel_jupyter import sync_signal, sync\n"
+            "from spindel_jupyter.core.crdt import ORSet\n"
+            "tags = sync_signal('sig/tags', ORSet())\ntags.update(lambda s: s.add('intro'))\n"
+            "level = sync_signal('sig/level', 0)\nlevel.set(3)\nsync.flush()"
+        )
+        teacher.ok("%spin_publish signals --topic sig/tags:bidirectional --topic sig/level")
+        wait_until(lambda: listed(b, "signals") is not None, what="signals listed on B")
+        out = student.ok(
+            "%load_ext spindel_jupyter\n%spin_follow signals\n"
+            "from spindel_jupyter import sync, workspace\nw = workspace.signals['signals']"
+        )
+        assert "class/following/signals.ipynb" in out.stdout
+        assert sources(b, "class/following/signals.ipynb") == ["s = 1"]  # in B's root
+        follower = listed(a, "signals")["followers"][0]  # type: ignore[index]
+        assert follower == {"peer": "alice@B", "path": "class/following/signals.ipynb", "hub": "B"}
+        wait_until(
+            lambda: (
+                student.ok("print(sorted(w['sig/tags'].value), w['sig/level'].value)").stdout.strip()
+                == "['intro'] 3"
+            ),
+            what="the topics on B",
+        )
+        assert student.run("w['sig/level'].set(5)").error is not None  # a subscriber topic: read-only
+        student.ok("w['sig/tags'].update(lambda s: s.add('from student'))")  # bidirectional: reaches A
+        wait_until(lambda: "from student" in teacher.ok("print(sorted(tags.value))").stdout, what="on A")
+
+        # The teacher saves: B's copy moves and its follower is told.
+        student.ok(
+            "import spindel_jupyter as sj\nheads = []\nsj.current_peer().listen('workspace', heads.append)"
+        )
+        save(a, "class/signals.ipynb", "s = 2")
+        wait_until(lambda: sources(b, "class/following/signals.ipynb") == ["s = 2"], what="B's copy")
+        wait_until(lambda: int(student.ok("print(len(heads))").stdout) >= 1, what="the follower told")
+
+        # A fork on B has its own topics; merged back on A, the CRDT joins and the plain value comes back.
+        student.ok("%spin_fork signals signals-alice\nf = workspace.signals['signals-alice']")
+        assert sources(b, "class/forks/signals-alice.ipynb") == ["s = 2"]
+        student.ok("f['sig/tags'].update(lambda s: s.add('fork only'))\nf['sig/level'].set(9)\nsync.flush()")
+        wait_until(lambda: "fork only" in summary(a, "signals-alice/sig/tags"), what="the fork's topic on A")
+        wait_until(lambda: summary(a, "signals-alice/sig/level") == "9", what="the fork's value on A")
+        assert "fork only" not in teacher.ok("print(sorted(tags.value))").stdout  # isolated until merged
+        out = teacher.ok("%spin_merge signals-alice")
+        assert "merged 'signals-alice'" in out.stdout
+        wait_until(lambda: "fork only" in teacher.ok("print(sorted(tags.value))").stdout, what="joined")
+        wait_until(lambda: teacher.ok("print(level.value)").stdout.strip() == "9", what="the fork's value")
+        wait_until(lambda: "fork only" in student.ok("print(sorted(w['sig/tags'].value))").stdout, what="B")
+    finally:
+        teacher.shutdown()
+        student.shutdown()

@@ -72,9 +72,18 @@ def test_crdt_topics_join_back_even_when_no_cell_changed(hub: Hub) -> None:
     hub.publish_and_fork("tags")
     hub.tag("lec-s/tags", "fork")
     hub.tag("tags", "parent")
+    head = hub.registry.get("lec")["head"]
     result = hub.registry.merge("lec-s", "teacher")
-    assert result["merged"] is False  # no cell to merge ...
+    assert result["merged"] is True and result["head"] == head  # no cell to merge, the head stays ...
+    assert "only the topics of 'lec-s'" in result["reason"]
     assert hub.value("tags") == {"x", "fork", "parent"}  # ... but the topic joined back
+
+
+def test_a_fork_with_no_change_at_all_merges_nothing(hub: Hub) -> None:
+    hub.tag("tags", "x")
+    hub.publish_and_fork("tags")
+    result = hub.registry.merge("lec-s", "teacher")
+    assert result["merged"] is False and "no changes to merge" in result["reason"]
 
 
 def test_a_plain_topic_changed_on_both_sides_is_a_conflict_and_nothing_is_merged(hub: Hub) -> None:
