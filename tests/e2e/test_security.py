@@ -6,8 +6,10 @@ with an invite token), a peer of another hub of the mesh (over a real
 nats-server where each hub has its own user), and a REST request (the
 signed-in user). Every cell is a test that tries the operation for real and
 checks the hub (or the serving kernel) allowed it, or refused it for that rule,
-changing nothing. A peer of another hub asks this hub directly as its own hub
-could: frames on NATS under that hub's user, the most any hub can send.
+changing nothing. A peer of another hub works through its own hub (B), which
+shares the registry of workspaces with this one (A); and it asks this hub
+directly as its own hub could (frames on NATS under that hub's user, the most
+any hub can send), which is refused for every hub operation.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class World:
     server: Kernel
     remote: Peer
     from_b: FromAnotherHub
+    other: HubServer
     serving: str = ""
 
     def fresh(self, stem: str) -> str:
@@ -118,13 +121,25 @@ class World:
         """Workspace operation ``op``, asked by ``who``: over its WebSocket, or as a REST request."""
         if who == REST:
             return self.rest(op, arguments)
-        if who == MESH:
-            return self.from_b.request(f"workspace.{op}", arguments)
-        peer = self.own if who == OWN else self.guest
+        if who == MESH and "name" in arguments and op != "publish":  # B has it once the registry says so
+            wait_until(lambda: self.on_b(arguments["name"]) is not None, what=f"{arguments['name']} on B")
+        peer = {OWN: self.own, INVITED: self.guest, MESH: self.remote}[who]
         try:
             return peer.request(None, f"workspace.{op}", arguments, timeout=30)
         except Forbidden as exc:
             raise Refused(str(exc)) from None
+
+    def on_b(self, name: str) -> dict[str, Any] | None:
+        """Workspace ``name`` as hub B lists it."""
+        listed = self.remote.request(None, "workspace.list", {}, timeout=30)
+        return next((w for w in listed if w["name"] == name), None)
+
+    def on_a(self, name: str) -> dict[str, Any]:
+        """Workspace ``name`` as this hub (A) lists it, once it has it."""
+        wait_until(
+            lambda: name in [d["name"] for d in self.hub.get("spindel/api/workspaces")], what=f"{name} on A"
+        )
+        return dict(self.hub.get(f"spindel/api/workspaces/{name}"))
 
     def rest(self, op: str, arguments: dict[str, Any]) -> Any:
         if op == "publish":
@@ -198,7 +213,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         lambda: "server" in [p["name"] for p in remote.peers()], timeout=20, what="A's peers seen from B"
     )
     from_b = FromAnotherHub(nats.user_url("B"))
-    yield World(hub, own, guest, other_guest, server, remote, from_b)
+    (other.notebooks / "security").mkdir(exist_ok=True)
+    yield World(hub, own, guest, other_guest, server, remote, from_b, other)
     from_b.close()
     server.shutdown()
     for peer in (guest, other_guest, own, remote):
@@ -230,11 +246,10 @@ def list_everything(w: World, who: str) -> None:
         for path in ("peers", "topics", "workspaces"):
             assert isinstance(w.hub.get(f"spindel/api/{path}"), list)
         return
-    if who == MESH:
-        w.from_b.request("peers")  # it sees A's peers through its own hub, never by asking A
-    peer = w.own if who == OWN else w.guest
+    peer = {OWN: w.own, INVITED: w.guest, MESH: w.remote}[who]
     assert any(p["name"] == peer.name for p in peer.peers())
-    assert isinstance(w.op(who, "list"), list)
+    name = w.published(OWN)  # a workspace of A, which the registry shares with B
+    wait_until(lambda: name in [d["name"] for d in w.op(who, "list")], what="the workspace listed")
 
 
 def sync_a_topic(w: World, who: str) -> None:
@@ -278,15 +293,15 @@ def publish_a_server_file(w: World, who: str) -> None:
     (w.hub.notebooks / path).write_text(json.dumps(NOTEBOOK))
     try:
         w.op(who, "publish", name=name, path=path)
-    except Refused:
+    except (Refused, HubError) as exc:  # through B, the path names a file of B's server, which has none
         assert name not in [d["name"] for d in w.hub.get("spindel/api/workspaces")]
-        raise
-    assert w.hub.get(f"spindel/api/workspaces/{name}")["path"] == path
+        raise Refused(str(exc)) from None
+    assert w.on_a(name)["path"] == path
 
 
 def publish_content(w: World, who: str) -> None:
     name = w.published(who)
-    assert w.hub.get(f"spindel/api/workspaces/{name}")["path"] is None
+    assert w.on_a(name)["path"] is None
 
 
 def follow_into_a_server_file(w: World, who: str) -> None:
@@ -297,6 +312,14 @@ def follow_into_a_server_file(w: World, who: str) -> None:
     except Refused:
         assert not (w.hub.notebooks / path).exists()
         raise
+    _written_here(w, who, path)
+
+
+def _written_here(w: World, who: str, path: str) -> None:
+    """The file ``path`` was written on this server; through another hub, on that hub's server instead."""
+    if who == MESH:
+        assert not (w.hub.notebooks / path).exists() and (w.other.notebooks / path).exists()
+        raise Refused(f"written on hub B's server, never on this one: {path}")
     assert (w.hub.notebooks / path).exists()
 
 
@@ -315,7 +338,7 @@ def fork_into_a_server_file(w: World, who: str) -> None:
         assert not (w.hub.notebooks / path).exists()
         assert f"{name}-f" not in [d["name"] for d in w.hub.get("spindel/api/workspaces")]
         raise
-    assert (w.hub.notebooks / path).exists()
+    _written_here(w, who, path)
 
 
 def fork_receiving(w: World, who: str) -> None:
@@ -361,7 +384,10 @@ def claim_a_lease(w: World, who: str) -> None:
     w.op(who, "claim", name=name, force=True)
     holder = w.hub.get(f"spindel/api/workspaces/{name}")["owner"]["peer"]
     # The hub is in a mesh: the registry, shared by its hubs, names each peer with its hub.
-    expected = {OWN: f"{w.own.name}@A", INVITED: f"{w.guest.name}@A"}.get(who)
+    expected = {OWN: f"{w.own.name}@A", INVITED: f"{w.guest.name}@A", MESH: f"{w.remote.name}@B"}.get(who)
+    if who == MESH:
+        wait_until(lambda: w.on_a(name)["owner"]["peer"] == expected, what="A to see the claim")
+        return
     assert holder == expected if expected else holder.startswith("user:") and holder.endswith("@A")
 
 
@@ -371,6 +397,9 @@ def overwrite_a_foreign_file(w: World, who: str) -> None:
     victim.write_text('{"mine": true}')
     try:
         w.op(who, "follow", name=name, path=f"security/victim-{name}.ipynb")
+        if who == MESH:  # B wrote a file of that name on its own server
+            assert (w.other.notebooks / "security" / f"victim-{name}.ipynb").exists()
+            raise Refused("another hub writes on its own server, never on this one")
     except (Refused, AssertionError, HubError) as exc:
         assert victim.read_text() == '{"mine": true}'
         assert "--into" in str(exc) or "invite" in str(exc) or "another hub" in str(exc), exc
@@ -399,9 +428,32 @@ def act_for_an_invited_peer(w: World, who: str) -> None:
     w.op(who, "claim", name=name, force=True, **{"as": w.other_guest.name})
 
 
+def ask_this_hub_directly(w: World, who: str) -> None:
+    """Every hub operation, asked of A by a peer of B over NATS as B could: each one refused."""
+    name = w.published(OWN)
+    asks = [
+        ("peers", None),
+        ("workspace.list", {}),
+        ("workspace.publish", {"name": w.fresh("ws"), "notebook": NOTEBOOK}),
+        ("workspace.follow", {"name": name, "deliver": True}),
+        ("workspace.fork", {"name": name, "new": w.fresh("ws"), "deliver": True}),
+        ("workspace.merge", {"name": name}),
+        ("workspace.claim", {"name": name, "force": True}),
+        ("invite.create", {"name": w.fresh("invitee"), "ttl": "1h"}),
+    ]
+    refusals = []
+    for op, argument in asks:
+        try:
+            w.from_b.request(op, argument)
+        except Refused as exc:
+            refusals.append(str(exc))
+    assert len(refusals) == len(asks), refusals
+    raise Refused(refusals[0])
+
+
 def manage_invites(w: World, who: str) -> None:
     name = w.fresh("invitee")
-    if who == MESH:
+    if who == MESH:  # through B it manages B's invites; A's it cannot touch
         w.from_b.request("invite.create", {"name": name, "ttl": "1h"})
     peer = w.own if who == OWN else w.guest
     try:
@@ -435,7 +487,11 @@ ROWS: dict[str, tuple[Callable[[World, str], None], tuple[str, str, str, str]]] 
         join_as_another_name,
         (ALLOWED, REFUSED, NO_ROUTE, NO_ROUTE),
     ),
-    "list peers, topics and workspaces": (list_everything, (ALLOWED, ALLOWED, REFUSED, ALLOWED)),
+    "list peers, topics and workspaces": (list_everything, (ALLOWED, ALLOWED, ALLOWED, ALLOWED)),
+    "ask this hub itself for a hub operation, over NATS": (
+        ask_this_hub_directly,
+        (NO_ROUTE, NO_ROUTE, REFUSED, NO_ROUTE),
+    ),
     "follow and write a topic": (sync_a_topic, (ALLOWED, ALLOWED, ALLOWED, NO_ROUTE)),
     "call a kernel serving with no --allow": (call_serving_no_allow, (ALLOWED, REFUSED, REFUSED, NO_ROUTE)),
     "call a kernel whose --allow names the caller": (
@@ -448,20 +504,20 @@ ROWS: dict[str, tuple[Callable[[World, str], None], tuple[str, str, str, str]]] 
     ),
     "call a kernel serving --allow '*'": (call_allow_everyone, (ALLOWED, ALLOWED, REFUSED, NO_ROUTE)),
     "publish a notebook file of the server": (publish_a_server_file, (ALLOWED, REFUSED, REFUSED, ALLOWED)),
-    "publish notebook content sent along": (publish_content, (ALLOWED, ALLOWED, REFUSED, ALLOWED)),
+    "publish notebook content sent along": (publish_content, (ALLOWED, ALLOWED, ALLOWED, ALLOWED)),
     "follow into a file on the server": (follow_into_a_server_file, (ALLOWED, REFUSED, REFUSED, ALLOWED)),
-    "follow, receiving the notebook": (follow_receiving, (ALLOWED, ALLOWED, REFUSED, ALLOWED)),
+    "follow, receiving the notebook": (follow_receiving, (ALLOWED, ALLOWED, ALLOWED, ALLOWED)),
     "fork into a file on the server": (fork_into_a_server_file, (ALLOWED, REFUSED, REFUSED, ALLOWED)),
-    "fork, receiving the notebook": (fork_receiving, (ALLOWED, ALLOWED, REFUSED, ALLOWED)),
+    "fork, receiving the notebook": (fork_receiving, (ALLOWED, ALLOWED, ALLOWED, ALLOWED)),
     "merge into a workspace whose notebook is a file on the server": (
         merge_into_a_server_file,
         (ALLOWED, REFUSED, REFUSED, ALLOWED),
     ),
     "merge into a workspace with no file on the server": (
         merge_into_no_file,
-        (ALLOWED, ALLOWED, REFUSED, ALLOWED),
+        (ALLOWED, ALLOWED, ALLOWED, ALLOWED),
     ),
-    "claim a workspace's writer lease": (claim_a_lease, (ALLOWED, ALLOWED, REFUSED, ALLOWED)),
+    "claim a workspace's writer lease": (claim_a_lease, (ALLOWED, ALLOWED, ALLOWED, ALLOWED)),
     "overwrite a file the hub does not keep for that workspace": (
         overwrite_a_foreign_file,
         (REFUSED, REFUSED, REFUSED, REFUSED),
