@@ -57,8 +57,14 @@ export interface IWorkspace {
   /** The notebook it is published from, relative to the server root, or null. */
   path: string | null;
   publisher: string | null;
-  /** Who follows it, and the server file the hub keeps for each (null: a copy of the follower's own). */
-  followers: { peer: string; path: string | null }[];
+  /** Who follows it, and the server file the hub keeps for each (null: a copy of the follower's own);
+   * in a mesh of hubs, the follower's hub too. */
+  followers: { peer: string; path: string | null; hub?: string }[];
+  /** In a mesh of hubs: the hub that made the head, and the one whose server has the notebook file. */
+  hub?: string;
+  path_hub?: string;
+  /** Why this server's copies of it are not at its head (that head could not be brought here yet). */
+  behind?: string;
   /** In the answer to a follow: the followed copy's path. */
   copy?: string;
 }

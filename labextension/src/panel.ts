@@ -220,7 +220,7 @@ export class SpindelPanel extends Widget {
   private _updateWorkspaces(): void {
     const workspaces = [...this._connection.workspaces].sort((a, b) => a.name.localeCompare(b.name));
     // Rebuilt only when what it shows changed: a rebuild under a pressed button would eat its click.
-    const connected = (peer: string): boolean => this._isConnectedHere(peer);
+    const connected = (peer: string): boolean => this._isConnected(peer);
     const writers = workspaces.map(w => activeOwner(w, connected));
     const key = JSON.stringify([workspaces, writers, this._connection.peers.map(p => p.name)]);
     this._expireLeasesLater(workspaces, connected);
@@ -270,7 +270,7 @@ export class SpindelPanel extends Widget {
   }
 
   private _workspaceItem(workspace: IWorkspace): HTMLElement {
-    const connected = (peer: string): boolean => this._isConnectedHere(peer);
+    const connected = (peer: string): boolean => this._isConnected(peer);
     const writer = activeOwner(workspace, connected);
     const followers = workspace.followers?.length ?? 0;
     const followerText = `${followers} follower${followers === 1 ? '' : 's'}`;
@@ -291,7 +291,8 @@ export class SpindelPanel extends Widget {
           (workspace.fork_of ? `\nfork of ${workspace.fork_of.workspace}` : '') +
           (workspace.path ? `\nnotebook ${workspace.path}` : '') +
           `\n${followerText}` +
-          (workspace.topics?.length ? `\ntopics: ${workspace.topics.join(', ')}` : '')
+          (workspace.topics?.length ? `\ntopics: ${workspace.topics.join(', ')}` : '') +
+          (workspace.behind ? `\n${workspace.behind}` : '')
       },
       h(
         'div',
@@ -310,7 +311,9 @@ export class SpindelPanel extends Widget {
         workspace.fork_of && ' · ',
         workspace.fork_of && h('span', { class: 'jp-SpindelPanel-forkOf' }, `fork of ${workspace.fork_of.workspace}`),
         ' · ',
-        h('span', { class: 'jp-SpindelPanel-followers' }, followerText)
+        h('span', { class: 'jp-SpindelPanel-followers' }, followerText),
+        workspace.behind && ' · ',
+        workspace.behind && h('span', { class: 'jp-SpindelPanel-behind', title: workspace.behind }, 'copies behind')
       )
     );
     if (this._actions) {
@@ -344,7 +347,7 @@ export class SpindelPanel extends Widget {
       const acting = actions.actingPeer();
       if (!writer) {
         add('claim', 'Claim', `Take the writer lease of ${name}: nobody holds it now`, () => actions.claim(name));
-      } else if (writer !== acting && !connected(writer) && workspace.owner) {
+      } else if (!this._isActing(writer, acting) && !connected(writer) && workspace.owner) {
         add('claim', 'Claim', '', () => actions.claim(name));
         const claim = buttons.lastElementChild as HTMLButtonElement;
         claim.disabled = true;
@@ -356,9 +359,23 @@ export class SpindelPanel extends Widget {
     return item;
   }
 
-  /** Whether peer `name` is connected to this hub (a namesake on another hub of the mesh is not). */
-  private _isConnectedHere(name: string): boolean {
-    return this._connection.peers.some(p => p.name === name && p.local !== false);
+  /**
+   * Whether peer `name` is connected: a bare name to this hub (a namesake on another hub of the mesh is
+   * not), a name the shared registry of a mesh gives (`NAME@HUB`) to that hub.
+   */
+  private _isConnected(name: string): boolean {
+    const at = name.lastIndexOf('@');
+    if (at < 0) {
+      return this._connection.peers.some(p => p.name === name && p.local !== false);
+    }
+    const [peer, hub] = [name.slice(0, at), name.slice(at + 1)];
+    return this._connection.peers.some(p => p.name === peer && (p.hub ?? '') === hub);
+  }
+
+  /** Whether `writer` (as the registry names it) is the peer `acting` of this hub. */
+  private _isActing(writer: string, acting: string): boolean {
+    const here = this._connection.peers.find(p => p.local !== false)?.hub;
+    return writer === acting || (!!here && writer === `${acting}@${here}`);
   }
 
   /** The peers, grouped under their hub when the mesh has several: this server's hub first. */

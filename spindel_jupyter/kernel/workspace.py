@@ -125,7 +125,7 @@ def table(items: list[dict[str, Any]]) -> Table:
     for item in items:
         owner = (item.get("owner") or {}).get("peer") or "-"
         fork_of = (item.get("fork_of") or {}).get("workspace") or "-"
-        head = (item.get("head") or "")[:12]
+        head = (item.get("head") or "")[:12] + (" (copies here behind)" if item.get("behind") else "")
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(item.get("updated") or 0))
         rows.append([item["name"], owner, head, when, fork_of, len(item.get("followers") or [])])
     columns = ["workspace", "writer", "head", "head time", "fork of", "followers"]

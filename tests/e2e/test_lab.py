@@ -295,6 +295,57 @@ def test_the_panel_lists_the_peers_of_another_hub_with_their_hub(
             expect(headings).to_have_count(0)  # one hub left: no headings
 
 
+def test_a_workspace_of_another_server_is_followed_from_the_panel(
+    tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
+) -> None:
+    with ExitStack() as cleanup:
+        nats = NatsServer(tmp_path / "nats").start()
+        cleanup.callback(nats.stop)
+        mesh = (f"--SpindelHub.nats_url={nats.url}",)
+        lab = LabServer(tmp_path / "lab", args=(*mesh, "--SpindelHub.hub_name=A")).start()
+        cleanup.callback(lab.stop)
+        other = HubServer(tmp_path / "other", args=(*mesh, "--SpindelHub.hub_name=B")).start()
+        cleanup.callback(other.stop)
+        bob = Peer(other.ws_url, "bob", other.token).start()
+        cleanup.callback(bob.close)
+        notebook = {
+            "cells": [code_cell("intro", "x = 1")],
+            "metadata": {},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
+        bob.request(None, "workspace.publish", {"name": "remote-lesson", "notebook": notebook}, timeout=30)
+        with browsing(browser, lab, request) as page:
+            page.goto(f"{lab.http_url}lab?reset&token={lab.token}")
+            panel = show_panel(page)
+            row = panel.locator('[data-workspace="remote-lesson"]')
+            # Its writer is bob of hub B, connected there: the lease is held, nothing to claim.
+            expect(row.locator(".jp-SpindelPanel-owner")).to_have_text("bob@B", timeout=30_000)
+            expect(row.locator(".jp-SpindelPanel-owner")).to_have_attribute("data-writable", "true")
+            expect(row.get_by_role("button", name="Claim remote-lesson")).to_have_count(0)
+
+            # Follow: this server's hub fetches the notebook from B's and writes the copy here.
+            row.get_by_role("button", name="Follow remote-lesson").click()
+            wait_until(lambda: lab.exists("following/remote-lesson.ipynb"), timeout=20, what="the copy on A")
+            badge = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-SpindelFollowing")
+            expect(badge).to_have_text("Following remote-lesson - read-only", timeout=20_000)
+            followed = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")
+            expect(followed).to_contain_text("x = 1")
+
+            # Bob publishes a new head on B: the copy open on A reloads by itself.
+            notebook["cells"] = [code_cell("intro", "x = 2  # from B")]
+            bob.request(
+                None, "workspace.publish", {"name": "remote-lesson", "notebook": notebook}, timeout=30
+            )
+            expect(followed).to_contain_text("x = 2  # from B", timeout=20_000)
+
+            # Bob leaves B: his lease runs on, and the panel says until when.
+            bob.close()
+            claim = row.get_by_role("button", name="Claim remote-lesson")
+            expect(claim).to_be_disabled(timeout=30_000)
+            expect(claim).to_have_attribute("title", re.compile("bob@B has left"))
+
+
 def test_workspaces_follow_fork_and_merge_with_conflicts_from_the_panel(
     lab: LabServer, browser: Browser, request: pytest.FixtureRequest
 ) -> None:
