@@ -33,7 +33,7 @@ from .invites import Invites, add_invite_ops, close_invited
 from .mesh import Mesh
 from .mesh_registry import MeshRegistry
 from .mesh_topics import MeshTopics
-from .node_sync import NodeSync
+from .node_sync import COUNTERS, NodeSync
 from .notebooks import SAVE_EVENT, NotebookService
 from .relay import Relay
 from .store import NodeStore
@@ -161,6 +161,7 @@ class SpindelHub(ExtensionApp):
             server.event_logger.add_listener(schema_id=SAVE_EVENT, listener=self._on_contents_event)
         self.mesh: Mesh | None = None
         self.node_sync: NodeSync | None = None
+        self.relay.sync_stats = lambda: dict.fromkeys(COUNTERS, 0)  # alone, no node moves between hubs
         self._mesh_peers: set[str] = set()
         if self.nats_url:
             self.mesh = Mesh(self.nats_url, "", self.nats_credentials, self.max_frame_bytes)
@@ -170,7 +171,7 @@ class SpindelHub(ExtensionApp):
             self.notebooks.shared = shared
             self.mesh.parts += [MeshTopics(self.mesh, topics), self.node_sync, shared]
             self.relay.mesh = self.mesh
-            self.relay.sync_stats = self.node_sync.stats
+            self.relay.sync_stats = self.node_sync.counts.copy
         self.settings["spindel_hub"] = self
         self.export_environment()
 

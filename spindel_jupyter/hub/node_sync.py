@@ -45,6 +45,10 @@ MOST_KEYS = 4096
 PATIENCE = 5.0
 
 
+#: Nodes and bytes this hub fetched from other hubs, refused (not matching their hash) and served.
+COUNTERS = ("nodes_fetched", "bytes_fetched", "nodes_refused", "nodes_served", "bytes_served")
+
+
 def nodes_subject(to_hub: str, from_hub: str) -> str:
     return f"{PREFIX}.nodes.{token(to_hub)}.{token(from_hub)}"
 
@@ -71,16 +75,12 @@ class NodeSync:
         self._coming: dict[str, asyncio.Future[None]] = {}
         self._chunks = Chunks(mesh.max_frame_bytes)
         self._subscription: Any = None
-        self.counts = {
-            "nodes_fetched": 0,
-            "bytes_fetched": 0,
-            "nodes_refused": 0,
-            "nodes_served": 0,
-            "bytes_served": 0,
-        }
+        #: What ``/spindel/api/stats`` shows as ``sync``.
+        self.counts = dict.fromkeys(COUNTERS, 0)
 
     def stats(self) -> dict[str, int]:
-        return dict(self.counts)
+        """Nothing for the mesh's stats: the hub shows :attr:`counts` as ``sync``."""
+        return {}
 
     # -- fetching ---------------------------------------------------------------------------
 

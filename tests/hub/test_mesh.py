@@ -18,6 +18,10 @@ def mesh(hub: HubServer) -> dict[str, Any]:
 def test_a_hub_without_nats_works_alone(servers: Any) -> None:
     hub = servers("solo")
     assert mesh(hub) == {"state": "alone"}
+    sync = hub.get("spindel/api/stats")["sync"]  # the same counters as in a mesh, where nodes move
+    assert sync == dict.fromkeys(
+        ("nodes_fetched", "bytes_fetched", "nodes_refused", "nodes_served", "bytes_served"), 0
+    )
 
 
 def test_the_hubs_of_servers_see_each_other_and_a_dead_one_leaves_within_5_s(
