@@ -428,22 +428,33 @@ def code_notebook(*sources: str) -> dict[str, Any]:
 def write_notebook(path: str, sources: list[str]) -> None:
     """Save a notebook of code cells at ``path`` (relative to the server root), as the lab would."""
     ensure_hub()
+    _save_notebook(_server_request, path, sources)
+
+
+def read_notebook(path: str) -> list[str]:
+    """The cell sources of the notebook at ``path`` (relative to the server root)."""
+    return _cell_sources(_server_request, path)
+
+
+def _save_notebook(request: Callable[..., Any], path: str, sources: list[str]) -> None:
+    """Save a notebook of code cells at ``path`` through a server's contents API (``request(method,
+    path, body)``), making the folders on the way first."""
     directory = str(Path(path).parent)
     if directory != ".":
         parts = Path(directory).parts
         for depth in range(1, len(parts) + 1):
             sub = "/".join(parts[:depth])
             try:
-                _server_request("GET", f"api/contents/{sub}?content=0")
+                request("GET", f"api/contents/{sub}?content=0")
             except urllib.error.HTTPError:
-                _server_request("PUT", f"api/contents/{sub}", {"type": "directory"})
+                request("PUT", f"api/contents/{sub}", {"type": "directory"})
     content = code_notebook(*sources)
-    _server_request("PUT", f"api/contents/{path}", {"type": "notebook", "format": "json", "content": content})
+    request("PUT", f"api/contents/{path}", {"type": "notebook", "format": "json", "content": content})
 
 
-def read_notebook(path: str) -> list[str]:
-    """The cell sources of the notebook at ``path`` (relative to the server root)."""
-    model = _server_request("GET", f"api/contents/{path}")
+def _cell_sources(request: Callable[..., Any], path: str) -> list[str]:
+    """The cell sources of the notebook at ``path``, read through a server's contents API."""
+    model = request("GET", f"api/contents/{path}")
     return [cell["source"] for cell in model["content"]["cells"]]
 
 
@@ -805,7 +816,25 @@ class DemoServer(_Stopped):
 
     def hubs(self) -> list[str]:
         """The hubs of the mesh as this one sees them, itself included ([] while out of the mesh)."""
-        return list(self.request("GET", "spindel/api/stats").get("mesh", {}).get("hubs") or [])
+        return list(self.stats().get("mesh", {}).get("hubs") or [])
+
+    def stats(self) -> dict[str, Any]:
+        """The hub's counters (``GET spindel/api/stats``): ``sync["nodes_fetched"]`` and
+        ``sync["bytes_fetched"]`` count the workspace nodes it fetched from the other hubs."""
+        return dict(self.request("GET", "spindel/api/stats"))
+
+    def workspaces(self) -> dict[str, dict[str, Any]]:
+        """The workspaces of the mesh as this hub knows them: name -> descriptor (``head``, ``owner``...)."""
+        return {str(w["name"]): dict(w) for w in self.request("GET", "spindel/api/workspaces")}
+
+    def write_notebook(self, path: str, sources: list[str]) -> None:
+        """Save a notebook of code cells at ``path`` (relative to :attr:`root_dir`) through the
+        server's contents API, as the lab would (a save republishes a published notebook)."""
+        _save_notebook(self.request, path, sources)
+
+    def read_notebook(self, path: str) -> list[str]:
+        """The cell sources of the notebook at ``path`` (relative to :attr:`root_dir`)."""
+        return _cell_sources(self.request, path)
 
     def start_peer(self, name: str, timeout: float = 60.0) -> DemoPeer:
         """Open the notebook ``NAME.ipynb`` on this server, as someone using it would: its kernel

@@ -192,6 +192,39 @@ def test_what_a_notebook_starts_across_servers_ends_with_its_kernel(hub: HubServ
         kernel.shutdown()
 
 
+@pytest.mark.timeout(300)
+def test_a_server_a_notebook_starts_saves_and_reads_its_notebooks_and_tells_its_stats_and_workspaces(
+    hub: HubServer,
+) -> None:
+    kernel = notebook(hub, "demo-server-files.ipynb")
+    try:
+        kernel.ok("nats = demo.start_nats()\nsolo = demo.start_server('solo', nats.url)", timeout=300)
+        # Saved through the server's contents API, folders made on the way, in the server's root.
+        kernel.ok("solo.write_notebook('week1/day2/notes.ipynb', ['x = 1', 'x + 1'])")
+        out = kernel.ok(
+            "print(solo.read_notebook('week1/day2/notes.ipynb'))\n"
+            "print((solo.root_dir / 'week1' / 'day2' / 'notes.ipynb').is_file())"
+        )
+        assert out.stdout.splitlines() == ["['x = 1', 'x + 1']", "True"]
+        kernel.ok("solo.write_notebook('week1/day2/notes.ipynb', ['y = 2'])")
+        assert kernel.ok("print(solo.read_notebook('week1/day2/notes.ipynb'))").stdout.strip() == "['y = 2']"
+
+        out = kernel.ok("stats = solo.stats()\nprint(stats['mesh']['hubs'], stats['sync']['nodes_fetched'])")
+        assert out.stdout.strip() == "['solo'] 0"
+        assert kernel.ok("print(solo.workspaces())").stdout.strip() == "{}"
+        kernel.ok(
+            "solo.request('POST', 'spindel/api/workspaces', "
+            "{'name': 'notes', 'path': 'week1/day2/notes.ipynb'})"
+        )
+        out = kernel.ok(
+            "notes = solo.workspaces()['notes']\nprint(list(solo.workspaces()), len(notes['head']))"
+        )
+        assert out.stdout.strip() == "['notes'] 64"
+        kernel.ok("nats.stop()", timeout=120)
+    finally:
+        kernel.shutdown()
+
+
 def test_nats_server_is_found_next_to_python_or_else_says_how_to_install_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
