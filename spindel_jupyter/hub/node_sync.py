@@ -16,16 +16,30 @@ limit an object store. Asked of the hubs, a node moves only when a hub needs
 it, at most once to that hub, and a head stays fetchable from every hub that
 holds it - its followers' hubs too - while the hub that made it is away.
 
-Subject ``spindel.nodes.TO.FROM`` carries both the asks (``want``) and the
-answers (``have``: nodes, batched up to ``BATCH_BYTES``; ``done``); who asks or
-answers is read from the subject, as for frames.
+A commit lists its cells by key, so it grows with the notebook; a commit whose
+parent the asker has travels as the difference from that parent (the
+entries of the cell list that changed, and the fields that did): a one-cell
+change moves one cell and a small delta whatever the notebook's size. The
+asker rebuilds the commit and checks it against its hash like any node (if
+that fails, it asks for the whole node).
+
+Subject ``spindel.nodes.TO.FROM`` carries both the asks (``want``, with the
+heads the asker has whole: ``bases``) and the answers (``have``: nodes,
+batched up to ``BATCH_BYTES``, each whole or as a delta from a base;
+``done``); who asks or answers is read from the subject, as for frames. Keys
+travel as their 32 bytes in the message's body (an ask names nodes by hash
+only): an ask's body is its keys; an answer's is, for each node, its key, its
+base's key or 32 zero bytes, its size (4 bytes, big-endian) and its bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import itertools
 import logging
+import struct
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,7 +47,7 @@ from ..core import wire
 from ..core.errors import CorruptNode, MissingNode
 from . import durable
 from .mesh import PREFIX, Chunks, Mesh, token, untoken
-from .store import NodeStore
+from .store import NodeStore, node_bytes
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +57,8 @@ BATCH_BYTES = 256 * 1024
 MOST_KEYS = 4096
 #: Seconds a hub asked for nodes may go without answering anything before the next one is asked.
 PATIENCE = 5.0
+#: Heads whole here that an ask names as bases for deltas (the latest ones).
+BASES = 64
 
 
 #: Nodes and bytes this hub fetched from other hubs, refused (not matching their hash) and served.
@@ -60,6 +76,8 @@ class _Ask:
         self.hub = hub
         self.keys = set(keys)
         self.got: set[str] = set()
+        #: Nodes that came as a delta this hub could not rebuild: asked again, whole.
+        self.whole: set[str] = set()
         self.done = asyncio.Event()
         self.progress = asyncio.Event()
 
@@ -73,6 +91,7 @@ class NodeSync:
         self._ids = itertools.count(1)
         self._asks: dict[int, _Ask] = {}
         self._coming: dict[str, asyncio.Future[None]] = {}
+        self._whole_heads: deque[str] = deque(maxlen=BASES)
         self._chunks = Chunks(mesh.max_frame_bytes)
         self._subscription: Any = None
         #: What ``/spindel/api/stats`` shows as ``sync``.
@@ -91,13 +110,15 @@ class NodeSync:
         what no hub of the mesh could give.
         """
         if not self.store.has(head):
-            await self._fetch([head], hub, head)
+            await self._fetch([head], hub, head, bases=list(self._whole_heads))
         commit = self.store.get(head)
         wanted = dict.fromkeys(key for key, _ in commit["cells"] if not self.store.has(key))
         if wanted:
             await self._fetch(list(wanted), hub, head)
+        if head not in self._whole_heads:
+            self._whole_heads.appendleft(head)  # a base for the next commits' deltas
 
-    async def _fetch(self, keys: list[str], first: str, head: str) -> None:
+    async def _fetch(self, keys: list[str], first: str, head: str, bases: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         waiting = [self._coming[key] for key in keys if key in self._coming]
         mine = [key for key in keys if key not in self._coming]
@@ -110,7 +131,7 @@ class NodeSync:
                 if not missing:
                     break
                 asked.append(hub)
-                got = await self._ask(hub, missing)
+                got = await self._ask(hub, missing, bases)
                 missing = [key for key in missing if key not in got]
         finally:
             for key in mine:
@@ -132,17 +153,19 @@ class NodeSync:
         others = [hub for hub in self.mesh.hubs() if hub not in (first, self.mesh.hub_name)]
         return [hub for hub in [first, *others] if hub and self.mesh.reaches(hub)]
 
-    async def _ask(self, hub: str, keys: list[str]) -> set[str]:
+    async def _ask(self, hub: str, keys: list[str], bases: list[str] | None = None) -> set[str]:
         """Ask ``hub`` for ``keys``; the ones that arrived, verified and stored, once it is done or silent."""
         got: set[str] = set()
         for start in range(0, len(keys), MOST_KEYS):
             part = keys[start : start + MOST_KEYS]
             number = next(self._ids)
             ask = self._asks[number] = _Ask(hub, part)
+            want: dict[str, Any] = {"want": number}
+            if bases:
+                want["bases"] = bases
             try:
-                self.mesh.publish(
-                    nodes_subject(hub, self.mesh.hub_name), wire.pack_frame({"want": number, "keys": part})
-                )
+                keys_bytes = b"".join(bytes.fromhex(key) for key in part)
+                self.mesh.publish(nodes_subject(hub, self.mesh.hub_name), wire.pack_frame(want), keys_bytes)
                 while not ask.done.is_set():
                     ask.progress.clear()
                     try:
@@ -158,6 +181,8 @@ class NodeSync:
             finally:
                 del self._asks[number]
             got |= ask.got
+            if ask.whole:
+                got |= await self._ask(hub, sorted(ask.whole))
         return got
 
     async def _arrived(self, hub: str, header: dict[str, Any], body: wire.Buffer) -> None:
@@ -168,22 +193,13 @@ class NodeSync:
         if "done" in header:
             ask.done.set()
             return
-        keys, sizes = header.get("keys"), header.get("sizes")
-        if (
-            not isinstance(keys, list)
-            or not isinstance(sizes, list)
-            or len(keys) != len(sizes)
-            or not all(isinstance(n, int) and n >= 0 for n in sizes)
-            or sum(sizes) != len(body)
-        ):
+        try:
+            nodes = [node for node in _entries(body) if node[0] in ask.keys and node[0] not in ask.got]
+        except ValueError:
             log.warning("spindel: dropped a malformed answer with nodes from hub %r", hub)
             return
-        nodes, offset = [], 0
-        for key, size in zip(keys, sizes, strict=True):
-            if key in ask.keys and key not in ask.got:
-                nodes.append((key, bytes(body[offset : offset + size])))
-            offset += size
-        stored, refused = await asyncio.to_thread(self._store, nodes)
+        stored, refused, whole = await asyncio.to_thread(self._store, nodes)
+        ask.whole.update(whole)
         for key in refused:
             self.counts["nodes_refused"] += 1
             log.warning(
@@ -195,39 +211,61 @@ class NodeSync:
             self.counts["nodes_fetched"] += 1
             self.counts["bytes_fetched"] += size
 
-    def _store(self, nodes: list[tuple[str, bytes]]) -> tuple[list[tuple[str, int]], list[str]]:
-        """Verify and store nodes, durably: (key, size) of those stored, keys of those refused."""
-        batch, stored, refused = durable.Batch(), [], []
-        for key, data in nodes:
+    def _store(
+        self, nodes: list[tuple[str, bytes, str | None]]
+    ) -> tuple[list[tuple[str, int]], list[str], list[str]]:
+        """Verify and store nodes (each whole, or a delta from the node ``base``), durably: (key, bytes
+        moved) of those stored, the keys of those refused, and of those to ask for whole."""
+        batch = durable.Batch()
+        stored: list[tuple[str, int]] = []
+        refused: list[str] = []
+        whole: list[str] = []
+        for key, data, base in nodes:
+            content = data
+            if base is not None:
+                try:
+                    content = node_bytes(apply_delta(self.store.get(base), wire.decode(data)))
+                except Exception:
+                    whole.append(key)
+                    continue
             try:
-                self.store.add(key, data, batch)
+                self.store.add(key, content, batch)
             except CorruptNode:
-                refused.append(key)
+                (whole if base is not None else refused).append(key)
             else:
                 stored.append((key, len(data)))
         batch.sync()
-        return stored, refused
+        return stored, refused, whole
 
     # -- serving ----------------------------------------------------------------------------
 
-    async def _serve(self, hub: str, header: dict[str, Any]) -> None:
-        number, keys = header.get("want"), header.get("keys")
-        if not isinstance(keys, list) or len(keys) > MOST_KEYS or not all(isinstance(k, str) for k in keys):
+    async def _serve(self, hub: str, header: dict[str, Any], body: wire.Buffer) -> None:
+        number, bases = header.get("want"), header.get("bases") or []
+        if len(body) % 32 or len(body) > 32 * MOST_KEYS or not isinstance(bases, list) or len(bases) > BASES:
             log.warning("spindel: dropped a malformed ask for nodes from hub %r", hub)
             return
+        keys = [bytes(body[i : i + 32]).hex() for i in range(0, len(body), 32)]
         subject = nodes_subject(hub, self.mesh.hub_name)
-        found = await asyncio.to_thread(lambda: [(key, self.store.raw(key)) for key in keys])
-        for batch in _batches((key, data) for key, data in found if data is not None):
-            names = [key for key, _ in batch]
-            sizes = [len(data) for _, data in batch]
+        found = await asyncio.to_thread(self._read, keys, {b for b in bases if isinstance(b, str)})
+        for batch in _batches(found):
             self.mesh.publish(
-                subject,
-                wire.pack_frame({"have": number, "keys": names, "sizes": sizes}),
-                b"".join(d for _, d in batch),
+                subject, wire.pack_frame({"have": number}), b"".join(_entry(*node) for node in batch)
             )
             self.counts["nodes_served"] += len(batch)
-            self.counts["bytes_served"] += sum(sizes)
+            self.counts["bytes_served"] += sum(len(data) for _, data, _ in batch)
         self.mesh.publish(subject, wire.pack_frame({"done": number}))
+
+    def _read(self, keys: list[str], bases: set[str]) -> list[tuple[str, bytes, str | None]]:
+        """The nodes of ``keys`` this hub has: (key, bytes, None), or for a commit with a parent in
+        ``bases`` (key, its delta from that parent, the parent)."""
+        found: list[tuple[str, bytes, str | None]] = []
+        for key in keys:
+            data = self.store.raw(key)
+            if data is None:
+                continue
+            delta = _delta_from_bases(self.store, data, bases) if bases else None
+            found.append((key, *delta) if delta else (key, data, None))
+        return found
 
     # -- in the mesh ---------------------------------------------------------------------------
 
@@ -259,17 +297,84 @@ class NodeSync:
         if not isinstance(header, dict):
             return
         if "want" in header:
-            await self._serve(hub, header)
+            await self._serve(hub, header, body)
         else:
             await self._arrived(hub, header, body)
 
 
-def _batches(nodes: Iterable[tuple[str, bytes]]) -> Iterable[list[tuple[str, bytes]]]:
+_SIZE = struct.Struct(">I")
+_NO_BASE = bytes(32)
+
+
+def _entry(key: str, data: bytes, base: str | None) -> bytes:
+    """One node of an answer's body: key, base (or zeros), size, bytes."""
+    return b"".join(
+        (bytes.fromhex(key), bytes.fromhex(base) if base else _NO_BASE, _SIZE.pack(len(data)), data)
+    )
+
+
+def _entries(body: wire.Buffer) -> list[tuple[str, bytes, str | None]]:
+    """The nodes of an answer's body; ValueError if it is not made of whole entries."""
+    view, nodes, offset = memoryview(body), [], 0
+    while offset < len(view):
+        if offset + 68 > len(view):
+            raise ValueError("a truncated entry")
+        key, base = bytes(view[offset : offset + 32]).hex(), bytes(view[offset + 32 : offset + 64])
+        (size,) = _SIZE.unpack(view[offset + 64 : offset + 68])
+        offset += 68
+        if offset + size > len(view):
+            raise ValueError("a truncated node")
+        nodes.append((key, bytes(view[offset : offset + size]), base.hex() if base != _NO_BASE else None))
+        offset += size
+    return nodes
+
+
+def _delta_from_bases(store: NodeStore, data: bytes, bases: set[str]) -> tuple[bytes, str] | None:
+    """A commit's delta from its first parent in ``bases`` (one this hub has too), with that parent;
+    None for any other node."""
+    try:
+        commit = wire.decode(data)
+        parents = commit["parents"] if isinstance(commit, dict) and "cells" in commit else []
+        for parent in parents:
+            if parent in bases and store.has(parent):
+                return wire.encode(commit_delta(store.get(parent), commit)), parent
+    except Exception:
+        return None
+    return None
+
+
+def commit_delta(base: dict[str, Any], commit: dict[str, Any]) -> dict[str, Any]:
+    """What turns commit ``base`` into ``commit``: fields set or dropped, and the runs of the cell
+    list that changed (replaced by their new entries)."""
+    old, new = [tuple(entry) for entry in base["cells"]], [tuple(entry) for entry in commit["cells"]]
+    runs = [
+        [i1, i2, [list(entry) for entry in new[j1:j2]]]
+        for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
+        if tag != "equal"
+    ]
+    changed = {key: value for key, value in commit.items() if key != "cells" and base.get(key) != value}
+    return {"set": changed, "unset": [key for key in base if key not in commit], "cells": runs}
+
+
+def apply_delta(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
+    """The commit ``delta`` makes of ``base`` (see :func:`commit_delta`)."""
+    value = {key: item for key, item in base.items() if key not in delta["unset"]}
+    value.update(delta["set"])
+    cells = list(base["cells"])
+    for start, end, entries in reversed(delta["cells"]):
+        cells[start:end] = entries
+    value["cells"] = cells
+    return value
+
+
+def _batches(
+    nodes: Iterable[tuple[str, bytes, str | None]],
+) -> Iterable[list[tuple[str, bytes, str | None]]]:
     """Nodes in groups of about ``BATCH_BYTES``."""
-    batch: list[tuple[str, bytes]] = []
+    batch: list[tuple[str, bytes, str | None]] = []
     size = 0
-    for key, data in nodes:
-        batch.append((key, data))
+    for key, data, base in nodes:
+        batch.append((key, data, base))
         size += len(data)
         if size >= BATCH_BYTES:
             yield batch

@@ -75,7 +75,10 @@ def test_a_200_cell_workspace_followed_from_another_server_fetches_each_node_onc
     save(a, "lecture3.ipynb", *cells)
     wait_until(lambda: sources(b, "following/lecture3.ipynb")[57] == cells[57], 20, what="B's copy updated")
     assert sources(b, "following/lecture3.ipynb") == cells
-    assert sync(b)["nodes_fetched"] - after["nodes_fetched"] <= 2
+    edit = {key: sync(b)[key] - after[key] for key in ("nodes_fetched", "bytes_fetched")}
+    assert edit["nodes_fetched"] <= 2
+    # The new commit came as its change from the one B has: the edit moved a sliver of the notebook.
+    assert edit["bytes_fetched"] < 0.05 * (after["bytes_fetched"] - before["bytes_fetched"]), edit
 
 
 def test_forking_on_another_server_adds_no_node_and_merging_back_moves_only_new_nodes(

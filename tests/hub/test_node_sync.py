@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spindel_jupyter.core import wire
 from spindel_jupyter.core.errors import MissingNode
+from spindel_jupyter.hub import node_sync
 from spindel_jupyter.hub.mesh import Mesh
-from spindel_jupyter.hub.node_sync import NodeSync, nodes_subject
+from spindel_jupyter.hub.node_sync import NodeSync, apply_delta, commit_delta, nodes_subject
 from spindel_jupyter.hub.store import NodeStore
 from tests.support import NatsServer
 
@@ -30,10 +33,11 @@ class Hub:
         self.sync = NodeSync(self.mesh, self.store)
         self.mesh.parts.append(self.sync)
 
-    def head(self, cells: list[str]) -> str:
-        """A commit of cells with these sources, stored here; its key."""
+    def head(self, cells: list[str], parents: tuple[str, ...] = ()) -> str:
+        """A commit of cells with these sources (after ``parents``), stored here; its key."""
         keys = [self.store.put({"cell_type": "code", "source": s, "metadata": {}}) for s in cells]
-        head = self.store.put({"cells": [[k, f"c{i}"] for i, k in enumerate(keys)], "parents": []})
+        commit = {"cells": [[k, f"c{i}"] for i, k in enumerate(keys)], "parents": list(parents), "time": 1.5}
+        head = self.store.put(commit)
         self.store.sync()
         return head
 
@@ -144,9 +148,10 @@ def test_a_node_larger_than_a_nats_message_crosses(nats: NatsServer, tmp_path: P
     run(nats, tmp_path, "AB", scenario)
 
 
-def test_an_ask_for_what_is_not_a_node_key_reads_nothing(nats: NatsServer, tmp_path: Path) -> None:
-    """Another hub cannot make this one read a file by naming it as a node: only node keys are read."""
-    (tmp_path / "secret").write_text("not a node")
+def test_an_ask_names_nodes_by_hash_only_and_a_malformed_one_is_dropped(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    """Another hub cannot make this one read a file by naming it: an ask is a list of 32-byte hashes."""
 
     async def scenario(h: dict[str, Hub]) -> None:
         import nats as nats_py
@@ -154,18 +159,71 @@ def test_an_ask_for_what_is_not_a_node_key_reads_nothing(nats: NatsServer, tmp_p
         a = h["A"]
         head = a.head(["fine = 1"])
         nc = await nats_py.connect(nats.url)
-        answers: list[dict[str, Any]] = []
+        answers: list[tuple[dict[str, Any], bytes]] = []
 
         async def received(msg: Any) -> None:
-            answers.append(wire.unpack_frame(memoryview(msg.data)[1:])[0])
+            header, body = wire.unpack_frame(memoryview(msg.data)[1:])
+            answers.append((header, bytes(body)))
 
         await nc.subscribe(nodes_subject("X", "A"), cb=received)
-        traversal = "../" * 5 + "secret"
-        keys = [traversal, traversal.ljust(64, "/"), "../A/" + head[2:], head]
-        await nc.publish(nodes_subject("A", "X"), b"\x00" + wire.pack_frame({"want": 1, "keys": keys}))
-        await until(lambda: any("done" in answer for answer in answers), "A's answer")
+        ask = nodes_subject("A", "X")
+        await nc.publish(ask, b"\x00" + wire.pack_frame({"want": 1}) + b"../../secret")  # not 32-byte keys
+        await nc.publish(ask, b"\x00" + wire.pack_frame({"want": 2}) + bytes(32) + bytes.fromhex(head))
+        await until(lambda: any(header.get("done") == 2 for header, _ in answers), "A's answer")
         await nc.close()
-        served = [key for answer in answers for key in answer.get("keys") or []]
-        assert served == [head]
+        assert [header for header, _ in answers] == [{"have": 2}, {"done": 2}]  # nothing for the first
+        assert answers[0][1][:32] == bytes.fromhex(head)  # only the node it has, by its hash
 
     run(nats, tmp_path, "A", scenario)
+
+
+def test_a_commit_after_one_the_asker_has_moves_as_its_change(nats: NatsServer, tmp_path: Path) -> None:
+    """A one-cell change of a 2,000-cell notebook moves the cell and a delta, not a 2,000-entry commit."""
+
+    async def scenario(h: dict[str, Hub]) -> None:
+        a, b = h["A"], h["B"]
+        cells = [f"x{i} = {i}" for i in range(2000)]
+        first = a.head(cells)
+        await b.sync.fetch(first, "A")
+        whole_commit = len(a.store.raw(first) or b"")
+        before = b.sync.counts["bytes_fetched"]
+        cells[1234] = "x1234 = 'changed'"
+        second = a.head(cells, parents=(first,))
+        await b.sync.fetch(second, "A")
+        assert b.sync.counts["nodes_fetched"] == 2001 + 2
+        moved = b.sync.counts["bytes_fetched"] - before
+        assert moved < whole_commit / 50, (moved, whole_commit)
+        assert b.store.raw(second) == a.store.raw(second)  # rebuilt exactly (and checked by its hash)
+
+    run(nats, tmp_path, "AB", scenario)
+
+
+def test_a_delta_that_does_not_rebuild_the_commit_is_asked_for_whole(
+    nats: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def wrong(base: dict[str, Any], commit: dict[str, Any]) -> dict[str, Any]:
+        return {**commit_delta(base, commit), "cells": []}  # forgets the changed cell
+
+    monkeypatch.setattr(node_sync, "commit_delta", wrong)
+
+    async def scenario(h: dict[str, Hub]) -> None:
+        a, b = h["A"], h["B"]
+        first = a.head(["p = 1", "q = 2"])
+        await b.sync.fetch(first, "A")
+        second = a.head(["p = 1", "q = 3"], parents=(first,))
+        await b.sync.fetch(second, "A")
+        assert b.store.raw(second) == a.store.raw(second)
+        assert b.sync.counts["nodes_refused"] == 0  # not the source's fault: a delta is only a way to send
+        assert a.sync.counts["nodes_served"] == 3 + 1 + 2  # first head, the delta, then whole, and the cell
+
+    run(nats, tmp_path, "AB", scenario)
+
+
+entries = st.lists(st.tuples(st.sampled_from("abcdef"), st.sampled_from("uvw")).map(list), max_size=30)
+
+
+@given(entries, entries, st.dictionaries(st.sampled_from(["time", "message", "x"]), st.integers()))
+def test_a_commit_delta_rebuilds_the_commit(old: list[Any], new: list[Any], fields: dict[str, int]) -> None:
+    base = {"cells": old, "parents": [], "time": 1, "message": "m"}
+    commit = {"cells": new, "parents": ["p"], **fields}
+    assert apply_delta(base, commit_delta(base, commit)) == commit
