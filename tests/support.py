@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -396,3 +397,59 @@ def start_kernel(env: dict[str, str]) -> Kernel:
     client.start_channels()
     client.wait_for_ready(timeout=60)
     return Kernel(client=client, manager=manager)
+
+
+@contextlib.contextmanager
+def meshed(root: Path, hubs: str, *args: str) -> Iterator[tuple[NatsServer, dict[str, HubServer]]]:
+    """A nats-server and a Jupyter server per hub name joined to it (``args`` for each), all in the
+    mesh once it yields; everything stops after."""
+    nats = NatsServer(root / "nats").start()
+    servers = {
+        name: HubServer(
+            root / name, args=(f"--SpindelHub.hub_name={name}", f"--SpindelHub.nats_url={nats.url}", *args)
+        )
+        for name in hubs
+    }
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            wait_until(
+                lambda s=server: len(s.get("spindel/api/stats")["mesh"]["hubs"]) == len(hubs),  # type: ignore[misc]
+                timeout=30,
+                what="the mesh",
+            )
+        yield nats, servers
+    finally:
+        for server in servers.values():
+            server.stop()
+        nats.stop()
+
+
+async def until(predicate: Any, what: str, timeout: float = 20) -> None:
+    """Wait on the running loop until ``predicate()`` holds."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def in_mesh(hubs: dict[str, Any], ready: Any, scenario: Any) -> None:
+    """Run ``scenario(hubs)`` once ``ready(hubs)`` holds, each hub's ``.mesh`` (a hub's side of the
+    mesh without its Jupyter server) started before and closed after, on a loop of its own."""
+    import asyncio
+
+    async def main() -> None:
+        for hub in hubs.values():
+            hub.mesh.start()
+        try:
+            await until(lambda: ready(hubs), "the hubs in the mesh")
+            await scenario(hubs)
+        finally:
+            for hub in hubs.values():
+                await hub.mesh.close()
+
+    asyncio.run(main())

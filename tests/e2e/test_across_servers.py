@@ -9,41 +9,31 @@ from typing import Any
 import pytest
 
 from spindel_jupyter.peer.client import Peer
-from tests.support import HubServer, Kernel, NatsServer, converges, reply_to, value_of, wait_until
+from tests.support import HubServer, Kernel, NatsServer, converges, meshed, reply_to, value_of, wait_until
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Hubs A, B and C in one mesh; alice (a kernel on A) calls bob (a kernel on B, serving alice@A)."""
-    root = tmp_path_factory.mktemp("mesh")
-    nats = NatsServer(root / "nats").start()
-    servers = {
-        name: HubServer(
-            root / name, args=(f"--SpindelHub.hub_name={name}", f"--SpindelHub.nats_url={nats.url}")
-        )
-        for name in "ABC"
-    }
     kernels: list[Kernel] = []
-    try:
-        for server in servers.values():
-            server.start()
-        alice = servers["A"].start_notebook_kernel("alice.ipynb")
-        bob = servers["B"].start_notebook_kernel("bob.ipynb")
-        kernels += [alice, bob]
-        alice.ok("%load_ext spindel_jupyter")
-        bob.ok("%load_ext spindel_jupyter\n%spin_serve --allow alice@A\nsecret = 42\nimport time")
-        wait_until(
-            lambda: ("bob", "B") in {(p["name"], p["hub"]) for p in servers["A"].get("spindel/api/peers")},
-            timeout=20,
-            what="bob of B listed on A",
-        )
-        yield {"alice": alice, "bob": bob, "nats": nats, **servers}
-    finally:
-        for kernel in kernels:
-            kernel.shutdown()
-        for server in servers.values():
-            server.stop()
-        nats.stop()
+    with meshed(tmp_path_factory.mktemp("mesh"), "ABC") as (nats, servers):
+        try:
+            alice = servers["A"].start_notebook_kernel("alice.ipynb")
+            bob = servers["B"].start_notebook_kernel("bob.ipynb")
+            kernels += [alice, bob]
+            alice.ok("%load_ext spindel_jupyter")
+            bob.ok("%load_ext spindel_jupyter\n%spin_serve --allow alice@A\nsecret = 42\nimport time")
+            wait_until(
+                lambda: (
+                    ("bob", "B") in {(p["name"], p["hub"]) for p in servers["A"].get("spindel/api/peers")}
+                ),
+                timeout=20,
+                what="bob of B listed on A",
+            )
+            yield {"alice": alice, "bob": bob, "nats": nats, **servers}
+        finally:
+            for kernel in kernels:
+                kernel.shutdown()
 
 
 def test_a_cell_runs_on_a_kernel_of_another_server(mesh: dict[str, Any]) -> None:

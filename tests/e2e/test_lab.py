@@ -267,9 +267,9 @@ def test_panel_shows_peers_and_topics_live_and_the_slider_syncs(
         expect(status).to_have_text("Spindel: 2 peers")
 
 
-def test_the_panel_lists_the_peers_of_another_hub_with_their_hub(
-    tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
-) -> None:
+@contextmanager
+def lab_and_another_server(tmp_path: Path) -> Iterator[tuple[LabServer, HubServer]]:
+    """A lab (hub A) and another Jupyter server (hub B) joined over a nats-server of their own."""
     with ExitStack() as cleanup:
         nats = NatsServer(tmp_path / "nats").start()
         cleanup.callback(nats.stop)
@@ -278,6 +278,13 @@ def test_the_panel_lists_the_peers_of_another_hub_with_their_hub(
         cleanup.callback(lab.stop)
         other = HubServer(tmp_path / "other", args=(*mesh, "--SpindelHub.hub_name=B")).start()
         cleanup.callback(other.stop)
+        yield lab, other
+
+
+def test_the_panel_lists_the_peers_of_another_hub_with_their_hub(
+    tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
+) -> None:
+    with lab_and_another_server(tmp_path) as (lab, other), ExitStack() as cleanup:
         bob = Peer(other.ws_url, "bob", other.token).start()
         cleanup.callback(bob.close)
         with browsing(browser, lab, request) as page:
@@ -298,14 +305,7 @@ def test_the_panel_lists_the_peers_of_another_hub_with_their_hub(
 def test_a_workspace_of_another_server_is_followed_from_the_panel(
     tmp_path: Path, browser: Browser, request: pytest.FixtureRequest
 ) -> None:
-    with ExitStack() as cleanup:
-        nats = NatsServer(tmp_path / "nats").start()
-        cleanup.callback(nats.stop)
-        mesh = (f"--SpindelHub.nats_url={nats.url}",)
-        lab = LabServer(tmp_path / "lab", args=(*mesh, "--SpindelHub.hub_name=A")).start()
-        cleanup.callback(lab.stop)
-        other = HubServer(tmp_path / "other", args=(*mesh, "--SpindelHub.hub_name=B")).start()
-        cleanup.callback(other.stop)
+    with lab_and_another_server(tmp_path) as (lab, other), ExitStack() as cleanup:
         bob = Peer(other.ws_url, "bob", other.token).start()
         cleanup.callback(bob.close)
         notebook = {

@@ -15,30 +15,14 @@ import pytest
 
 from spindel_jupyter.peer.client import Peer
 from tests.e2e.test_workspaces import post, save, sources
-from tests.support import HubServer, NatsServer, wait_until
+from tests.support import HubServer, meshed, wait_until
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, HubServer]]:
     """Hubs A (the teacher's server), B and C (students' servers) in one mesh."""
-    root = tmp_path_factory.mktemp("mesh")
-    nats = NatsServer(root / "nats").start()
-    servers = {
-        name: HubServer(
-            root / name, args=(f"--SpindelHub.hub_name={name}", f"--SpindelHub.nats_url={nats.url}")
-        )
-        for name in "ABC"
-    }
-    try:
-        for server in servers.values():
-            server.start()
-        for server in servers.values():
-            wait_until(lambda s=server: len(s.get("spindel/api/stats")["mesh"]["hubs"]) == 3, 20, what="mesh")  # type: ignore[misc]
+    with meshed(tmp_path_factory.mktemp("mesh"), "ABC") as (_, servers):
         yield servers
-    finally:
-        for server in servers.values():
-            server.stop()
-        nats.stop()
 
 
 def sync(hub: HubServer) -> dict[str, int]:
@@ -121,29 +105,11 @@ LEASE = 3.0
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Hubs D and E in one mesh, whose writer leases last 3 s after their holder left."""
-    root = tmp_path_factory.mktemp("pair")
-    nats = NatsServer(root / "nats").start()
-    servers = {
-        name: HubServer(
-            root / name,
-            args=(
-                f"--SpindelHub.hub_name={name}",
-                f"--SpindelHub.nats_url={nats.url}",
-                f"--SpindelHub.lease_seconds={LEASE}",
-            ),
-        )
-        for name in "DE"
-    }
-    try:
-        for server in servers.values():
-            server.start()
-        for server in servers.values():
-            wait_until(lambda s=server: len(s.get("spindel/api/stats")["mesh"]["hubs"]) == 2, 20, what="mesh")  # type: ignore[misc]
+    with meshed(tmp_path_factory.mktemp("pair"), "DE", f"--SpindelHub.lease_seconds={LEASE}") as (
+        nats,
+        servers,
+    ):
         yield {"nats": nats, **servers}
-    finally:
-        for server in servers.values():
-            server.stop()
-        nats.stop()
 
 
 def notebook(*sources: str) -> dict[str, Any]:

@@ -6,9 +6,8 @@ Hubs here are the registry side of a hub without its Jupyter server, over a real
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,7 @@ from spindel_jupyter.hub.mesh_registry import MeshRegistry, adopted, key_of, nam
 from spindel_jupyter.hub.node_sync import NodeSync
 from spindel_jupyter.hub.store import NodeStore
 from spindel_jupyter.hub.workspaces import Registry
-from tests.hub.test_node_sync import until
-from tests.support import NatsServer
+from tests.support import NatsServer, in_mesh, until
 
 NOTEBOOK = {"cells": [{"cell_type": "code", "source": "x = 1", "metadata": {}, "outputs": []}]}
 KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
@@ -80,27 +78,11 @@ class Hub:
         return self.shared.write(lambda: operation(self.registry))
 
 
-@contextlib.asynccontextmanager
-async def hubs(nats: NatsServer, root: Path, names: str) -> AsyncIterator[dict[str, Hub]]:
-    made = {name: Hub(name, nats.url, root) for name in names}
-    for hub in made.values():
-        hub.mesh.start()
-    try:
-        await until(lambda: all(hub.shared.live for hub in made.values()), "the hubs to follow the registry")
-        yield made
-    finally:
-        for hub in made.values():
-            await hub.mesh.close()
-
-
 def run(
     nats: NatsServer, root: Path, names: str, scenario: Callable[[dict[str, Hub]], Awaitable[None]]
 ) -> None:
-    async def main() -> None:
-        async with hubs(nats, root, names) as made:
-            await scenario(made)
-
-    asyncio.run(main())
+    hubs = {name: Hub(name, nats.url, root) for name in names}
+    in_mesh(hubs, lambda h: all(hub.shared.live for hub in h.values()), scenario)
 
 
 def test_a_change_on_one_hub_reaches_every_hubs_copy(nats: NatsServer, tmp_path: Path) -> None:

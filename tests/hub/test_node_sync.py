@@ -6,8 +6,7 @@ Hubs here are the mesh and node sync of a hub without its Jupyter server, over a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from spindel_jupyter.hub import node_sync
 from spindel_jupyter.hub.mesh import Mesh
 from spindel_jupyter.hub.node_sync import NodeSync, apply_delta, commit_delta, nodes_subject
 from spindel_jupyter.hub.store import NodeStore
-from tests.support import NatsServer
+from tests.support import NatsServer, in_mesh, until
 
 
 class Hub:
@@ -45,35 +44,11 @@ class Hub:
         (self.store.directory / key[:2] / key[2:]).write_bytes(b"\x91\xa5wrong")
 
 
-@contextlib.asynccontextmanager
-async def hubs(nats: NatsServer, root: Path, names: str) -> AsyncIterator[dict[str, Hub]]:
-    made = {name: Hub(name, nats.url, root) for name in names}
-    for hub in made.values():
-        hub.mesh.start()
-    try:
-        await until(lambda: all(hub.mesh.hubs() == sorted(names) for hub in made.values()), "the mesh")
-        yield made
-    finally:
-        for hub in made.values():
-            await hub.mesh.close()
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def run(
     nats: NatsServer, root: Path, names: str, scenario: Callable[[dict[str, Hub]], Awaitable[None]]
 ) -> None:
-    async def main() -> None:
-        async with hubs(nats, root, names) as made:
-            await scenario(made)
-
-    asyncio.run(main())
+    hubs = {name: Hub(name, nats.url, root) for name in names}
+    in_mesh(hubs, lambda h: all(hub.mesh.hubs() == sorted(names) for hub in h.values()), scenario)
 
 
 def test_a_head_is_fetched_once_each_node_and_only_what_is_missing(nats: NatsServer, tmp_path: Path) -> None:
