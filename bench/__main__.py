@@ -45,11 +45,12 @@ _HUBLESS = {"hub_memory", "transport", "codec", "cross_hub"}
 
 
 def write_results(
-    path: Path, sections: dict[str, Any], runs: list[dict[str, Any]] | None = None
+    path: Path, sections: dict[str, Any], runs: list[dict[str, Any]] | None = None, planned: int = 0
 ) -> dict[str, Any]:
     """Merge ``sections`` into the JSON at ``path`` (written atomically); return the whole.
 
-    With several ``runs`` in a row, each run's sections are kept under ``runs`` too.
+    With several ``runs`` in a row, each run's sections are kept under ``runs`` too (written after
+    each run: ``planned`` is how many the whole series has).
     """
     merged: dict[str, Any] = {}
     if path.exists():
@@ -60,10 +61,11 @@ def write_results(
             merged = {}
     kept = merged.pop("runs", None)
     merged.update(sections)
-    if runs is not None and len(runs) > 1:
-        if isinstance(kept, list) and len(kept) == len(runs):
-            # A run of some families adds them to each stored run, keeping the others' figures.
-            runs = [{**before, **now} for before, now in zip(kept, runs, strict=True)]
+    if runs is not None and max(len(runs), planned) > 1:
+        if isinstance(kept, list) and len(kept) == max(len(runs), planned):
+            # A run of some families adds them to each stored run, keeping the others' figures
+            # (the runs of the series still to come keep all theirs until they are done).
+            runs = [{**before, **now} for before, now in zip(kept, runs, strict=False)] + kept[len(runs) :]
         merged["runs"] = runs
     elif kept is not None and runs is None:
         merged["runs"] = kept
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sections:
             break
         runs.append(sections)
-        merged = write_results(args.output, sections, runs)
+        merged = write_results(args.output, sections, runs, args.runs)
         shown = {k: v for k, v in merged.items() if k in sections}
         print("\n" + table(shown))
         _print_targets("targets (reported, not enforced):", targets(merged))
