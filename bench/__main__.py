@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import arrays, codec, cross_hub, fork, memory, remote_call, signals, transport
+from . import arrays, codec, cross_hub, cross_hub_follow, fork, memory, remote_call, signals, transport
 from .common import CLEANUP, Shared, guarded, machine
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -37,6 +37,7 @@ FAMILIES: dict[str, Callable[[Shared], Any]] = {
     "fork": lambda shared: guarded(fork.run, shared),
     "transport": lambda shared: guarded(transport.run, shared),
     "cross_hub": lambda shared: guarded(cross_hub.run, shared),
+    "cross_hub_follow": lambda shared: guarded(cross_hub_follow.run, shared),
     "hub_memory": memory.run,
 }
 
@@ -45,11 +46,12 @@ _HUBLESS = {"hub_memory", "transport", "codec", "cross_hub"}
 
 
 def write_results(
-    path: Path, sections: dict[str, Any], runs: list[dict[str, Any]] | None = None
+    path: Path, sections: dict[str, Any], runs: list[dict[str, Any]] | None = None, planned: int = 0
 ) -> dict[str, Any]:
     """Merge ``sections`` into the JSON at ``path`` (written atomically); return the whole.
 
-    With several ``runs`` in a row, each run's sections are kept under ``runs`` too.
+    With several ``runs`` in a row, each run's sections are kept under ``runs`` too (written after
+    each run: ``planned`` is how many the whole series has).
     """
     merged: dict[str, Any] = {}
     if path.exists():
@@ -60,10 +62,11 @@ def write_results(
             merged = {}
     kept = merged.pop("runs", None)
     merged.update(sections)
-    if runs is not None and len(runs) > 1:
-        if isinstance(kept, list) and len(kept) == len(runs):
-            # A run of some families adds them to each stored run, keeping the others' figures.
-            runs = [{**before, **now} for before, now in zip(kept, runs, strict=True)]
+    if runs is not None and max(len(runs), planned) > 1:
+        if isinstance(kept, list) and len(kept) == max(len(runs), planned):
+            # A run of some families adds them to each stored run, keeping the others' figures
+            # (the runs of the series still to come keep all theirs until they are done).
+            runs = [{**before, **now} for before, now in zip(kept, runs, strict=False)] + kept[len(runs) :]
         merged["runs"] = runs
     elif kept is not None and runs is None:
         merged["runs"] = kept
@@ -166,6 +169,8 @@ def table(results: dict[str, Any]) -> str:
                 lines += ["", *_latency_table(f"transport {measure} (ms)", section, "legacy")]
     if "cross_hub" in results:
         lines += ["", *_cross_hub_table(results["cross_hub"])]
+    if "cross_hub_follow" in results:
+        lines += ["", *_cross_hub_follow_table(results["cross_hub_follow"])]
     if "hub_memory" in results:
         hm = results["hub_memory"]
         lines += ["", "hub_memory"]
@@ -194,6 +199,54 @@ def _cross_hub_table(section: dict[str, Any]) -> list[str]:
     sizes = section.get("message_bytes", {})
     if sizes:
         lines.append("  (NATS messages of " + ", ".join(f"{k} {v} B" for k, v in sizes.items()) + ")")
+    return lines
+
+
+def _cross_hub_follow_table(section: dict[str, Any]) -> list[str]:
+    if "error" in section:
+        return [f"cross_hub_follow: FAILED {section['error'][:80]}"]
+    lines: list[str] = []
+    lat = section.get("latency", {})
+    if "error" in lat:
+        lines.append(f"cross_hub_follow latency: FAILED {lat['error'][:80]}")
+    else:
+        title = f"cross_hub_follow save -> copy (ms, {lat.get('cells')} cells)"
+        shown = {k: v for k, v in lat.items() if isinstance(v, dict) and ("n" in v or "error" in v)}
+        lines += _latency_table(title, shown, "single_hub")
+        ratio = lat.get("cross_over_single", {})
+        saves = lat.get("save_request", {}).get("single_hub", {})
+        lines.append(
+            f"  (cross_hub / single_hub: median {ratio.get('median', '-')}x, p99 {ratio.get('p99', '-')}x; "
+            f"the save's request alone: median {_num(saves.get('median'))} ms)"
+        )
+    sizes = section.get("sizes", {})
+    if "error" in sizes:
+        return [*lines, "", f"cross_hub_follow sizes: FAILED {sizes['error'][:80]}"]
+    cells = sizes.get("cells", [])
+    lines += ["", f"{'cross_hub_follow one-cell edit, by cells':<42}" + "".join(f"{c:>11,}" for c in cells)]
+
+    def row(label: str, values: list[Any], digits: int = 0) -> None:
+        lines.append(f"  {label:<40}" + "".join(f"{_num(v, digits) if v is not None else 'FAILED':>11}"
+                                                for v in values))  # fmt: skip
+
+    row("notebook file (B)", sizes.get("notebook_bytes", []))
+    row("single_hub: copy updated (ms)", sizes.get("single_hub_ms", []), 1)
+    row("single_hub: moved between hubs (B)", [0 for _ in cells])
+    row("single_hub: nodes added to A's store", sizes.get("store_nodes_added", []))
+    row("single_hub: bytes added to A's store", sizes.get("store_bytes_added", []))
+    row("cross_hub: copy updated (ms)", sizes.get("cross_hub_ms", []), 1)
+    row("cross_hub: nodes fetched by B", sizes.get("nodes_fetched", []))
+    row("cross_hub: bytes fetched by B", sizes.get("bytes_fetched", []))
+    lines.append(f"  {'cross_hub: bytes fetched / notebook':<40}"
+                 + "".join(f"{v:>11.1%}" for v in sizes.get("bytes_fraction", [])))  # fmt: skip
+    row("save request (ms)", sizes.get("save_request_ms", []), 1)
+    row("publish from the file (ms)", sizes.get("publish_ms", []), 1)
+    row("first follow on B (ms)", sizes.get("follow_ms", []), 1)
+    row("first follow: nodes fetched", sizes.get("follow_nodes_fetched", []))
+    row("first follow: bytes fetched", sizes.get("follow_bytes_fetched", []))
+    for failed in sizes.get("follow_failures", []):
+        why = failed["failure"].split(", e.g.")[0][:90]
+        lines.append(f"  (first follow of {failed['cells']:,} cells FAILED: {why}; brought to B in steps)")
     return lines
 
 
@@ -252,15 +305,19 @@ class Target:
     def holds(self, ratio: float) -> bool:
         return ratio >= self.bound if self.at_least else ratio <= self.bound
 
+    def shown(self, ratio: float) -> str:
+        """A ratio as printed: a measure that is a count (``unit`` not ms, no reference) in its unit."""
+        return f"{ratio:g} {self.unit}" if self.reference is None and self.unit != "ms" else f"{ratio:.2f}x"
+
     def numbers(self, results: dict[str, Any]) -> str:
         if self.reference is None:
             ratio = self.ratio(results)
-            return "not measured" if ratio is None else f"{ratio:.2f}x"
+            return "not measured" if ratio is None else self.shown(ratio)
         a, b = _get(results, *self.measure), self._reference(results)
         if a is None or b is None:
             return "not measured"
         ratio = a / b if b else math.nan
-        digits = 0 if self.unit == "/s" else (1 if self.unit == "MB/s" else 3)
+        digits = 0 if self.unit in ("/s", "B") else (1 if self.unit == "MB/s" else 3)
         reference = f"{b:,.{digits}f}"
         if self.plus is not None:
             k, other = self.plus
@@ -309,6 +366,14 @@ TARGETS = [
     Target("cross_hub.updates.cross_hub_set >= 0.5x raw_nats_publish",
            ("cross_hub", "updates", "cross_hub_set"), ("cross_hub", "updates", "raw_nats_publish"), 0.5, True,
            "/s"),
+    Target("cross_hub_follow.cross_hub <= 1.5x single_hub (save -> copy)",
+           ("cross_hub_follow", "latency", "cross_hub", "median"),
+           ("cross_hub_follow", "latency", "single_hub", "median"), 1.5),
+    Target("cross_hub_follow: a one-cell edit fetches <= 2 nodes, at every size",
+           ("cross_hub_follow", "sizes", "most_nodes_fetched"), None, 2, unit="nodes"),
+    Target("cross_hub_follow: a one-cell edit of 5,000 cells fetches < 1% of the file",
+           ("cross_hub_follow", "sizes", "bytes_fetched", -1),
+           ("cross_hub_follow", "sizes", "notebook_bytes", -1), 0.01, unit="B"),
 ]  # fmt: skip
 
 
@@ -346,9 +411,13 @@ def median_of_runs(runs: list[dict[str, Any]]) -> list[tuple[str, bool | None, s
             out.append((target.name, None, "not measured"))
             continue
         middle = statistics.median(ratios)
-        each = ", ".join(f"{r:.2f}x" for r in ratios)
+        each = ", ".join(target.shown(r) for r in ratios)
         out.append(
-            (target.name, target.holds(middle), f"median {middle:.2f}x of {len(ratios)} runs ({each})")
+            (
+                target.name,
+                target.holds(middle),
+                f"median {target.shown(middle)} of {len(ratios)} runs ({each})",
+            )
         )
     return out
 
@@ -426,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sections:
             break
         runs.append(sections)
-        merged = write_results(args.output, sections, runs)
+        merged = write_results(args.output, sections, runs, args.runs)
         shown = {k: v for k, v in merged.items() if k in sections}
         print("\n" + table(shown))
         _print_targets("targets (reported, not enforced):", targets(merged))
