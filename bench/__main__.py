@@ -244,9 +244,6 @@ def _cross_hub_follow_table(section: dict[str, Any]) -> list[str]:
     row("first follow on B (ms)", sizes.get("follow_ms", []), 1)
     row("first follow: nodes fetched", sizes.get("follow_nodes_fetched", []))
     row("first follow: bytes fetched", sizes.get("follow_bytes_fetched", []))
-    for failed in sizes.get("follow_failures", []):
-        why = failed["failure"].split(", e.g.")[0][:90]
-        lines.append(f"  (first follow of {failed['cells']:,} cells FAILED: {why}; brought to B in steps)")
     return lines
 
 

@@ -37,8 +37,6 @@ NODE_BYTES = 4096
 #: Notebook sizes (cells) of the bytes-moved measure, and one-cell edits saved at each.
 SIZES = [10, 100, 1000, 5000]
 EDITS = 5  # 3 at the largest size (each takes seconds), and with --quick
-#: Most cells a save adds when a notebook has to be brought to B in steps (see ``follow_in_steps``).
-FOLLOW_STEP = 800
 #: Seconds a copy may take to show an edit before the measure fails.
 PATIENCE = 60.0
 
@@ -91,14 +89,6 @@ def _save(hub: HubServer, path: str, sources: list[str]) -> None:
     """Save a notebook through the contents API, as the lab does (which republishes it)."""
     body = {"type": "notebook", "format": "json", "content": _notebook(sources)}
     _request(hub, "PUT", f"api/contents/{path}", body)
-
-
-def _error(exc: urllib.error.HTTPError) -> str:
-    try:
-        message = json.loads(exc.read()).get("message", "")
-    except (ValueError, AttributeError, OSError):
-        message = ""
-    return f"HTTP {exc.code}: {message}"[:300]
 
 
 def _stats(hub: HubServer) -> dict[str, int]:
@@ -156,23 +146,6 @@ class Followed:
 
     def head(self) -> str:
         return str(self.follower.get(f"spindel/api/workspaces/{self.name}")["head"])
-
-    def follow_in_steps(self, step: int) -> int:
-        """Follow it on the follower as a notebook that grows ``step`` cells a save, so no fetch asks
-        for more than ``step`` nodes; the saves it took."""
-        full = self.sources
-        counts = [*range(step, len(full), step), len(full)]
-        before = self.head()
-        self.sources = full[: counts[0]]
-        _save(self.publisher, self.path, self.sources)
-        wait_until(lambda: self.head() != before, PATIENCE, f"{self.name} republished")
-        self.follow()
-        for count in counts[1:]:
-            self.sources = full[:count]
-            seen = _version(self.copy)
-            _save(self.publisher, self.path, self.sources)
-            self._wait_copy(f"cell {count - 1}:", seen, time.perf_counter())
-        return len(counts)
 
     def edit(self) -> float:
         """Edit one cell, save on the publisher; milliseconds until the follower's copy on disk has it."""
@@ -288,7 +261,7 @@ def _sizes(mesh: Mesh, shared: Shared) -> dict[str, Any]:
     rows: dict[str, list[Any]] = {
         key: []
         for key in (
-            "notebook_bytes", "edits", "publish_ms", "follow_ms", "follow_saves", "follow_failures",
+            "notebook_bytes", "edits", "publish_ms", "follow_ms",
             "follow_nodes_fetched", "follow_bytes_fetched",
             "single_hub_ms", "cross_hub_ms", "nodes_fetched", "bytes_fetched", "bytes_fraction",
             "store_nodes_added", "store_bytes_added", "save_request_ms",
@@ -302,18 +275,7 @@ def _sizes(mesh: Mesh, shared: Shared) -> dict[str, Any]:
         rows["publish_ms"].append(round(cross.publish(), 1))
         single.follow()
         before = _stats(b)
-        try:
-            rows["follow_ms"].append(round(cross.follow(), 1))
-            rows["follow_saves"].append(0)
-        except urllib.error.HTTPError as exc:
-            # Following a notebook that B lacks more than ~900 nodes of fails (a node ask's header is
-            # over the frame header limit; see the README): B is brought the notebook in steps instead,
-            # each save adding at most FOLLOW_STEP cells, and what moved is the sum of the steps.
-            why = _error(exc)
-            print(f"bench: cross_hub_follow: following {cells} cells on B failed: {why}", flush=True)
-            rows["follow_ms"].append(None)
-            rows["follow_failures"].append({"cells": cells, "failure": why})
-            rows["follow_saves"].append(cross.follow_in_steps(FOLLOW_STEP))
+        rows["follow_ms"].append(round(cross.follow(), 1))
         after = _stats(b)
         rows["follow_nodes_fetched"].append(_delta(after, before, "nodes_fetched"))
         rows["follow_bytes_fetched"].append(_delta(after, before, "bytes_fetched"))

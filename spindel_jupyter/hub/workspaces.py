@@ -197,7 +197,7 @@ class Registry:
         """Store the cells of ``notebook`` durably, ahead of its publish (safe on another thread:
         the publish then finds them stored and writes only its commit)."""
         batch = durable.Batch()
-        for cell in notebook.get("cells", []):
+        for cell in normalized(notebook).get("cells", []):  # as the commit will name them
             self.store.put(_content(cell), batch)
         batch.sync()
 

@@ -53,6 +53,16 @@ def test_identical_cells_are_stored_once_and_republishing_the_same_is_a_no_op(re
     assert registry.publish("lec", notebook("same", "same", "other"), "teacher")["head"] == head
 
 
+def test_cells_stored_ahead_of_a_publish_are_the_ones_its_commit_names(registry: Registry) -> None:
+    """As read through the contents manager (code cells marked trusted), each cell is stored once."""
+    read = notebook("a = 1", "b = 2", "c = 3")
+    for cell in read["cells"]:
+        cell["metadata"]["trusted"] = True
+    registry.store_cells(read)
+    registry.publish("w", read, "t")
+    assert registry.store.count == 3 + 1  # three cells and the commit, nothing stored twice
+
+
 def test_lease_one_writer_at_a_time(registry: Registry, clock: Clock) -> None:
     registry.publish("lec", notebook("a"), "teacher")
     with pytest.raises(NotWritable, match="held by 'teacher'"):
