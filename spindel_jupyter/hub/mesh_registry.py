@@ -121,15 +121,16 @@ class MeshRegistry:
 
         with contextlib.suppress(KeyNotFoundError):
             entry = await kv.get(key_of(name))
-            self._take(entry.value, entry.revision)
+            self._take(name, entry.value, entry.revision)
 
-    def _take(self, value: bytes, revision: int) -> None:
+    def _take(self, name: str, value: bytes, revision: int) -> None:
+        """Take the descriptor the bucket holds for ``name``, if it is one (a hub that does not keep
+        to the rules must not break the registry for every other hub)."""
         try:
             descriptor = json.loads(value)
-            if not isinstance(descriptor, dict) or not isinstance(descriptor.get("name"), str):
-                raise ValueError("not a descriptor")
-        except ValueError as exc:
-            log.warning("spindel: ignored a workspace in the shared registry that is not readable: %s", exc)
+            check_descriptor(descriptor, name)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("spindel: ignored workspace %r of the shared registry: %s", name, exc)
             return
         self.registry.arrived(descriptor, revision)
 
@@ -162,7 +163,11 @@ class MeshRegistry:
 
         async def on_entry(msg: Any) -> None:
             if not (msg.header and msg.header.get("KV-Operation")):  # a delete or purge: nothing to take
-                self._take(msg.data, msg.metadata.sequence.stream)
+                self._take(
+                    name_of(msg.subject[len(f"$KV.{REGISTRY_BUCKET}.") :]),
+                    msg.data,
+                    msg.metadata.sequence.stream,
+                )
             if msg.metadata.num_pending == 0:
                 caught_up.set()
 
@@ -211,6 +216,25 @@ class _Raced(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
+
+
+def check_descriptor(descriptor: Any, name: str) -> None:
+    """Raise ValueError unless ``descriptor`` is a workspace descriptor named ``name``, with the
+    fields every hub reads of it."""
+    if not isinstance(descriptor, dict) or descriptor.get("name") != name:
+        raise ValueError(f"not the descriptor of {name!r}")
+    if not isinstance(descriptor.get("head"), str) or not isinstance(descriptor.get("followers"), list):
+        raise ValueError("no head or no followers")
+    owner = descriptor.get("owner")
+    if owner is not None and not (_has(owner, "peer", str) and _has(owner, "expires", int | float)):
+        raise ValueError("an owner without a peer or an end")
+    for follower in descriptor["followers"]:
+        if not (_has(follower, "peer", str) and _has(follower, "path", str | None)):
+            raise ValueError("a follower without a peer or with a bad path")
+
+
+def _has(entry: Any, field: str, kind: Any) -> bool:
+    return isinstance(entry, dict) and isinstance(entry.get(field), kind)
 
 
 def adopted(descriptor: dict[str, Any], hub: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spindel_jupyter.core.errors import NotWritable, SpindelError, WorkspaceExists
-from spindel_jupyter.hub.mesh import Mesh
+from spindel_jupyter.hub.mesh import REGISTRY_BUCKET, Mesh
 from spindel_jupyter.hub.mesh_registry import MeshRegistry, adopted, key_of, name_of
 from spindel_jupyter.hub.node_sync import NodeSync
 from spindel_jupyter.hub.store import NodeStore
@@ -174,3 +174,33 @@ def test_a_hub_puts_in_the_registry_what_only_it_knows(nats: NatsServer, tmp_pat
 
     nats.start()
     run(nats, tmp_path, "B", after)
+
+
+def test_what_is_not_a_descriptor_in_the_bucket_is_ignored_and_the_rest_is_served(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    """A hub that does not keep to the rules cannot break the registry for the others."""
+
+    async def scenario(h: dict[str, Hub]) -> None:
+        import json
+
+        import nats as nats_py
+
+        a = h["A"]
+        nc = await nats_py.connect(nats.url)
+        kv = await nc.jetstream().key_value(REGISTRY_BUCKET)
+        good = {"name": "good", "head": "h", "followers": [], "owner": None}
+        for key, value in [
+            ("junk", b"not json"),
+            ("wrong-name", json.dumps(good).encode()),  # another workspace's descriptor under this key
+            ("bad-owner", json.dumps({**good, "name": "bad-owner", "owner": "me"}).encode()),
+            ("bad-followers", json.dumps({**good, "name": "bad-followers", "followers": [1]}).encode()),
+            ("good", json.dumps(good).encode()),
+        ]:
+            await kv.put(key, value)
+        await nc.close()
+        await until(lambda: "good" in a.registry.workspaces, "the good descriptor")
+        assert sorted(a.registry.workspaces) == ["good"]
+        assert [d["name"] for d in a.registry.all()] == ["good"]
+
+    run(nats, tmp_path, "A", scenario)
