@@ -322,8 +322,7 @@ class NotebookService:
         target = Path(root, *path.split("/"))
         if not target.resolve().is_relative_to(root.resolve()):
             raise Forbidden(f"{path!r} is outside the server's root: nothing was written")
-        text = nbformat.writes(nbformat.from_dict(notebook))
-        await asyncio.to_thread(_replace, target, text)
+        await asyncio.to_thread(_replace, target, notebook)
 
     async def _write_head(self, path: str, descriptor: dict[str, Any]) -> None:
         """Write the notebook of the descriptor's head at ``path`` (read from the store only now:
@@ -447,7 +446,10 @@ def _notebook_content(notebook: Any) -> dict[str, Any]:
     return content
 
 
-def _replace(target: Path, text: str) -> None:
+def _replace(target: Path, notebook: dict[str, Any]) -> None:
+    """Write ``notebook`` as nbformat writes a file, over ``target`` (on a thread: for a large
+    notebook, making the text is most of the work)."""
+    text = nbformat.writes(nbformat.from_dict(notebook))
     durable.make_directory(target.parent)
     durable.write_file(target, text.encode("utf-8"))
 

@@ -465,9 +465,52 @@ def _check_name(name: str) -> None:
 
 
 def normalized(notebook: Any) -> dict[str, Any]:
-    """A notebook as plain JSON data with each source a single string (as the contents API gives)."""
+    """A notebook as plain JSON data with each source a single string (as the contents API gives),
+    without what nbformat never stores (a cell's ``trusted`` mark, a signature)."""
+    if isinstance(notebook, dict) and _is_normal(notebook):
+        return _without_transient(plain(notebook))  # as the contents API read it: nothing to convert
     text = json.dumps(notebook) if isinstance(notebook, dict) else nbformat.writes(notebook)
     return plain(nbformat.reads(text, as_version=4))
+
+
+_TRANSIENT = ("orig_nbformat", "orig_nbformat_minor", "signature")
+
+
+def _is_normal(notebook: dict[str, Any]) -> bool:
+    """Whether nbformat would read ``notebook`` back unchanged but for transient fields: format 4.5 or
+    later, every cell with an id, and no text split in lines (as nbformat writes it to files)."""
+    if notebook.get("nbformat") != 4 or not isinstance(notebook.get("nbformat_minor"), int):
+        return False
+    if notebook["nbformat_minor"] < 5 or not isinstance(notebook.get("metadata"), dict):
+        return False
+    for cell in notebook.get("cells") or []:
+        if (
+            not isinstance(cell, dict)
+            or not isinstance(cell.get("id"), str)
+            or not isinstance(cell.get("source"), str)
+        ):
+            return False
+        if cell.get("attachments") or any(_split(output) for output in cell.get("outputs") or []):
+            return False
+    return isinstance(notebook.get("cells"), list)
+
+
+def _split(output: Any) -> bool:
+    """Whether an output holds text split in lines (or is not an output at all)."""
+    if not isinstance(output, dict):
+        return True
+    if isinstance(output.get("text"), list):
+        return True
+    return any(isinstance(value, list) for value in (output.get("data") or {}).values())
+
+
+def _without_transient(notebook: dict[str, Any]) -> dict[str, Any]:
+    for key in _TRANSIENT:
+        notebook["metadata"].pop(key, None)
+    for cell in notebook["cells"]:
+        if isinstance(cell.get("metadata"), dict):
+            cell["metadata"].pop("trusted", None)
+    return notebook
 
 
 def plain(node: Any) -> Any:

@@ -63,6 +63,39 @@ def test_cells_stored_ahead_of_a_publish_are_the_ones_its_commit_names(registry:
     assert registry.store.count == 3 + 1  # three cells and the commit, nothing stored twice
 
 
+def test_a_notebook_as_the_contents_api_reads_it_is_normalized_as_nbformat_would() -> None:
+    """The quick way (nothing to convert) gives what reading it again through nbformat gives."""
+    import json
+
+    import nbformat
+
+    from spindel_jupyter.hub.workspaces import normalized, plain
+
+    nb = nbformat.v4.new_notebook(metadata={"signature": "x", "kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Title\ntext"),
+        nbformat.v4.new_code_cell(
+            "print(1)\n1",
+            outputs=[
+                nbformat.v4.new_output("stream", name="stdout", text="1\n2\n"),
+                nbformat.v4.new_output("execute_result", {"text/plain": "1", "application/json": [1, 2]}),
+                nbformat.v4.new_output(
+                    "display_data", {"image/png": "iVBOR", "text/html": "<b>a</b>\n<i>b</i>"}
+                ),
+            ],
+        ),
+    ]
+    read = plain(nbformat.reads(nbformat.writes(nb), as_version=4))  # as the contents manager reads a file
+    for cell in read["cells"]:
+        cell["metadata"]["trusted"] = True  # and marks it
+    slow = plain(nbformat.reads(json.dumps(read), as_version=4))
+    assert normalized(read) == slow
+    assert (
+        normalized(nbformat.writes(nb) and json.loads(nbformat.writes(nb))) == slow
+    )  # lines split: slow way
+    assert "trusted" not in slow["cells"][1]["metadata"] and "signature" not in slow["metadata"]
+
+
 def test_lease_one_writer_at_a_time(registry: Registry, clock: Clock) -> None:
     registry.publish("lec", notebook("a"), "teacher")
     with pytest.raises(NotWritable, match="held by 'teacher'"):
