@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from spindel_jupyter.core import wire
@@ -12,7 +14,7 @@ from spindel_jupyter.core.protocol import LWW
 from spindel_jupyter.demo import code_notebook as notebook
 from spindel_jupyter.hub.store import NodeStore
 from spindel_jupyter.hub.topics import Topic
-from spindel_jupyter.hub.workspaces import Registry
+from spindel_jupyter.hub.workspaces import Registry, normalized, plain
 from tests.hub.conftest import Events
 
 
@@ -65,13 +67,8 @@ def test_cells_stored_ahead_of_a_publish_are_the_ones_its_commit_names(registry:
 
 def test_a_notebook_as_the_contents_api_reads_it_is_normalized_as_nbformat_would() -> None:
     """The quick way (nothing to convert) gives what reading it again through nbformat gives."""
-    import json
-
-    import nbformat
-
-    from spindel_jupyter.hub.workspaces import normalized, plain
-
-    nb = nbformat.v4.new_notebook(metadata={"signature": "x", "kernelspec": {"name": "python3", "display_name": "Python 3"}})
+    kernelspec = {"name": "python3", "display_name": "Python 3"}
+    nb = nbformat.v4.new_notebook(metadata={"signature": "x", "kernelspec": kernelspec})
     nb.cells = [
         nbformat.v4.new_markdown_cell("# Title\ntext"),
         nbformat.v4.new_code_cell(
