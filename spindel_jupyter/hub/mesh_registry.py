@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Times an operation runs again after losing a race, before it gives up.
 ATTEMPTS = 50
+#: Seconds a write waits for the hub to join the registry (at start, or back after NATS was away).
+JOIN_WAIT = 5.0
 
 _KEPT = re.compile(r"[A-Za-z0-9_\-]")
 
@@ -57,6 +59,7 @@ class MeshRegistry:
         self.nodes = nodes
         #: Following the bucket, caught up with it.
         self.live = False
+        self._live = asyncio.Event()
         #: Called once caught up after joining (first: since the hub started).
         self.on_joined: Callable[[bool], None] = lambda first: None
         self._kv: Any = None
@@ -77,12 +80,10 @@ class MeshRegistry:
                 result = operation()
             if not changed:
                 return result
+            if not self.live:
+                await self._joining()
+                continue  # the copy may have moved while joining: run the operation again on it
             kv = self._kv
-            if kv is None or not self.live:
-                raise SpindelError(
-                    "workspaces are shared by the hubs of the mesh, and this hub is not in it now "
-                    f"({self.mesh.problem or 'joining'}): try again once it has joined"
-                )
             try:
                 for descriptor in changed:
                     await self._put(kv, descriptor)
@@ -98,6 +99,17 @@ class MeshRegistry:
         raise SpindelError(
             f"the shared registry of workspaces changed {ATTEMPTS} times while writing: try again"
         )
+
+    async def _joining(self) -> None:
+        """Wait up to ``JOIN_WAIT`` s for this hub to (re)join the registry (it does so at start, and
+        after NATS was out of reach); else say why it cannot write."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._live.wait(), JOIN_WAIT)
+        if not self.live:
+            raise SpindelError(
+                "workspaces are shared by the hubs of the mesh, and this hub is not in it now "
+                f"({self.mesh.problem or 'joining'}): try again once it has joined"
+            )
 
     async def fetch(self, head: str, hub: str) -> None:
         """Have every node of ``head`` here (see :meth:`.NodeSync.fetch`)."""
@@ -187,6 +199,7 @@ class MeshRegistry:
             if not self.registry.revisions.get(name):
                 await self._adopt(kv, descriptor)
         self.live = True
+        self._live.set()
         self._joins += 1
         log.info("spindel: workspaces follow the mesh's registry (%d known)", len(self.registry.workspaces))
         self.on_joined(self._joins == 1)
@@ -209,6 +222,7 @@ class MeshRegistry:
 
     def left(self) -> None:
         self.live = False
+        self._live.clear()
         self._subscription = None
 
 
