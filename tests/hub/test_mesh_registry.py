@@ -204,3 +204,15 @@ def test_what_is_not_a_descriptor_in_the_bucket_is_ignored_and_the_rest_is_serve
         assert [d["name"] for d in a.registry.all()] == ["good"]
 
     run(nats, tmp_path, "A", scenario)
+
+
+def test_a_write_asked_while_the_hub_is_joining_waits_for_it(nats: NatsServer, tmp_path: Path) -> None:
+    """As when a server has just started: the first write waits for the registry instead of failing."""
+    hubs = {"A": Hub("A", nats.url, tmp_path)}
+
+    async def scenario(h: dict[str, Hub]) -> None:
+        assert not h["A"].shared.live  # asked before the hub joined
+        await h["A"].write(lambda r: r.publish("early", NOTEBOOK, "alice@A"))
+        assert h["A"].registry.revisions["early"] > 0  # in the shared registry
+
+    in_mesh(hubs, lambda h: True, scenario)
