@@ -77,9 +77,16 @@ class HubServer:
     """A ``jupyter server`` subprocess with the extension, on its own dirs, port and token."""
 
     def __init__(
-        self, root: Path, port: int | None = None, token: str | None = None, args: tuple[str, ...] = ()
+        self,
+        root: Path,
+        port: int | None = None,
+        token: str | None = None,
+        args: tuple[str, ...] = (),
+        user: str = "",
     ) -> None:
         self.args = args
+        #: The user the server runs for, as JupyterHub tells a single-user server ("": the OS user).
+        self.user = user
         self.root = root
         self.port = port or free_port()
         self.token = token or secrets.token_hex(16)
@@ -106,8 +113,11 @@ class HubServer:
             "SPINDEL_PEER",
             "JPY_SESSION_NAME",
             "SPINDEL_NATS_URL",
+            "JUPYTERHUB_USER",
         ):
             env.pop(key, None)
+        if self.user:
+            env["JUPYTERHUB_USER"] = self.user
         env["JUPYTER_RUNTIME_DIR"] = str(self.runtime)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env["JUPYTER_DATA_DIR"] = str(self.root / "data")

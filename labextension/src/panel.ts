@@ -414,7 +414,10 @@ export class SpindelPanel extends Widget {
       {
         class: 'jp-SpindelPanel-item jp-SpindelPanel-peer',
         'data-peer': peer.name,
-        title: `${peer.name} (${peer.kind})\ncontexts served: ${contexts}\nconnected since ${peer.since}`
+        title:
+          `${peer.name} (${peer.kind})` +
+          (peer.user ? `\nacting for user ${peer.user}` : '') +
+          `\ncontexts served: ${contexts}\nconnected since ${peer.since}`
       },
       h(
         'div',

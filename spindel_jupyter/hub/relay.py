@@ -214,6 +214,8 @@ class Relay:
                 self._fail_awaiting(proxy, "left its hub")
             else:
                 self._fail_awaiting(proxy, f"is out of reach: its hub {hub!r} left the mesh")
+        for name, proxy in self.remotes.items():
+            proxy.user = self._announced_user(name)
         self.broadcast_peers()
 
     # -- inbound frames -------------------------------------------------------
@@ -418,8 +420,15 @@ class Relay:
         if proxy is None:
             assert self.mesh is not None, "a peer of another hub without a mesh"
             proxy = Member(_HubLink(self.mesh, split_peer(name)[1]), name, kind="remote", scope=MESH)
+            proxy.user = self._announced_user(name)
             self.remotes[name] = proxy
         return proxy
+
+    def _announced_user(self, name: str) -> str:
+        """The user peer ``NAME@HUB`` acts for, as its hub announces it ("" if it is not listed)."""
+        peer, hub = split_peer(name)
+        listed = self.mesh.peers() if self.mesh is not None else []
+        return next((str(p.get("user") or "") for p in listed if p["name"] == peer and p["hub"] == hub), "")
 
     def _callable(self, asker: Member) -> list[str]:
         """Who ``asker`` could call: this hub's peers, then the mesh's (the lab's panels are peers
@@ -471,9 +480,10 @@ class Relay:
     ) -> None:
         if target is None:
             return  # one-way message to a peer that left: nothing waits for it
-        # Stamped: a peer cannot speak as another, nor claim to be one of the server's own.
+        # Stamped: a peer cannot speak as another, nor claim to be one of the server's own or a user.
         header["from"] = member.name
         header["scope"] = member.scope
+        header["user"] = member.user
         target.link.send(wire.pack_frame(header), body)
 
     def _hub_request(self, member: Member, header: dict[str, Any], body: memoryview) -> None:

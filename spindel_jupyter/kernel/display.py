@@ -66,9 +66,11 @@ class Table:
 
 
 def peer_table(peers: Sequence[dict[str, Any]], me: str = "") -> Table:
-    """The connected peers, this one marked; with their hubs when the hub is in a mesh of several."""
+    """The connected peers, this one marked; with their hubs when the hub is in a mesh of several,
+    and the user each acts for when they are not all one user's."""
     hubs = {peer.get("hub") for peer in peers}
     several = len(hubs) > 1
+    users = len({peer.get("user") or "" for peer in peers}) > 1
     rows = []
     highlight = None
     for i, peer in enumerate(peers):
@@ -78,10 +80,18 @@ def peer_table(peers: Sequence[dict[str, Any]], me: str = "") -> Table:
             name = f"{name} (you)"
         contexts = ", ".join(peer.get("contexts") or []) or "-"
         hub = [peer.get("hub", "")] if several else []
-        rows.append([name, *hub, peer.get("kind", ""), contexts, peer.get("since", "")])
+        user = [peer.get("user") or "-"] if users else []
+        rows.append([name, *hub, *user, peer.get("kind", ""), contexts, peer.get("since", "")])
     n = len(peers)
     title = f"{n} peer{'s' if n != 1 else ''} connected" + (f" on {len(hubs)} hubs" if several else "")
-    columns = ["peer", *(["hub"] if several else []), "kind", "serves", "connected since"]
+    columns = [
+        "peer",
+        *(["hub"] if several else []),
+        *(["user"] if users else []),
+        "kind",
+        "serves",
+        "connected since",
+    ]
     return Table(columns, rows, title=title, highlight=highlight)
 
 

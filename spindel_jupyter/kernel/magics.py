@@ -63,8 +63,9 @@ class SpindelMagics(Magics):
     @argument("--context", help="serve this context (created if new) instead of the kernel's namespace")
     @argument(
         "--allow",
-        help="comma-separated peer names allowed to call (NAME@HUB for a peer of another hub), or '*' "
-        "for every peer of this hub, invited ones included (default: this server's own peers)",
+        help="comma-separated peer names allowed to call (NAME@HUB for a peer of another hub, user:NAME "
+        "for every peer acting for that user, on any hub), or '*' for every peer of this hub, invited "
+        "ones included (default: this server's own peers)",
     )
     @line_magic
     def spin_serve(self, line: str) -> None:

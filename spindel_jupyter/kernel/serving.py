@@ -1,7 +1,9 @@
 """Serving: this kernel's contexts, opened to other peers' calls.
 
 Serving is opt-in (:func:`serve`), and by default only for the server's own
-peers: an invited one is let in by name (``allow``). The boundary is explicit,
+peers: an invited one is let in by name (``allow``), a user's peers by the
+user's name (``user:NAME``: the user the hub stamps on each caller; for a peer
+of another hub, the user its hub says it acts for). The boundary is explicit,
 as in Spindel: a served body sees only the arguments it is given and the names
 of the context it runs in. Every free name is checked here before anything
 runs, and one :class:`UnboundNames` error lists all that are missing.
@@ -30,6 +32,8 @@ from .freenames import free_names
 
 #: ``--allow`` entry that lets every peer call, invited ones included.
 EVERYONE = "*"
+#: How an ``--allow`` entry names a user (``user:NAME``): every peer acting for that user, on any hub.
+USER = "user:"
 #: A call not started within this long is reported to the caller as queued.
 QUEUED_AFTER = 0.2
 
@@ -65,7 +69,11 @@ class _Server:
         A peer of another hub is served only when allowed by its name (``NAME@HUB``):
         ``*`` opens this kernel to the peers of its own hub, not to the whole mesh.
         """
-        if call.sender in (self.allow or ()):
+        entries = self.allow or set()
+        users = {entry[len(USER) :] for entry in entries if entry.startswith(USER)}
+        if (call.sender in entries and not call.sender.startswith(USER)) or (
+            call.user and call.user in users
+        ):
             return
         if call.scope == MESH:
             let_in = ",".join(sorted({*(self.allow or ()), call.sender}))
@@ -233,7 +241,8 @@ def serve(context: str | None = None, allow: Iterable[str] | None = None) -> str
 
     ``context`` names a context to serve (created empty if it does not exist);
     by default the kernel's own namespace. ``allow`` names the peers that may
-    call (``"*"``: every peer of the hub, invited ones included, with a warning);
+    call (``"*"``: every peer of the hub, invited ones included, with a warning;
+    ``"user:NAME"``: every peer acting for user NAME, on any hub of the mesh);
     by default only the server's own peers may, never invited ones. Returns a
     one-line summary.
     """

@@ -81,6 +81,8 @@ class Incoming:
     id: int | None
     #: Where the sender comes from, as the hub stamped it: the server's own peer, or invited.
     scope: str = INVITED
+    #: The user the sender acts for, as the hub stamped it (for a peer of another hub: as its hub says).
+    user: str = ""
 
 
 Handler = Callable[[Incoming], Any]
@@ -522,7 +524,8 @@ class Peer:
                 self._reply(sender, rid, error=to_wire(errors.UnknownOp(message)))
             return
         try:
-            result = handler(Incoming(sender, op, wire.decode(body) if body else None, rid, scope))
+            user = str(header.get("user") or "")
+            result = handler(Incoming(sender, op, wire.decode(body) if body else None, rid, scope, user))
         except Exception as exc:
             if rid is not None:
                 self._reply(sender, rid, error=remote_error(exc, self.name))

@@ -7,6 +7,7 @@ test fails, never skips, when chromium is missing: CI installs it.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import re
@@ -292,6 +293,9 @@ def test_the_panel_lists_the_peers_of_another_hub_with_their_hub(
             panel = show_panel(page)
             bob_item = panel.locator(".jp-SpindelPanel-peer[data-peer='bob']")
             expect(bob_item).to_contain_text("on B", timeout=30_000)
+            expect(bob_item).to_have_attribute(
+                "title", re.compile(f"acting for user {re.escape(getpass.getuser())}")
+            )
             # Grouped by hub, this server's first, each heading followed by its peers.
             headings = panel.locator(".jp-SpindelPanel-hub")
             expect(headings).to_have_text(["A (this server)1 peer", "B1 peer"])

@@ -277,6 +277,14 @@ def call_allow_naming(w: World, who: str) -> None:
     w.call(who)
 
 
+def call_allow_naming_the_user(w: World, who: str) -> None:
+    """``--allow user:NAME`` names the user the caller acts for, as this hub lists it."""
+    peer, hub = {OWN: (w.own, "A"), INVITED: (w.guest, "A"), MESH: (w.remote, "B")}[who]
+    listed = [p for p in w.own.peers() if (p["name"], p.get("hub")) == (peer.name, hub)]
+    w.serve(f"user:{listed[0]['user']}")
+    w.call(who)
+
+
 def call_allow_not_naming(w: World, who: str) -> None:
     w.serve("somebody-else")
     w.call(who)
@@ -496,6 +504,10 @@ ROWS: dict[str, tuple[Callable[[World, str], None], tuple[str, str, str, str]]] 
     "call a kernel serving with no --allow": (call_serving_no_allow, (ALLOWED, REFUSED, REFUSED, NO_ROUTE)),
     "call a kernel whose --allow names the caller": (
         call_allow_naming,
+        (ALLOWED, ALLOWED, ALLOWED, NO_ROUTE),
+    ),
+    "call a kernel whose --allow names the caller's user (user:NAME)": (
+        call_allow_naming_the_user,
         (ALLOWED, ALLOWED, ALLOWED, NO_ROUTE),
     ),
     "call a kernel whose --allow does not name the caller": (

@@ -50,3 +50,15 @@ def test_peers_of_a_mesh_show_their_hub_and_only_the_local_namesake_is_you() -> 
     assert table.columns == ["peer", "hub", "kind", "serves", "connected since"]
     assert [row[:2] for row in table.rows] == [["bob (you)", "A"], ["bob", "B"]]
     assert table.highlight == 0 and table.title == "2 peers connected on 2 hubs"
+
+
+def test_peers_acting_for_several_users_show_each_ones_user() -> None:
+    peers = [
+        {"name": "grader", "kind": "kernel", "hub": "teacher", "user": "teacher", "local": True},
+        {"name": "work", "kind": "kernel", "hub": "student", "user": "student", "local": False},
+    ]
+    table = peer_table(peers, me="grader")
+    assert table.columns == ["peer", "hub", "user", "kind", "serves", "connected since"]
+    assert [row[2] for row in table.rows] == ["teacher", "student"]
+    one_user = [{**peer, "user": "teacher"} for peer in peers]
+    assert "user" not in peer_table(one_user, me="grader").columns

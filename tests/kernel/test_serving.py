@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spindel_jupyter.core.errors import NotServed, UnboundNames
-from spindel_jupyter.core.protocol import INVITED, OP_CALL, OWN
+from spindel_jupyter.core.protocol import INVITED, MESH, OP_CALL, OWN
 from spindel_jupyter.kernel.executor import Executor
 from spindel_jupyter.kernel.serving import EVERYONE, _check_bound, _Server
 from spindel_jupyter.peer.client import Incoming
@@ -36,3 +36,21 @@ def test_callers_are_checked_against_the_allow_list() -> None:
     server.allow = {EVERYONE}
     server.check_caller("bob", own)
     server.check_caller("bob", guest)
+
+
+def test_a_user_in_the_allow_list_lets_in_every_peer_acting_for_that_user_on_any_hub() -> None:
+    server = _Server(Executor())
+    server.allow = {"user:student"}
+    for caller in (
+        Incoming("work", OP_CALL, {}, 1, OWN, user="student"),
+        Incoming("guest", OP_CALL, {}, 2, INVITED, user="student"),
+        Incoming("work@B", OP_CALL, {}, 3, MESH, user="student"),
+    ):
+        server.check_caller("grader", caller)
+    for caller in (
+        Incoming("work", OP_CALL, {}, 4, OWN, user="other"),
+        Incoming("user:student", OP_CALL, {}, 5, INVITED, user=""),  # a name is not a user
+        Incoming("work@C", OP_CALL, {}, 6, MESH, user="someone"),
+    ):
+        with pytest.raises(NotServed):
+            server.check_caller("grader", caller)
