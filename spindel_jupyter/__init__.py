@@ -36,6 +36,7 @@ _EXPORTS = {
     "UnsendableResult": ".core.errors",
     "RemoteFunction": ".kernel.calling",
     "call": ".kernel.calling",
+    "functions": ".kernel.calling",
     "remote": ".kernel.calling",
     "run": ".kernel.calling",
     "serve": ".kernel.serving",
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
         UnsendableResult,
     )
     from .core.signals import Signal
-    from .kernel.calling import RemoteFunction, call, remote, run
+    from .kernel.calling import RemoteFunction, call, functions, remote, run
     from .kernel.contexts import fork_context, list_contexts, register_context, unregister_context
     from .kernel.serving import serve, serving, unserve
     from .kernel.session import connect
@@ -114,6 +115,7 @@ __all__ = [
     "export_signal",
     "fork_context",
     "from_queue",
+    "functions",
     "list_contexts",
     "register_context",
     "remote",

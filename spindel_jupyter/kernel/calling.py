@@ -221,6 +221,48 @@ def call(peer: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return RemoteFunction(plain, name, context, None)(*args, **kwargs)
 
 
+class ServedFunction:
+    """A function another peer serves by name (``%spin_serve --functions``): call it, or await
+    ``.aio(...)``; only its name and the arguments travel."""
+
+    def __init__(self, target: str, name: str, timeout: float | None) -> None:
+        self.target, self.name, self.timeout = target, name, timeout
+
+    def __repr__(self) -> str:
+        return f"<function {self.name} served by {self.target}>"
+
+    def _body(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "named", "name": self.name, "args": list(args), "kwargs": kwargs}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _blocking(_calling(self.target, self._body(args, kwargs), self.timeout, _BlockingInbox()))
+
+    async def aio(self, *args: Any, **kwargs: Any) -> Any:
+        """Awaitable call."""
+        return await _calling(self.target, self._body(args, kwargs), self.timeout, _LoopInbox())
+
+
+class Functions:
+    """The functions ``peer`` serves by name: ``functions("grader@teacher").grade(answer)``."""
+
+    def __init__(self, peer: str, timeout: float | None = None) -> None:
+        _split(peer)
+        self._target, self._timeout = peer, timeout
+
+    def __getattr__(self, name: str) -> ServedFunction:
+        if name.startswith("_"):
+            raise AttributeError(name)  # served functions have public names
+        return ServedFunction(self._target, name, self._timeout)
+
+    def __repr__(self) -> str:
+        return f"<functions served by {self._target}>"
+
+
+def functions(peer: str, timeout: float | None = None) -> Functions:
+    """The functions ``peer`` (``PEER`` or ``PEER/CONTEXT``) serves by name (``%spin_serve --functions``)."""
+    return Functions(peer, timeout)
+
+
 def function_source(fn: Callable[..., Any]) -> str:
     """The source of ``fn`` as a plain ``def``: no decorators, no annotations."""
     name = getattr(fn, "__name__", "")

@@ -67,6 +67,12 @@ class SpindelMagics(Magics):
         "for every peer acting for that user, on any hub), or '*' for every peer of this hub, invited "
         "ones included (default: this server's own peers)",
     )
+    @argument(
+        "--functions",
+        metavar="NAME,...",
+        help="serve only these functions, by name: callers send arguments, never code "
+        "(functions(PEER).NAME(...) calls them)",
+    )
     @line_magic
     def spin_serve(self, line: str) -> None:
         """Opt in to serving remote calls from other peers (nothing is served before this)."""
@@ -76,7 +82,8 @@ class SpindelMagics(Magics):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", SpindelWarning)
-                summary = serve(args.context, allow)
+                functions = None if args.functions is None else args.functions.split(",")
+                summary = serve(args.context, allow, functions)
         except (SpindelError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         print(f"spindel: {summary}")

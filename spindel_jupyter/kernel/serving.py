@@ -32,6 +32,8 @@ from .freenames import free_names
 
 #: ``--allow`` entry that lets every peer call, invited ones included.
 EVERYONE = "*"
+#: The kind of call that names a served function (functions-only serving: no code travels).
+NAMED = "named"
 #: How an ``--allow`` entry names a user (``user:NAME``): every peer acting for that user, on any hub.
 USER = "user:"
 #: A call not started within this long is reported to the caller as queued.
@@ -49,6 +51,8 @@ class _Server:
         self.contexts: set[str] = set()
         #: Callers allowed by name (``*``: every peer); None: the server's own peers only.
         self.allow: set[str] | None = None
+        #: Functions-only serving: the names of the only functions callers may call; None: code is served.
+        self.functions: set[str] | None = None
 
     def describe(self) -> str:
         if self.allow is None:
@@ -61,6 +65,8 @@ class _Server:
             who = ", ".join(sorted(self.allow)) + " only" if self.allow else "no one"
         names = sorted(self.contexts)
         served = ["this kernel's namespace" if c == contexts.DEFAULT else f"context {c!r}" for c in names]
+        if self.functions is not None:
+            served = [f"only the functions {', '.join(sorted(self.functions))} (no code)"]
         return f"serving {', '.join(served)} to {who}"
 
     def check_caller(self, me: str, call: client.Incoming) -> None:
@@ -99,6 +105,7 @@ class _Server:
         me = client.current_peer().name
         self.check_caller(me, call)
         body = call.body if isinstance(call.body, dict) else {}
+        self.check_kind(me, body)
         context = str(body.get("context") or contexts.DEFAULT)
         if context not in self.contexts:
             served = ", ".join(sorted(self.contexts))
@@ -121,12 +128,39 @@ class _Server:
         job = functools.partial(self._execute, body, context, target, output)
         return self.executor.submit((call.sender, call.id), job, on_start)
 
+    def check_kind(self, me: str, body: dict[str, Any]) -> None:
+        """Refuse, before anything runs, a call this kernel does not serve: code sent to a kernel
+        serving only functions, a function it does not serve, or a function call to one serving code."""
+        if self.functions is None:
+            if body.get("kind") == NAMED:
+                raise NotServed(
+                    f"peer {me!r} serves code, not functions by name: call it with remote() or call()"
+                )
+            return
+        served = ", ".join(sorted(self.functions))
+        if body.get("kind") != NAMED:
+            raise NotServed(
+                f"peer {me!r} serves only the functions {served}, by name, and runs no code sent to it: "
+                f"call one with functions({me!r}).NAME(...)"
+            )
+        name, args, kwargs = body.get("name"), body.get("args", []), body.get("kwargs", {})
+        if not isinstance(name, str) or name not in self.functions:
+            raise NotServed(f"peer {me!r} does not serve a function {name!r} (it serves: {served})")
+        if (
+            not isinstance(args, list)
+            or not isinstance(kwargs, dict)
+            or not all(isinstance(k, str) for k in kwargs)
+        ):
+            raise NotServed(f"a call of {name} on {me!r} takes a list of arguments and a map of keywords")
+
     def handle_cancel(self, message: client.Incoming) -> None:
         self.executor.interrupt((message.sender, message.body))
 
     def _execute(self, body: dict[str, Any], context: str, target: str, output: Send) -> Any:
         """Run one call on the home thread: its encoded result, or an awaitable of it."""
         namespace = contexts.namespace(context)
+        if body.get("kind") == NAMED:
+            return self._call_named(body, namespace, target, output)
         if body.get("kind") == "function":
             return self._call_function(body, namespace, target, output)
         return self._run_cell(body, namespace, target, output)
@@ -167,6 +201,18 @@ class _Server:
         exec(code, namespace, scratch)
         with forward_output(output):
             result = scratch[name](*body.get("args", []), **body.get("kwargs", {}))
+        if inspect.isawaitable(result):
+            return self._await_function(result, output)
+        return _encoded_value(result)
+
+    def _call_named(self, body: dict[str, Any], namespace: dict[str, Any], target: str, output: Send) -> Any:
+        """Call a served function by its name (checked by :meth:`check_kind`), as it is defined now."""
+        name = body["name"]
+        fn = namespace.get(name)
+        if not callable(fn):
+            raise NotServed(f"{name} is served but no longer a function on {target}: define it again there")
+        with forward_output(output):
+            result = fn(*body.get("args", []), **body.get("kwargs", {}))
         if inspect.isawaitable(result):
             return self._await_function(result, output)
         return _encoded_value(result)
@@ -236,16 +282,22 @@ _server: _Server | None = None
 _server_lock = threading.Lock()
 
 
-def serve(context: str | None = None, allow: Iterable[str] | None = None) -> str:
+def serve(
+    context: str | None = None, allow: Iterable[str] | None = None, functions: Iterable[str] | None = None
+) -> str:
     """Opt in to serving remote calls; nothing is served before this.
 
     ``context`` names a context to serve (created empty if it does not exist);
     by default the kernel's own namespace. ``allow`` names the peers that may
     call (``"*"``: every peer of the hub, invited ones included, with a warning;
     ``"user:NAME"``: every peer acting for user NAME, on any hub of the mesh);
-    by default only the server's own peers may, never invited ones. Returns a
-    one-line summary.
+    by default only the server's own peers may, never invited ones.
+    ``functions`` serves only those functions of the context, by name: callers
+    send a name and arguments (through the codec), never code, and reach
+    nothing else (:func:`spindel_jupyter.functions` calls them); without it,
+    serving runs the code callers send. Returns a one-line summary.
     """
+    names = None if functions is None else _servable(functions, context or contexts.DEFAULT)
     if allow is not None:
         allow = {str(p) for p in allow}
         if EVERYONE in allow:
@@ -265,10 +317,25 @@ def serve(context: str | None = None, allow: Iterable[str] | None = None) -> str
         _server.contexts.add(name)
         if allow is not None:
             _server.allow = set(allow)
+        _server.functions = names
         peer.handle(OP_CALL, _server.handle_call)
         peer.handle(CANCEL, _server.handle_cancel)
         peer.set_contexts(sorted(_server.contexts))
         return _server.describe()
+
+
+def _servable(functions: Iterable[str], context: str) -> set[str]:
+    """The names of functions to serve, each a public function defined in ``context`` now."""
+    names = {str(name).strip() for name in functions if str(name).strip()}
+    if not names:
+        raise SpindelError("--functions names no function: name the functions to serve, e.g. grade,hint")
+    namespace = contexts.namespace(context) if context in contexts.list_contexts() else {}
+    for name in sorted(names):
+        if not name.isidentifier() or name.startswith("_"):
+            raise SpindelError(f"cannot serve {name!r}: serve functions by their public names (no leading _)")
+        if not callable(namespace.get(name)):
+            raise SpindelError(f"{name!r} is not a function defined here: define it, then serve it")
+    return names
 
 
 def unserve() -> None:

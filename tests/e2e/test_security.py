@@ -167,12 +167,14 @@ class World:
             self.op(who, "publish", name=name, notebook=NOTEBOOK)
         return name
 
-    def serve(self, allow: str | None) -> None:
-        """The serving kernel serves again, with ``--allow`` as given (None: no --allow)."""
-        if self.serving != str(allow):
+    def serve(self, allow: str | None, functions: str | None = None) -> None:
+        """The serving kernel serves again, with ``--allow`` as given (None: no --allow), and with
+        ``--functions`` when given (only those functions, by name)."""
+        state = f"{allow} {functions}"
+        if self.serving != state:
             line = "%spin_unserve\n%spin_serve" + ("" if allow is None else f" --allow {allow!r}")
-            self.server.ok(line)
-            self.serving = str(allow)
+            self.server.ok(line + ("" if functions is None else f" --functions {functions}"))
+            self.serving = state
 
     def call(self, who: str) -> int:
         peer = {OWN: self.own, INVITED: self.guest, MESH: self.remote}[who]
@@ -207,7 +209,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         hub.ws_url, "sec-guest2", invites[1]["token"], kind="script", session="sec-guest2"
     ).start()
     server = hub.start_notebook_kernel("security/server.ipynb")
-    server.ok("%load_ext spindel_jupyter")
+    server.ok("%load_ext spindel_jupyter\ndef double(x):\n    return 2 * x")
     remote = Peer(other.ws_url, "sec-remote", other.token, kind="script", session="sec-remote").start()
     wait_until(
         lambda: "server" in [p["name"] for p in remote.peers()], timeout=20, what="A's peers seen from B"
@@ -283,6 +285,32 @@ def call_allow_naming_the_user(w: World, who: str) -> None:
     listed = [p for p in w.own.peers() if (p["name"], p.get("hub")) == (peer.name, hub)]
     w.serve(f"user:{listed[0]['user']}")
     w.call(who)
+
+
+def call_a_served_function(w: World, who: str) -> None:
+    w.serve("sec-own,sec-guest,sec-remote@B", functions="double")
+    peer = {OWN: w.own, INVITED: w.guest, MESH: w.remote}[who]
+    body = {"kind": "named", "name": "double", "args": [21]}
+    assert peer.request("server@A", "call", body, timeout=30)["value"] == 42
+
+
+def send_code_to_a_functions_only_kernel(w: World, who: str) -> None:
+    """Code, another name or a dunder, each refused before anything runs."""
+    w.serve("sec-own,sec-guest,sec-remote@B", functions="double")
+    peer = {OWN: w.own, INVITED: w.guest, MESH: w.remote}[who]
+    refusals = []
+    for body in (
+        {"kind": "cell", "source": "import os\nos.getpid()", "args": {}},
+        {"kind": "function", "source": "def double(x):\n    return 3", "name": "double", "args": [1]},
+        {"kind": "named", "name": "__import__", "args": ["os"]},
+        {"kind": "named", "name": "os"},
+    ):
+        try:
+            peer.request("server@A", "call", body, timeout=30)
+        except NotServed as exc:
+            refusals.append(str(exc))
+    assert len(refusals) == 4, refusals
+    raise Refused(refusals[0])
 
 
 def call_allow_not_naming(w: World, who: str) -> None:
@@ -509,6 +537,14 @@ ROWS: dict[str, tuple[Callable[[World, str], None], tuple[str, str, str, str]]] 
     "call a kernel whose --allow names the caller's user (user:NAME)": (
         call_allow_naming_the_user,
         (ALLOWED, ALLOWED, ALLOWED, NO_ROUTE),
+    ),
+    "call a function a kernel serves by name (--functions), as a caller it allows": (
+        call_a_served_function,
+        (ALLOWED, ALLOWED, ALLOWED, NO_ROUTE),
+    ),
+    "send code, or another name, to a kernel serving functions only": (
+        send_code_to_a_functions_only_kernel,
+        (REFUSED, REFUSED, REFUSED, NO_ROUTE),
     ),
     "call a kernel whose --allow does not name the caller": (
         call_allow_not_naming,

@@ -68,3 +68,53 @@ def test_a_kernel_serves_the_peers_of_a_user_it_allows_by_name_on_any_hub(classr
     assert call(classroom["work"], "grader@teacher") == 42  # a peer of the student's server
     with pytest.raises(NotServed, match="does not serve calls from 'helper'"):
         call(classroom["helper"], "grader")  # the teacher's own script is not the student
+
+
+def test_a_kernel_serving_functions_only_runs_them_and_nothing_a_hostile_caller_sends(
+    classroom: dict[str, Any], tmp_path: Path
+) -> None:
+    grader, work = classroom["grader"], classroom["work"]
+    marker = tmp_path / "ran"
+    grader.ok(
+        "solutions = {'q1': 42}\n"
+        "def grade(answer, question='q1'):\n"
+        "    return 'right' if answer == solutions[question] else 'try again'\n"
+        "%spin_serve --functions grade --allow user:student"
+    )
+    # A kernel on the student's server calls it by name: the name and the arguments travel, no code.
+    student = classroom["student"].start_notebook_kernel("work.ipynb")
+    try:
+        student.ok(
+            "%load_ext spindel_jupyter\nfrom spindel_jupyter import functions\n"
+            "grader = functions('grader@teacher')"
+        )
+        assert student.ok("grader.grade(41)").text().strip() == "'try again'"
+        assert student.ok("grader.grade(answer=42, question='q1')").text().strip() == "'right'"
+        out = student.run("grader.solutions()")
+        assert out.error is not None and "does not serve a function 'solutions'" in out.error["evalue"]
+        out = student.run("grader.__class__.__name__")  # a dunder is never asked for
+        assert out.error is None and out.text().strip() == "'Functions'"
+    finally:
+        student.shutdown()
+
+    # A hostile caller sends what it likes: code, other names, dunders. Nothing runs.
+    escape = f"open({str(marker)!r}, 'w').write('x')"
+    for body in (
+        {"kind": "cell", "source": escape, "args": {}},
+        {"kind": "function", "source": f"def grade(a):\n    {escape}\n    return 1", "name": "grade"},
+        {"kind": "named", "name": "eval", "args": [escape]},
+        {"kind": "named", "name": "__builtins__"},
+        {"kind": "named", "name": "solutions"},
+        {"kind": "named", "name": "grade", "args": escape},
+    ):
+        with pytest.raises(NotServed):
+            work.request("grader@teacher", "call", body, timeout=30)
+    assert not marker.exists()
+    assert grader.ok("solutions").text().strip() == "{'q1': 42}"
+    for line, why in (
+        ("%spin_serve --functions nosuch", "'nosuch' is not a function defined here"),
+        ("%spin_serve --functions _private", "serve functions by their public names"),
+    ):
+        out = grader.run(line)
+        assert out.error is not None and why in out.error["evalue"], out.error
+    grader.ok("%spin_serve --allow user:student")  # back to serving code, as the other tests expect

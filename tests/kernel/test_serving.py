@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from spindel_jupyter.core.errors import NotServed, UnboundNames
 from spindel_jupyter.core.protocol import INVITED, MESH, OP_CALL, OWN
 from spindel_jupyter.kernel.executor import Executor
-from spindel_jupyter.kernel.serving import EVERYONE, _check_bound, _Server
+from spindel_jupyter.kernel.serving import EVERYONE, NAMED, _check_bound, _Server
 from spindel_jupyter.peer.client import Incoming
 
 
@@ -54,3 +56,30 @@ def test_a_user_in_the_allow_list_lets_in_every_peer_acting_for_that_user_on_any
     ):
         with pytest.raises(NotServed):
             server.check_caller("grader", caller)
+
+
+def test_a_kernel_serving_functions_refuses_code_other_names_and_malformed_calls_before_anything_runs() -> (
+    None
+):
+    server = _Server(Executor())
+    server.functions = {"grade", "hint"}
+    server.check_kind("grader", {"kind": NAMED, "name": "grade", "args": [42], "kwargs": {"strict": True}})
+    refused = [
+        ({"kind": "cell", "source": "open('/etc/passwd').read()", "args": {}}, "runs no code sent to it"),
+        ({"kind": "function", "source": "def grade(a):\n    return 100", "name": "grade"}, "runs no code"),
+        ({"source": "solutions"}, "runs no code"),
+        ({"kind": NAMED, "name": "solutions"}, "does not serve a function 'solutions'"),
+        ({"kind": NAMED, "name": "__import__", "args": ["os"]}, "does not serve a function '__import__'"),
+        ({"kind": NAMED, "name": "grade.__globals__"}, "does not serve a function"),
+        ({"kind": NAMED, "name": ["grade"]}, "does not serve a function"),
+        ({"kind": NAMED, "name": "grade", "args": "42"}, "takes a list of arguments"),
+        ({"kind": NAMED, "name": "grade", "kwargs": {1: 2}}, "takes a list of arguments"),
+    ]
+    for body, why in refused:
+        with pytest.raises(NotServed, match=re.escape(why)):
+            server.check_kind("grader", body)
+
+
+def test_a_kernel_serving_code_refuses_calls_by_name() -> None:
+    with pytest.raises(NotServed, match="serves code, not functions by name"):
+        _Server(Executor()).check_kind("bob", {"kind": NAMED, "name": "f"})
