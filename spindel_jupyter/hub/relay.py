@@ -206,7 +206,7 @@ class Relay:
 
     def mesh_changed(self) -> None:
         """The mesh's hubs or their peers changed: calls to peers no longer there fail, everyone is told."""
-        listed = {f"{p['name']}@{p['hub']}" for p in self.mesh.peers()} if self.mesh is not None else set()
+        listed = self._announced_users()
         for name in [name for name in self.remotes if name not in listed]:
             proxy = self.remotes.pop(name)
             hub = split_peer(name)[1]
@@ -215,7 +215,7 @@ class Relay:
             else:
                 self._fail_awaiting(proxy, f"is out of reach: its hub {hub!r} left the mesh")
         for name, proxy in self.remotes.items():
-            proxy.user = self._announced_user(name)
+            proxy.user = listed[name]
         self.broadcast_peers()
 
     # -- inbound frames -------------------------------------------------------
@@ -420,15 +420,14 @@ class Relay:
         if proxy is None:
             assert self.mesh is not None, "a peer of another hub without a mesh"
             proxy = Member(_HubLink(self.mesh, split_peer(name)[1]), name, kind="remote", scope=MESH)
-            proxy.user = self._announced_user(name)
+            proxy.user = self._announced_users().get(name, "")
             self.remotes[name] = proxy
         return proxy
 
-    def _announced_user(self, name: str) -> str:
-        """The user peer ``NAME@HUB`` acts for, as its hub announces it ("" if it is not listed)."""
-        peer, hub = split_peer(name)
+    def _announced_users(self) -> dict[str, str]:
+        """Each peer of the mesh's other hubs (``NAME@HUB``) with the user its hub announces it acts for."""
         listed = self.mesh.peers() if self.mesh is not None else []
-        return next((str(p.get("user") or "") for p in listed if p["name"] == peer and p["hub"] == hub), "")
+        return {f"{p['name']}@{p['hub']}": str(p.get("user") or "") for p in listed}
 
     def _callable(self, asker: Member) -> list[str]:
         """Who ``asker`` could call: this hub's peers, then the mesh's (the lab's panels are peers

@@ -439,8 +439,10 @@ class Registry:
         if revision <= self.revisions.get(name, 0):
             return
         before = self.workspaces.get(name)
-        self.workspaces[name] = descriptor
         self.revisions[name] = revision
+        if before == descriptor:
+            return  # as this hub has it already (a replay after joining): nothing to write or tell
+        self.workspaces[name] = descriptor
         self._write(descriptor)  # this hub's copy, for when the mesh is out of reach
         if (before or {}).get("head") != descriptor.get("head") and self.on_head is not None:
             self.on_head(self._public(descriptor))

@@ -199,11 +199,7 @@ class _Server:
         _check_bound(_free_names(source) - {name}, namespace, {}, target)
         scratch: dict[str, Any] = {}
         exec(code, namespace, scratch)
-        with forward_output(output):
-            result = scratch[name](*body.get("args", []), **body.get("kwargs", {}))
-        if inspect.isawaitable(result):
-            return self._await_function(result, output)
-        return _encoded_value(result)
+        return self._invoke(scratch[name], body, output)
 
     def _call_named(self, body: dict[str, Any], namespace: dict[str, Any], target: str, output: Send) -> Any:
         """Call a served function by its name (checked by :meth:`check_kind`), as it is defined now."""
@@ -211,6 +207,11 @@ class _Server:
         fn = namespace.get(name)
         if not callable(fn):
             raise NotServed(f"{name} is served but no longer a function on {target}: define it again there")
+        return self._invoke(fn, body, output)
+
+    def _invoke(self, fn: Callable[..., Any], body: dict[str, Any], output: Send) -> Any:
+        """Call ``fn`` with the body's arguments, its output streamed: its encoded result, or an
+        awaitable of it."""
         with forward_output(output):
             result = fn(*body.get("args", []), **body.get("kwargs", {}))
         if inspect.isawaitable(result):
