@@ -9,7 +9,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 CLEAN_ENV := env -u SPINDEL_HUB_URL -u SPINDEL_TOKEN -u SPINDEL_PEER -u JPY_SESSION_NAME -u SPINDEL_NATS_URL
 NBVAL := --nbval --nbval-sanitize-with demo_notebooks/sanitize.cfg
 
-.PHONY: install demo test lint clean
+.PHONY: install demo demo-hub test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,13 @@ LAB_SOURCES := $(wildcard labextension/src/*.ts labextension/style/*.* labextens
 $(LAB_BUILT): $(LAB_SOURCES) | $(STAMP)
 	cd labextension && PATH="$(abspath $(BIN)):$$PATH" jlpm install && PATH="$(abspath $(BIN)):$$PATH" jlpm build
 
-install: $(STAMP) $(LAB_BUILT)
+# JupyterHub's proxy (npm), for `make demo-hub` and its test: next to the venv's Python, where
+# spindel_jupyter.demo_hub looks for it.
+CHP := $(BIN)/configurable-http-proxy
+$(CHP): | $(STAMP)
+	npm install --global --silent --no-fund --no-audit --prefix $(VENV) configurable-http-proxy@5.3.0
+
+install: $(STAMP) $(LAB_BUILT) $(CHP)
 
 # The lab serves copies of the demo notebooks from $(DEMO_DIR) (ignored by git), never the tracked ones:
 # running a notebook there saves its outputs into it, and the files the demos write and the hub's store
@@ -46,6 +52,13 @@ demo-notebooks: $(DEMO_COPIES)
 
 demo: install demo-notebooks
 	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=$(DEMO_DIR) --SpindelHub.store_dir=$(DEMO_DIR)/.spindel $(LAB_ARGS)
+
+# JupyterHub with users teacher and student (passwords printed), each with a single-user server whose
+# hub joins one mesh over a nats-server; their folders and JupyterHub's state are in $(HUB_DIR).
+HUB_DIR ?= .demo-hub
+HUB_PORT ?= 8000
+demo-hub: install
+	$(CLEAN_ENV) $(BIN)/python -m spindel_jupyter.demo_hub --dir $(HUB_DIR) --port $(HUB_PORT) --notebooks demo_notebooks $(HUB_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -83,10 +83,11 @@ class _Server:
             return
         if call.scope == MESH:
             let_in = ",".join(sorted({*(self.allow or ()), call.sender}))
+            of_user = f" (or every peer of its user: --allow {USER}{call.user})" if call.user else ""
             raise NotServed(
                 f"peer {me!r} does not serve calls from {call.sender!r}, a peer of another hub: peers of "
                 f"other hubs are served only when allowed by name; to let it call, run "
-                f"%spin_serve --allow {let_in} on {me}"
+                f"%spin_serve --allow {let_in}{of_user} on {me}"
             )
         if self.allow is None:
             if call.scope != OWN:

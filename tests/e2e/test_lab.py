@@ -11,7 +11,6 @@ import getpass
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from spindel_jupyter.peer.client import Peer
 from tests.support import BASE_URL, REPO, HubServer, Kernel, NatsServer, wait_until
@@ -30,14 +29,6 @@ from tests.support import BASE_URL, REPO, HubServer, Kernel, NatsServer, wait_un
 ARTIFACTS = REPO / "test-artifacts"
 DEMOS = REPO / "demo_notebooks"
 TOPIC = "lab/threshold"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 BIND = (
     "from ipywidgets import IntSlider\n"
@@ -126,17 +117,6 @@ def lab(tmp_path: Path) -> Iterator[LabServer]:
     server = LabServer(tmp_path / "lab").start()
     yield server
     server.stop()
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed (apt-get install -y chromium): the browser test does not skip")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def run_cell(page: Page, code: str) -> None:

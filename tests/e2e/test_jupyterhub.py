@@ -1,0 +1,166 @@
+"""Two users of a real JupyterHub, each in a browser of their own: ``make demo-hub``'s deployment.
+
+JupyterHub (its proxy from npm) with the demo's authenticator and local process
+spawner, a nats-server from the wheel, and a single-user server per user whose
+hub joins the mesh through the spawner's environment; Debian's chromium with
+one browser context per user. The test fails, never skips, when chromium or
+the proxy is missing: ``make install`` and CI bring both.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect
+
+from spindel_jupyter.demo_hub import DemoHub, configurable_http_proxy
+from tests.e2e.test_lab import ARTIFACTS, BIND, KERNELSPEC, code_cell, show_panel
+from tests.support import free_port
+
+NEWS_OFF = {"fetchNews": "false"}
+#: The notebook in front.
+ACTIVE = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+
+
+@pytest.fixture
+def jupyterhub(tmp_path: Path) -> Iterator[DemoHub]:
+    configurable_http_proxy()  # fails here, naming what to install, when the proxy is missing
+    hub = DemoHub(tmp_path / "hub", port=free_port())
+    for user in hub.users:
+        settings = hub.home(user) / ".jupyter/lab/user-settings/@jupyterlab/apputils-extension"
+        settings.mkdir(parents=True)
+        (settings / "notification.jupyterlab-settings").write_text(json.dumps(NEWS_OFF))
+    lecture = [code_cell("intro", "x = 1"), code_cell("work", "")]
+    write_notebook(hub.home("teacher") / "lecture.ipynb", lecture)
+    write_notebook(hub.home("student") / "mine.ipynb", [])
+    hub.start()
+    yield hub
+    hub.stop()
+
+
+def write_notebook(path: Path, cells: list[dict[str, Any]]) -> None:
+    notebook = {"cells": cells, "metadata": {"kernelspec": KERNELSPEC}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(notebook))
+
+
+def sign_in(browser: Browser, hub: DemoHub, user: str, cleanup: ExitStack) -> Page:
+    """A browser context of ``user``'s own, signed in to JupyterHub, on their lab (spawned now)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    cleanup.callback(context.close)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    cleanup.callback(lambda: _no_errors(user, errors))
+    page.goto(f"{hub.url}hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", "not the password")
+    page.click("#login_submit")
+    expect(page.locator(".login_error")).to_contain_text("Invalid", timeout=30_000)
+    page.fill("#username_input", user)
+    page.fill("#password_input", hub.passwords[user])
+    page.click("#login_submit")
+    page.wait_for_url(f"**/user/{user}/lab**", timeout=120_000)
+    expect(page.locator(".jp-SpindelStatus")).to_contain_text("Spindel:", timeout=60_000)
+    return page
+
+
+def _no_errors(user: str, errors: list[str]) -> None:
+    assert not errors, f"errors in {user}'s page: {errors}"
+
+
+def open_notebook(page: Page, name: str) -> None:
+    page.locator(".jp-DirListing-item", has_text=name).dblclick()
+    expect(page.locator(f"{ACTIVE} .jp-Notebook")).to_be_visible()
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=60_000)
+
+
+def run_cell(page: Page, code: str) -> None:
+    """Type ``code`` into the last cell of the notebook in front and run it with Shift+Enter."""
+    page.locator(f"{ACTIVE} .jp-CodeCell").last.locator(".cm-content").click()
+    page.keyboard.insert_text(code)
+    page.keyboard.press("Shift+Enter")
+
+
+def last_output(page: Page) -> Locator:
+    """The output of the last cell that has one: cells run in order, the one just run."""
+    return page.locator(f"{ACTIVE} .jp-CodeCell .jp-OutputArea-output").last
+
+
+@pytest.mark.timeout(600)
+def test_two_users_publish_follow_sync_a_slider_and_call_only_once_allowed(
+    jupyterhub: DemoHub, browser: Browser, request: pytest.FixtureRequest
+) -> None:
+    hub = jupyterhub
+    with ExitStack() as cleanup:
+        try:
+            teacher = sign_in(browser, hub, "teacher", cleanup)
+            student = sign_in(browser, hub, "student", cleanup)
+
+            # The teacher publishes her notebook; her kernel (peer "lecture" of hub "teacher") holds it.
+            open_notebook(teacher, "lecture.ipynb")
+            teacher.locator(f"{ACTIVE} .jp-CodeCell").first.locator(".cm-content").click()
+            teacher.keyboard.press("Shift+Enter")  # x = 1
+            run_cell(teacher, "%load_ext spindel_jupyter\n%spin_publish lecture")
+            expect(last_output(teacher)).to_contain_text("published", timeout=30_000)
+
+            # The student follows it from the panel: a read-only copy in his server, open in his lab.
+            panel = show_panel(student)
+            row = panel.locator('[data-workspace="lecture"]')
+            expect(row.locator(".jp-SpindelPanel-owner")).to_have_text("lecture@teacher", timeout=30_000)
+            row.get_by_role("button", name="Follow lecture").click()
+            badge = student.locator(f"{ACTIVE} .jp-SpindelFollowing")
+            expect(badge).to_have_text("Following lecture - read-only", timeout=30_000)
+            followed = student.locator(f"{ACTIVE} .jp-Notebook")
+            expect(followed).to_contain_text("x = 1")
+
+            # She saves a change: it arrives in the student's open copy.
+            run_cell(teacher, "print('a change the student sees')")
+            teacher.keyboard.press("Control+s")
+            expect(followed).to_contain_text("a change the student sees", timeout=30_000)
+
+            # A slider bound to one topic in both users' notebooks moves across users.
+            run_cell(teacher, BIND + "w")
+            slider = teacher.locator(".jp-OutputArea .widget-slider")
+            expect(slider).to_be_visible(timeout=30_000)
+            student.goto(f"{hub.url}user/student/lab/tree/mine.ipynb?reset")
+            expect(student.locator("#jp-main-statusbar")).to_contain_text("mine.ipynb", timeout=60_000)
+            expect(student.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=60_000)
+            run_cell(student, "%load_ext spindel_jupyter\n" + BIND + "w")
+            theirs = student.locator(f"{ACTIVE} .widget-slider")
+            expect(theirs).to_be_visible(timeout=30_000)
+            handle = slider.locator(".noUi-handle")
+            handle.focus()
+            for _ in range(5):
+                handle.press("ArrowRight")
+            expect(slider.locator(".widget-readout")).to_have_text("5")
+            expect(theirs.locator(".widget-readout")).to_have_text("5", timeout=30_000)
+
+            # The student's call into the teacher's kernel: refused while she serves only her own peers,
+            # run once she allows his user.
+            run_cell(teacher, "%spin_serve")
+            expect(last_output(teacher)).to_contain_text("serving", timeout=30_000)
+            call = "%%spin_remote lecture@teacher\nprint('from the teacher:', x * 10)"
+            run_cell(student, call)
+            refusal = last_output(student)
+            expect(refusal).to_contain_text("user:student", timeout=30_000)
+            expect(refusal).not_to_contain_text("from the teacher:")
+            run_cell(teacher, "%spin_serve --allow user:student")
+            expect(last_output(teacher)).to_contain_text("user:student", timeout=30_000)
+            run_cell(student, call)
+            expect(last_output(student)).to_contain_text("from the teacher: 10", timeout=30_000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            teacher.screenshot(path=str(ARTIFACTS / "jupyterhub-teacher.png"))
+            student.screenshot(path=str(ARTIFACTS / "jupyterhub-student.png"))
+        except BaseException:
+            ARTIFACTS.mkdir(exist_ok=True)
+            for page in (p for c in browser.contexts for p in c.pages):
+                user = "teacher" if "/user/teacher/" in page.url else "student"
+                page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-{user}-failure.png"))
+            sys.stderr.write(f"JupyterHub log tail:\n{hub.hub_log.read_text()[-5000:]}\n")
+            raise
