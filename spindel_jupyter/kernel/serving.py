@@ -134,14 +134,15 @@ class _Server:
         if self.functions is None:
             if body.get("kind") == NAMED:
                 raise NotServed(
-                    f"peer {me!r} serves code, not functions by name: call it with remote() or call()"
+                    f"peer {me!r} serves code, not functions by name: call it with remote(), or call() "
+                    "with a function"
                 )
             return
         served = ", ".join(sorted(self.functions))
         if body.get("kind") != NAMED:
             raise NotServed(
                 f"peer {me!r} serves only the functions {served}, by name, and runs no code sent to it: "
-                f"call one with functions({me!r}).NAME(...)"
+                f"call one by its name: call({me!r}, 'NAME', ...) or functions({me!r}).NAME(...)"
             )
         name, args, kwargs = body.get("name"), body.get("args", []), body.get("kwargs", {})
         if not isinstance(name, str) or name not in self.functions:
