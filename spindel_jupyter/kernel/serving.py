@@ -328,7 +328,8 @@ def serve(
     by default only the server's own peers may, never invited ones.
     ``functions`` serves only those functions of the context, by name: callers
     send a name and arguments (through the codec), never code, and reach
-    nothing else (:func:`spindel_jupyter.functions` calls them); without it,
+    nothing else (``call(PEER, NAME, ...)`` or :func:`spindel_jupyter.functions`
+    calls them; :func:`caller` in them says who calls); without it,
     serving runs the code callers send. Returns a one-line summary.
     """
     names = None if functions is None else _servable(functions, context or contexts.DEFAULT)
