@@ -39,6 +39,8 @@ _EXPORTS = {
     "functions": ".kernel.calling",
     "remote": ".kernel.calling",
     "run": ".kernel.calling",
+    "Caller": ".kernel.serving",
+    "caller": ".kernel.serving",
     "serve": ".kernel.serving",
     "serving": ".kernel.serving",
     "unserve": ".kernel.serving",
@@ -68,7 +70,7 @@ if TYPE_CHECKING:
     from .core.signals import Signal
     from .kernel.calling import RemoteFunction, call, functions, remote, run
     from .kernel.contexts import fork_context, list_contexts, register_context, unregister_context
-    from .kernel.serving import serve, serving, unserve
+    from .kernel.serving import Caller, caller, serve, serving, unserve
     from .kernel.session import connect
     from .kernel.widgets import bind_widget, unbind_widget
     from .peer.bridges import from_queue, to_queue
@@ -92,6 +94,7 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "Caller",
     "EncodeError",
     "MergeConflict",
     "NotServed",
@@ -109,6 +112,7 @@ __all__ = [
     "__version__",
     "bind_widget",
     "call",
+    "caller",
     "connect",
     "current_peer",
     "disconnect",

@@ -223,6 +223,13 @@ class DemoPeer(_Stopped):
         if text:
             print(text)
 
+    async def run_async(self, code: str, timeout: float = 60.0) -> None:
+        """:meth:`run`, awaited (``await peer.run_async(...)``): this kernel stays free meanwhile,
+        to serve the calls that cell makes to it (while a cell of its own blocks, they wait)."""
+        text = await asyncio.to_thread(self._output, code, timeout)
+        if text:
+            print(text)
+
     def _output(self, code: str, timeout: float = 60.0) -> str:
         if self._stopped:
             raise SpindelError(f"{self.name!r} was stopped: start it again with {self._again}")
@@ -594,8 +601,17 @@ def _stop_all_at_exit() -> None:
 
 _nats: DemoNats | None = None
 _servers: list[DemoServer] = []
-#: What a server started here must not inherit from this kernel: its hub, its name, a mesh.
-_NOT_INHERITED = (client.ENV_URL, client.ENV_TOKEN, client.ENV_PEER, session.ENV_NOTEBOOK, "SPINDEL_NATS_URL")
+#: How JupyterHub tells a user's server whose it is.
+_USER = "JUPYTERHUB_USER"
+#: What a server started here must not inherit from this kernel: its hub, its name, a mesh, its user.
+_NOT_INHERITED = (
+    client.ENV_URL,
+    client.ENV_TOKEN,
+    client.ENV_PEER,
+    session.ENV_NOTEBOOK,
+    "SPINDEL_NATS_URL",
+    _USER,
+)
 
 
 def nats_server_program() -> str:
@@ -771,8 +787,11 @@ class DemoServer(_Stopped):
         token: str,
         directory: Path,
         proc: subprocess.Popen[bytes],
+        user: str = "",
     ) -> None:
         self.hub_name = hub_name
+        #: The user it runs for, as JupyterHub tells a user's server ("": the one its process runs as).
+        self.user = user
         self.nats_url = nats_url
         self.port = port
         self.token = token
@@ -959,11 +978,13 @@ def _await(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> N
         time.sleep(0.05)
 
 
-def start_server(hub_name: str, nats_url: str, timeout: float = 60.0) -> DemoServer:
+def start_server(hub_name: str, nats_url: str, timeout: float = 60.0, user: str = "") -> DemoServer:
     """Start a Jupyter server with spindel-jupyter whose hub joins the mesh at ``nats_url`` as ``hub_name``.
 
     The same as ``jupyter lab --SpindelHub.nats_url=NATS_URL --SpindelHub.hub_name=HUB_NAME``,
-    on a free port with a fresh token, root dir and store. Returns once its hub is
+    on a free port with a fresh token, root dir and store. With ``user``, it runs for
+    that user, as JupyterHub starts a user's server (``JUPYTERHUB_USER``): its peers
+    act for that user (``--allow user:NAME`` lets them call). Returns once its hub is
     in the mesh and sees (and is seen by) the other servers this notebook started
     there. A server of that hub name started here before is stopped first.
     """
@@ -973,6 +994,8 @@ def start_server(hub_name: str, nats_url: str, timeout: float = 60.0) -> DemoSer
     (directory / "notebooks").mkdir()
     env = {key: value for key, value in os.environ.items() if key not in _NOT_INHERITED}
     env["JUPYTER_RUNTIME_DIR"] = str(directory / "runtime")
+    if user:
+        env[_USER] = user
     token = secrets.token_hex(16)
 
     def command(port: int) -> list[str]:
@@ -987,7 +1010,7 @@ def start_server(hub_name: str, nats_url: str, timeout: float = 60.0) -> DemoSer
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    server = DemoServer(hub_name, nats_url, port, token, directory, proc)
+    server = DemoServer(hub_name, nats_url, port, token, directory, proc, user)
     others = _mesh_of(server)
     _servers.append(server)
     try:

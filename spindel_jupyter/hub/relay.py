@@ -357,7 +357,13 @@ class Relay:
         log.info("peer %r (%s) connected", name, member.kind)
         member.link.send(
             wire.pack_frame(
-                {"t": WELCOME, "name": name, "scope": member.scope, "max_frame_bytes": self.max_frame_bytes}
+                {
+                    "t": WELCOME,
+                    "name": name,
+                    "scope": member.scope,
+                    "max_frame_bytes": self.max_frame_bytes,
+                    "hub": self.hub_name,
+                }
             )
         )
         self._broadcast_peers()

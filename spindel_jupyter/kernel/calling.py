@@ -214,8 +214,15 @@ def remote(
     return wrap
 
 
-def call(peer: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run ``fn(*args, **kwargs)`` once on ``peer`` (``PEER`` or ``PEER/CONTEXT``)."""
+def call(peer: str, fn: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` once on ``peer`` (``PEER`` or ``PEER/CONTEXT``).
+
+    A string ``fn`` names a function that ``peer`` serves (``%spin_serve --functions``):
+    ``call("teacher", "grade", answer)`` is ``functions("teacher").grade(answer)``, and
+    only the name and the arguments travel.
+    """
+    if isinstance(fn, str):
+        return ServedFunction(peer, fn, None)(*args, **kwargs)
     name, context = _split(peer)
     plain = fn.fn if isinstance(fn, RemoteFunction) else fn
     return RemoteFunction(plain, name, context, None)(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""What the kernel shows: tables, merge conflicts side by side, and what a running call sends.
+"""What the kernel shows: tables (of maps too), merge conflicts side by side, and what a running call sends.
 
 HTML in a notebook, text elsewhere. The core's exceptions know nothing of
 notebooks: their rich forms are here, and :func:`register_displays` has IPython
@@ -10,9 +10,10 @@ from __future__ import annotations
 import html
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..core.crdt import LWWMap
 from ..core.errors import MergeConflict
 from ..core.home import in_kernel, shell
 
@@ -95,6 +96,26 @@ def peer_table(peers: Sequence[dict[str, Any]], me: str = "") -> Table:
     return Table(columns, rows, title=title, highlight=highlight)
 
 
+def map_table(mapping: Mapping[Any, Any]) -> Table:
+    """A map as a table, a row per key (sorted when keys compare): its value, or, when every value
+    is a map (a record), a column for each of their keys."""
+    keys = list(mapping)
+    try:
+        keys.sort()
+    except TypeError:
+        pass
+    values = [mapping[key] for key in keys]
+    if values and all(isinstance(value, Mapping) for value in values):
+        fields = list(dict.fromkeys(field for value in values for field in value))
+        rows = [
+            [key, *(value.get(field) for field in fields)] for key, value in zip(keys, values, strict=True)
+        ]
+        return Table(["key", *map(str, fields)], rows, empty="(empty)")
+    return Table(
+        ["key", "value"], [[key, value] for key, value in zip(keys, values, strict=True)], empty="(empty)"
+    )
+
+
 def conflicts_html(conflict: MergeConflict) -> str:
     """A merge's conflicting cells side by side: base, ours and theirs (a deleted cell says so)."""
 
@@ -111,8 +132,11 @@ def conflicts_html(conflict: MergeConflict) -> str:
 
 
 def register_displays(ip: Any) -> None:
-    """Have the shell ``ip`` show a :class:`MergeConflict` as its cells side by side."""
-    ip.display_formatter.formatters["text/html"].for_type(MergeConflict, conflicts_html)
+    """Have the shell ``ip`` show a :class:`MergeConflict` as its cells side by side, and an
+    :class:`LWWMap` as a table."""
+    formatter = ip.display_formatter.formatters["text/html"]
+    formatter.for_type(MergeConflict, conflicts_html)
+    formatter.for_type(LWWMap, lambda value: map_table(value)._repr_html_())
 
 
 class CallDisplay:

@@ -12,6 +12,7 @@ import ast
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import hashlib
 import inspect
@@ -38,6 +39,7 @@ class _Job:
     run: Callable[[], Any]
     on_start: Callable[[], None]
     future: concurrent.futures.Future[Any]
+    context: contextvars.Context
     task: asyncio.Task[None] | None = None
 
 
@@ -66,10 +68,18 @@ class Executor:
         self._interrupting: _Job | None = None
 
     def submit(
-        self, key: object, run: Callable[[], Any], on_start: Callable[[], None]
+        self,
+        key: object,
+        run: Callable[[], Any],
+        on_start: Callable[[], None],
+        context: contextvars.Context | None = None,
     ) -> concurrent.futures.Future[Any]:
-        """Queue ``run``; ``on_start`` runs (on the home thread) when it begins. Thread-safe."""
-        job = _Job(key, run, on_start, concurrent.futures.Future())
+        """Queue ``run``; ``on_start`` runs (on the home thread) when it begins. Thread-safe.
+
+        ``run``, and the awaitable it may return, run in ``context`` (by default an empty
+        one): what a job sets in its context variables is its own, and nothing else sees it.
+        """
+        job = _Job(key, run, on_start, concurrent.futures.Future(), context or contextvars.Context())
         self.loop.call_soon_threadsafe(self._enqueue, job)
         return job.future
 
@@ -91,14 +101,15 @@ class Executor:
         try:
             self._in_step = True
             try:
-                result = job.run()
+                result = job.context.run(job.run)
             finally:
                 self._in_step = False
         except BaseException as exc:
             self._done(job, previous, error=exc)
             return
         if inspect.isawaitable(result):
-            job.task = self.loop.create_task(self._finish(job, result, previous))
+            # A task runs in a copy of the context it is created in: the job's.
+            job.task = job.context.run(self.loop.create_task, self._finish(job, result, previous))
         else:
             self._done(job, previous, result=result)
 

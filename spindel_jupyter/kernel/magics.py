@@ -71,7 +71,7 @@ class SpindelMagics(Magics):
         "--functions",
         metavar="NAME,...",
         help="serve only these functions, by name: callers send arguments, never code "
-        "(functions(PEER).NAME(...) calls them)",
+        "(call(PEER, 'NAME', ...) or functions(PEER).NAME(...) calls them)",
     )
     @line_magic
     def spin_serve(self, line: str) -> None:

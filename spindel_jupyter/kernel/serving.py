@@ -9,22 +9,24 @@ of the context it runs in. Every free name is checked here before anything
 runs, and one :class:`UnboundNames` error lists all that are missing.
 
 Served code runs on the thread that owns the namespace, one call at a time,
-with its output streamed back to the caller.
+with its output streamed back to the caller; :func:`caller` tells it who that is.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import threading
 import warnings
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..core import wire
 from ..core.errors import EncodeError, NotServed, SpindelError, SpindelWarning, UnboundNames
-from ..core.protocol import CANCEL, MESH, OP_CALL, OP_OUTPUT, OWN
+from ..core.protocol import CANCEL, MESH, OP_CALL, OP_OUTPUT, OWN, split_peer
 from ..peer import client
 from . import contexts
 from .executor import Cell, Executor, compile_cell, forward_output, rich_bundle, transform
@@ -41,6 +43,33 @@ QUEUED_AFTER = 0.2
 
 _MISSING = object()
 Send = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made the call being served, as the hubs stamped it: a caller cannot pass for another."""
+
+    #: The calling peer as the hub stamped it: ``NAME`` for a peer of this hub, ``NAME@HUB`` for
+    #: one of another hub (what ``call()`` and ``--allow`` take).
+    peer: str
+    #: The user it acts for: the user its server admitted it for (for a peer of another hub, as
+    #: its hub says), ``invite:NAME`` for an invited peer.
+    user: str
+    #: The hub it is connected to.
+    hub: str
+
+
+_caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("spindel_caller", default=None)
+
+
+def caller() -> Caller | None:
+    """Who called the function (or cell) being served, e.g. to record each student's progress;
+    None outside a remote call.
+
+    It holds for that call only, in the call's own context: the kernel's cells and other calls
+    never see it, nor do threads the call starts (tasks it creates do).
+    """
+    return _caller.get()
 
 
 class _Server:
@@ -103,7 +132,8 @@ class _Server:
             )
 
     def handle_call(self, call: client.Incoming) -> Any:
-        me = client.current_peer().name
+        peer = client.current_peer()
+        me = peer.name
         self.check_caller(me, call)
         body = call.body if isinstance(call.body, dict) else {}
         self.check_kind(me, body)
@@ -127,7 +157,9 @@ class _Server:
 
         asyncio.get_running_loop().call_later(QUEUED_AFTER, report_queued)
         job = functools.partial(self._execute, body, context, target, output)
-        return self.executor.submit((call.sender, call.id), job, on_start)
+        scope = contextvars.Context()
+        scope.run(_caller.set, Caller(call.sender, call.user, split_peer(call.sender)[1] or peer.hub))
+        return self.executor.submit((call.sender, call.id), job, on_start, scope)
 
     def check_kind(self, me: str, body: dict[str, Any]) -> None:
         """Refuse, before anything runs, a call this kernel does not serve: code sent to a kernel
@@ -135,14 +167,15 @@ class _Server:
         if self.functions is None:
             if body.get("kind") == NAMED:
                 raise NotServed(
-                    f"peer {me!r} serves code, not functions by name: call it with remote() or call()"
+                    f"peer {me!r} serves code, not functions by name: call it with remote(), or call() "
+                    "with a function"
                 )
             return
         served = ", ".join(sorted(self.functions))
         if body.get("kind") != NAMED:
             raise NotServed(
                 f"peer {me!r} serves only the functions {served}, by name, and runs no code sent to it: "
-                f"call one with functions({me!r}).NAME(...)"
+                f"call one by its name: call({me!r}, 'NAME', ...) or functions({me!r}).NAME(...)"
             )
         name, args, kwargs = body.get("name"), body.get("args", []), body.get("kwargs", {})
         if not isinstance(name, str) or name not in self.functions:
@@ -296,7 +329,8 @@ def serve(
     by default only the server's own peers may, never invited ones.
     ``functions`` serves only those functions of the context, by name: callers
     send a name and arguments (through the codec), never code, and reach
-    nothing else (:func:`spindel_jupyter.functions` calls them); without it,
+    nothing else (``call(PEER, NAME, ...)`` or :func:`spindel_jupyter.functions`
+    calls them; :func:`caller` in them says who calls); without it,
     serving runs the code callers send. Returns a one-line summary.
     """
     names = None if functions is None else _servable(functions, context or contexts.DEFAULT)

@@ -122,6 +122,8 @@ class Peer:
         self.notebook = ""
         #: Whether the hub counts this peer as one of the server's own or as invited (from its welcome).
         self.scope = OWN
+        #: The name of the hub this peer is connected to, in its mesh (from its welcome; "" before).
+        self.hub = ""
         #: Largest frame the hub accepts (learned from its welcome).
         self.max_frame_bytes = 64 * 1024 * 1024
         self._ids = itertools.count(1)
@@ -446,6 +448,7 @@ class Peer:
             self.max_frame_bytes = int(header.get("max_frame_bytes", self.max_frame_bytes))
             ws.max_message = message_limit(self.max_frame_bytes)
             self.scope = str(header.get("scope", OWN))
+            self.hub = str(header.get("hub", ""))
             return ws
         ws.close()
         raise from_wire(header)

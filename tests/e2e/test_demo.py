@@ -225,6 +225,33 @@ def test_a_server_a_notebook_starts_saves_and_reads_its_notebooks_and_tells_its_
         kernel.shutdown()
 
 
+@pytest.mark.timeout(300)
+def test_a_server_started_for_a_user_admits_its_peers_for_that_user_and_an_awaited_cell_calls_back(
+    hub: HubServer,
+) -> None:
+    kernel = notebook(hub, "demo-for-a-user.ipynb")
+    try:
+        kernel.ok(
+            "import spindel_jupyter\n"
+            "nats = demo.start_nats()\n"
+            "school = demo.start_server('school', nats.url, user='ada')\n"
+            "work = school.start_peer('work')\n"
+            "peer = spindel_jupyter.connect(school.hub_url, name='desk', token=school.token)",
+            timeout=300,
+        )
+        out = kernel.ok("print(school.user, sorted((p['name'], p['user']) for p in school.peers()))")
+        assert out.stdout.strip() == "ada [('desk', 'ada'), ('work', 'ada')]"
+        # The other kernel's cell calls this one: awaited, this kernel serves the call meanwhile.
+        kernel.ok("def double(x):\n    return 2 * x\n%spin_serve --functions double")
+        out = kernel.ok(
+            "await work.run_async(\"from spindel_jupyter import call\\nprint(call('desk', 'double', 21))\")"
+        )
+        assert out.stdout.strip() == "42"
+        kernel.ok("nats.stop()", timeout=120)
+    finally:
+        kernel.shutdown()
+
+
 def test_nats_server_is_found_next_to_python_or_else_says_how_to_install_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from spindel_jupyter.core.errors import NotServed
 from spindel_jupyter.peer.client import Peer
-from tests.support import HubServer, NatsServer, wait_until
+from tests.support import HubServer, NatsServer, value_of, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,46 @@ def test_a_kernel_serving_functions_only_runs_them_and_nothing_a_hostile_caller_
         out = grader.run(line)
         assert out.error is not None and why in out.error["evalue"], out.error
     grader.ok("%spin_serve --allow user:student")  # back to serving code, as the other tests expect
+
+
+def test_a_served_function_knows_who_calls_it_as_the_hubs_stamped_it(classroom: dict[str, Any]) -> None:
+    grader, work, helper = classroom["grader"], classroom["work"], classroom["helper"]
+    grader.ok(
+        "from spindel_jupyter import caller\n"
+        "progress = {}\n"
+        "def grade(answer):\n"
+        "    who = caller()\n"
+        "    progress[who.user] = answer == 42\n"
+        "    return [who.peer, who.user, who.hub]\n"
+        "%spin_serve --functions grade --allow user:student,helper"
+    )
+    # A kernel of the student's server calls it by name; a peer of the teacher's own server too.
+    student = classroom["student"].start_notebook_kernel("homework.ipynb")
+    try:
+        student.ok("%load_ext spindel_jupyter\nfrom spindel_jupyter import call")
+        assert value_of(student, "call('grader@teacher', 'grade', 42)") == [
+            "homework@student",
+            "student",
+            "student",
+        ]
+    finally:
+        student.shutdown()
+    named = {"kind": "named", "name": "grade", "args": [41]}
+    assert helper.request("grader", "call", named, timeout=30)["value"] == ["helper", "teacher", "teacher"]
+    # What a caller writes in its call is not who it is.
+    forged = {**named, "user": "teacher", "from": "helper", "peer": "helper@teacher"}
+    assert work.request("grader@teacher", "call", forged, timeout=30)["value"] == [
+        "work@student",
+        "student",
+        "student",
+    ]
+    assert value_of(grader, "(caller(), progress)") == (None, {"student": False, "teacher": False})
+
+    # A kernel serving code tells the cells it runs too; back to that, as the other tests expect.
+    grader.ok("%spin_serve --allow user:student")
+    cell = {"kind": "cell", "source": "c = caller()\n[c.peer, c.user, c.hub]", "args": {}}
+    assert work.request("grader@teacher", "call", cell, timeout=30)["value"] == [
+        "work@student",
+        "student",
+        "student",
+    ]

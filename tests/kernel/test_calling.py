@@ -18,7 +18,7 @@ from spindel_jupyter.core import wire
 from spindel_jupyter.core.errors import PeerLost, RemoteTimeout, SpindelError
 from spindel_jupyter.core.protocol import OP_CALL, OP_OUTPUT, OWN
 from spindel_jupyter.kernel import calling
-from spindel_jupyter.kernel.calling import _split, function_source, remote, run
+from spindel_jupyter.kernel.calling import _split, call, function_source, functions, remote, run
 from spindel_jupyter.peer import client
 
 
@@ -221,3 +221,20 @@ def test_a_failed_reply_raises_its_error(connect: Callable[[Answer | None], Fake
     connect(lost)
     with pytest.raises(PeerLost, match="'bob' disconnected"):
         run("bob", "1")
+
+
+def test_call_with_a_name_calls_the_function_the_peer_serves_by_that_name(
+    connect: Callable[[Answer | None], FakePeer], capsys: pytest.CaptureFixture[str]
+) -> None:
+    peer = connect(streams_then_answers)
+    assert call("bob/ctx", "grade", 41, strict=True) == 42
+    assert peer.sent == [
+        (
+            "bob",
+            OP_CALL,
+            {"kind": "named", "name": "grade", "args": [41], "kwargs": {"strict": True}, "context": "ctx"},
+        )
+    ]
+    assert capsys.readouterr() == ("first\n", "careful\n")
+    assert functions("bob/ctx").grade(41, strict=True) == 42
+    assert peer.sent[1] == peer.sent[0]  # the very call functions(PEER).NAME(...) makes

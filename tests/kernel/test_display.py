@@ -1,4 +1,4 @@
-"""What the kernel shows: merge conflicts side by side."""
+"""What the kernel shows: merge conflicts side by side, maps as tables."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 from IPython.core.formatters import DisplayFormatter
 
+from spindel_jupyter.core.crdt import LWWMap
 from spindel_jupyter.core.errors import MergeConflict
-from spindel_jupyter.kernel.display import conflicts_html, peer_table, register_displays
+from spindel_jupyter.kernel.display import conflicts_html, map_table, peer_table, register_displays
 
 CONFLICT = MergeConflict(
     "conflicting edits in cell(s) 0, 2: nothing was merged",
@@ -62,3 +63,23 @@ def test_peers_acting_for_several_users_show_each_ones_user() -> None:
     assert [row[2] for row in table.rows] == ["teacher", "student"]
     one_user = [{**peer, "user": "teacher"} for peer in peers]
     assert "user" not in peer_table(one_user, me="grader").columns
+
+
+def test_a_map_shows_a_row_per_key_and_a_column_per_field_of_its_records() -> None:
+    progress = LWWMap().set("grace", {"tries": 1, "solved": False}).set("ada", {"tries": 2, "solved": True})
+    table = map_table(progress)
+    assert table.columns == ["key", "tries", "solved"]
+    assert table.rows == [["ada", "2", "True"], ["grace", "1", "False"]]  # sorted by key
+    assert map_table({"q1": 42, "q2": None}).rows == [["q1", "42"], ["q2", ""]]
+    assert map_table({"a": {"x": 1}, "b": 2}).columns == ["key", "value"]  # not all records
+    assert map_table(LWWMap()).rows == []
+
+
+def test_a_notebook_shows_an_lwwmap_as_a_table_once_registered() -> None:
+    formatter = DisplayFormatter()
+    progress = LWWMap({"ada": {"tries": 1, "solved": False}, "<b>": {"tries": 0}})
+    register_displays(SimpleNamespace(display_formatter=formatter))
+    data, _ = formatter.format(progress)
+    assert data["text/html"] == map_table(progress)._repr_html_()
+    assert "<td style='text-align:left'>&lt;b&gt;</td>" in data["text/html"]  # escaped
+    assert data["text/plain"] == repr(progress)

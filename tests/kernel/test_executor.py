@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import signal
 import threading
 import time
@@ -73,6 +74,50 @@ def test_interrupting_an_awaiting_job() -> None:
     assert executor.interrupt("key") is True
     with pytest.raises(Interrupted):
         future.result(5)
+
+
+def test_a_job_runs_in_its_own_context_and_nothing_else_the_home_loop_runs_sees_it() -> None:
+    """What a job's context holds (a call's caller) is the job's, an awaiting job's too, while
+    the home loop runs other work (a kernel's awaiting cell) that must not see it."""
+    executor = Executor()
+    who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+    seen_meanwhile: list[str] = []
+    stop = threading.Event()
+
+    def holding(name: str) -> contextvars.Context:
+        context = contextvars.Context()
+        context.run(who.set, name)
+        return context
+
+    def reads() -> str:
+        return who.get()
+
+    async def awaits() -> tuple[str, str]:
+        before = who.get()
+        await asyncio.sleep(0.1)  # the watcher runs meanwhile
+        return before, who.get()
+
+    def sets() -> None:
+        who.set("leaked")
+
+    async def watch() -> None:
+        while not stop.is_set():
+            seen_meanwhile.append(who.get())
+            await asyncio.sleep(0.005)
+
+    watcher = asyncio.run_coroutine_threadsafe(watch(), executor.loop)
+    futures = [
+        executor.submit("a", reads, lambda: None, holding("alice")),
+        executor.submit("b", awaits, lambda: None, holding("bob")),
+        executor.submit("c", sets, lambda: None),
+        executor.submit("d", reads, lambda: None),
+    ]
+    results = [future.result(5) for future in futures]
+    stop.set()
+    watcher.result(5)
+    assert results == ["alice", ("bob", "bob"), None, "nobody"]
+    assert seen_meanwhile and set(seen_meanwhile) == {"nobody"}
+    assert who.get() == "nobody"
 
 
 def test_partial_lines_are_sent_when_flushed_or_at_the_end() -> None:
