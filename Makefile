@@ -54,11 +54,13 @@ demo: install demo-notebooks
 	$(BIN)/jupyter lab $(ROOT_FLAG) --ServerApp.root_dir=$(DEMO_DIR) --SpindelHub.store_dir=$(DEMO_DIR)/.spindel $(LAB_ARGS)
 
 # JupyterHub with users teacher and student (passwords printed), each with a single-user server whose
-# hub joins one mesh over a nats-server; their folders and JupyterHub's state are in $(HUB_DIR).
+# hub joins one mesh over a nats-server; their folders and JupyterHub's state are in $(HUB_DIR). Each
+# gets copies of the demo notebooks, and of demo_hub/USER/ (a lesson for the teacher, homework for the
+# student).
 HUB_DIR ?= .demo-hub
 HUB_PORT ?= 8000
 demo-hub: install
-	$(CLEAN_ENV) $(BIN)/python -m spindel_jupyter.demo_hub --dir $(HUB_DIR) --port $(HUB_PORT) --notebooks demo_notebooks $(HUB_ARGS)
+	$(CLEAN_ENV) $(BIN)/python -m spindel_jupyter.demo_hub --dir $(HUB_DIR) --port $(HUB_PORT) --notebooks demo_notebooks --notebooks demo_hub $(HUB_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -155,7 +155,9 @@ def configurable_http_proxy() -> str:
 class DemoHub:
     """A JupyterHub of ``users`` on ``port``, their hubs in one mesh, its state kept in ``directory``.
 
-    ``extra`` sets more JupyterHub config (``{"Spawner.cmd": [...]}``).
+    ``extra`` sets more JupyterHub config (``{"Spawner.cmd": [...]}``). Each user's home gets a
+    copy of the notebooks it does not have yet of each folder of ``notebooks``: those at its top
+    for everyone, those in its subfolder named after the user for that user.
     """
 
     def __init__(
@@ -164,13 +166,13 @@ class DemoHub:
         port: int = 8000,
         users: Sequence[str] = USERS,
         extra: dict[str, Any] | None = None,
-        notebooks: Path | None = None,
+        notebooks: Sequence[Path] = (),
     ) -> None:
         self.directory = directory.resolve()
         self.port = port
         self.users = tuple(users)
         self.extra = extra or {}
-        self.notebooks = notebooks
+        self.notebooks = tuple(notebooks)
         self._nats: subprocess.Popen[bytes] | None = None
         self._hub: subprocess.Popen[bytes] | None = None
         self.settings: Settings | None = None
@@ -202,10 +204,12 @@ class DemoHub:
         settings.save(self.directory)
         self.settings = settings
         for user in self.users:
-            self.home(user).mkdir(parents=True, exist_ok=True)
-            for notebook in sorted(self.notebooks.glob("*.ipynb")) if self.notebooks else ():
-                if not (self.home(user) / notebook.name).exists():
-                    shutil.copyfile(notebook, self.home(user) / notebook.name)
+            home = self.home(user)
+            home.mkdir(parents=True, exist_ok=True)
+            for folder in self.notebooks:
+                for notebook in sorted([*folder.glob("*.ipynb"), *(folder / user).glob("*.ipynb")]):
+                    if not (home / notebook.name).exists():
+                        shutil.copyfile(notebook, home / notebook.name)
         nats_conf = self.directory / "nats.conf"
         nats_conf.touch(mode=0o600)
         nats_conf.write_text(json.dumps(nats_config(settings)))
@@ -224,6 +228,13 @@ class DemoHub:
             [sys.executable, "-m", "jupyterhub", "-f", str(self.directory / CONFIG)],
             self.hub_log,
             env={**os.environ, "PATH": path},
+        )
+        # Its own port first: asked before it has a route, the proxy logs errors.
+        self._wait(
+            lambda: _answers(f"http://127.0.0.1:{settings.hub_api_port}/hub/api/"),
+            self._hub,
+            "JupyterHub",
+            timeout,
         )
         self._wait(lambda: _answers(f"{self.url}hub/api/"), self._hub, "JupyterHub", timeout)
         return self
@@ -273,7 +284,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--dir", type=Path, default=Path(".demo-hub"), help="state directory (default .demo-hub)"
     )
     parser.add_argument("--users", default=",".join(USERS), help="comma-separated user names")
-    parser.add_argument("--notebooks", type=Path, help="a folder of notebooks each user gets a copy of")
+    parser.add_argument(
+        "--notebooks",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder of notebooks each user gets a copy of (those in its subfolder USER: that user only)",
+    )
     args = parser.parse_args(argv)
     hub = DemoHub(args.dir, args.port, [u for u in args.users.split(",") if u], notebooks=args.notebooks)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

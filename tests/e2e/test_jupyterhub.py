@@ -10,6 +10,7 @@ the proxy is missing: ``make install`` and CI bring both.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -21,17 +22,18 @@ from playwright.sync_api import Browser, Locator, Page, expect
 
 from spindel_jupyter.demo_hub import DemoHub, configurable_http_proxy
 from tests.e2e.test_lab import ARTIFACTS, BIND, KERNELSPEC, code_cell, show_panel
-from tests.support import free_port
+from tests.support import REPO, free_port
 
 NEWS_OFF = {"fetchNews": "false"}
 #: The notebook in front.
 ACTIVE = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
 
-@pytest.fixture
-def jupyterhub(tmp_path: Path) -> Iterator[DemoHub]:
+@pytest.fixture(scope="module")
+def jupyterhub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoHub]:
+    """``make demo-hub``'s JupyterHub, with its users' notebooks (and two more for the first test)."""
     configurable_http_proxy()  # fails here, naming what to install, when the proxy is missing
-    hub = DemoHub(tmp_path / "hub", port=free_port())
+    hub = DemoHub(tmp_path_factory.mktemp("jupyterhub"), port=free_port(), notebooks=[REPO / "demo_hub"])
     for user in hub.users:
         settings = hub.home(user) / ".jupyter/lab/user-settings/@jupyterlab/apputils-extension"
         settings.mkdir(parents=True)
@@ -49,8 +51,9 @@ def write_notebook(path: Path, cells: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps(notebook))
 
 
-def sign_in(browser: Browser, hub: DemoHub, user: str, cleanup: ExitStack) -> Page:
-    """A browser context of ``user``'s own, signed in to JupyterHub, on their lab (spawned now)."""
+def sign_in(browser: Browser, hub: DemoHub, user: str, cleanup: ExitStack, notebook: str = "") -> Page:
+    """A browser context of ``user``'s own, signed in to JupyterHub, on their lab (spawned now, or
+    already running), with ``notebook`` open if one is named."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     cleanup.callback(context.close)
     page = context.new_page()
@@ -67,7 +70,26 @@ def sign_in(browser: Browser, hub: DemoHub, user: str, cleanup: ExitStack) -> Pa
     page.click("#login_submit")
     page.wait_for_url(f"**/user/{user}/lab**", timeout=120_000)
     expect(page.locator(".jp-SpindelStatus")).to_contain_text("Spindel:", timeout=60_000)
+    if notebook:
+        open_tree(page, hub, notebook)
     return page
+
+
+def open_tree(page: Page, hub: DemoHub, notebook: str) -> None:
+    """Load the lab afresh with ``notebook`` (of the signed-in user) open, its kernel idle."""
+    user = page.url.split("/user/")[1].split("/")[0]
+    page.goto(f"{hub.url}user/{user}/lab/tree/{notebook}?reset")
+    expect(page.locator("#jp-main-statusbar")).to_contain_text(notebook, timeout=60_000)
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=60_000)
+
+
+def _failed(browser: Browser, hub: DemoHub, request: pytest.FixtureRequest) -> None:
+    """A screenshot of each user's page, and the end of JupyterHub's log."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    for page in (p for c in browser.contexts for p in c.pages):
+        user = "teacher" if "/user/teacher/" in page.url else "student"
+        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-{user}-failure.png"))
+    sys.stderr.write(f"JupyterHub log tail:\n{hub.hub_log.read_text()[-5000:]}\n")
 
 
 def _no_errors(user: str, errors: list[str]) -> None:
@@ -90,6 +112,15 @@ def run_cell(page: Page, code: str) -> None:
 def last_output(page: Page) -> Locator:
     """The output of the last cell that has one: cells run in order, the one just run."""
     return page.locator(f"{ACTIVE} .jp-CodeCell .jp-OutputArea-output").last
+
+
+def run_all(page: Page) -> None:
+    """Run every cell of the notebook in front; return once each has run (cells tagged
+    raises-exception do not stop the others)."""
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(r"^Run All Cells(\s|$)")).click()
+    prompts = page.locator(f"{ACTIVE} .jp-CodeCell .jp-InputPrompt")
+    expect(prompts.filter(has_text=re.compile(r"^\[[ *]\]:$"))).to_have_count(0, timeout=120_000)
 
 
 @pytest.mark.timeout(600)
@@ -128,9 +159,7 @@ def test_two_users_publish_follow_sync_a_slider_and_call_only_once_allowed(
             run_cell(teacher, BIND + "w")
             slider = teacher.locator(".jp-OutputArea .widget-slider")
             expect(slider).to_be_visible(timeout=30_000)
-            student.goto(f"{hub.url}user/student/lab/tree/mine.ipynb?reset")
-            expect(student.locator("#jp-main-statusbar")).to_contain_text("mine.ipynb", timeout=60_000)
-            expect(student.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=60_000)
+            open_tree(student, hub, "mine.ipynb")
             run_cell(student, "%load_ext spindel_jupyter\n" + BIND + "w")
             theirs = student.locator(f"{ACTIVE} .widget-slider")
             expect(theirs).to_be_visible(timeout=30_000)
@@ -158,9 +187,40 @@ def test_two_users_publish_follow_sync_a_slider_and_call_only_once_allowed(
             teacher.screenshot(path=str(ARTIFACTS / "jupyterhub-teacher.png"))
             student.screenshot(path=str(ARTIFACTS / "jupyterhub-student.png"))
         except BaseException:
-            ARTIFACTS.mkdir(exist_ok=True)
-            for page in (p for c in browser.contexts for p in c.pages):
-                user = "teacher" if "/user/teacher/" in page.url else "student"
-                page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-{user}-failure.png"))
-            sys.stderr.write(f"JupyterHub log tail:\n{hub.hub_log.read_text()[-5000:]}\n")
+            _failed(browser, hub, request)
+            raise
+
+
+@pytest.mark.timeout(600)
+def test_the_lesson_and_the_homework_of_make_demo_hub_run_by_hand(
+    jupyterhub: DemoHub, browser: Browser, request: pytest.FixtureRequest
+) -> None:
+    """The teacher serves grade and hint functions-only; the student calls them and is refused code;
+    the teacher sees the student's progress in her synced LWWMap."""
+    hub = jupyterhub
+    with ExitStack() as cleanup:
+        try:
+            teacher = sign_in(browser, hub, "teacher", cleanup, "lesson.ipynb")
+            run_all(teacher)
+            expect(teacher.locator(ACTIVE)).to_contain_text("serving only the functions grade, hint")
+            student = sign_in(browser, hub, "student", cleanup, "homework.ipynb")
+            run_all(student)
+            homework = student.locator(ACTIVE)
+            expect(homework).to_contain_text("7 + 7 + 7 + 7 + 7 + 7")
+            expect(homework).to_contain_text("not yet: try again")
+            expect(homework).to_contain_text("right!")
+            errors = homework.locator(".jp-OutputArea-output[data-mime-type$='stderr']")
+            expect(errors).to_have_count(2)
+            expect(errors.first).to_contain_text("NotServed")
+            expect(errors.last).to_contain_text("NotServed")
+
+            # The teacher runs the progress cell again: the student's two tries, solved.
+            teacher.locator(f"{ACTIVE} .jp-CodeCell").last.locator(".cm-content").click()
+            teacher.keyboard.press("Shift+Enter")
+            row = teacher.locator(f"{ACTIVE} .jp-OutputArea-output tr", has_text="student")
+            expect(row).to_contain_text("2", timeout=30_000)
+            expect(row).to_contain_text("True")
+            teacher.screenshot(path=str(ARTIFACTS / "jupyterhub-lesson.png"))
+        except BaseException:
+            _failed(browser, hub, request)
             raise
