@@ -260,6 +260,8 @@ class NotebookService:
         source = self.registry.get(name)
         parent_name = into or (source.get("fork_of") or {}).get("workspace")
         parent = self.registry.get(parent_name) if parent_name else None
+        if parent:  # whose it is, before where its file is
+            self.registry.check_user(parent, actor.user, merging=name)
         if parent and parent.get("path"):
             require(actor, "merge_into_file")
             if not self.registry.file_here(parent):

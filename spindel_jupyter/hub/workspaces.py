@@ -214,7 +214,7 @@ class Registry:
         """Take (or renew) the lease of ``name`` for ``peer`` of ``user``; refused to the peers of other
         users, and while another peer holds it, unless forced."""
         descriptor = self._descriptor(name)
-        _check_user(descriptor, user)
+        self.check_user(descriptor, user)
         holder = self._holder(descriptor)
         if holder not in (None, peer):
             if not force:
@@ -348,7 +348,7 @@ class Registry:
     ) -> None:
         """Pass if ``peer`` (of ``user``) may write the workspace and holds its lease; else say why, and
         what to do (merging: not to fork)."""
-        _check_user(descriptor, user, merging)
+        self.check_user(descriptor, user, merging)
         holder = self._holder(descriptor)
         name = descriptor["name"]
         if holder == peer:
@@ -368,6 +368,11 @@ class Registry:
             f"workspace {name!r} is held by {holder!r}; fork it to edit your own copy, "
             f"or claim it once {holder!r} has left and the lease has ended"
         )
+
+    @staticmethod
+    def check_user(descriptor: dict[str, Any], user: str, merging: str | None = None) -> None:
+        """Pass if the peers of ``user`` may write the workspace (``merging``: that fork into it)."""
+        check_workspace_write(descriptor["name"], descriptor.get("user") or "", user, merging)
 
     def peer_renamed(self, old: str, new: str) -> None:
         """A peer was renamed: its leases, published notebooks and followed copies go with it."""
@@ -483,10 +488,6 @@ class Registry:
 def _content(cell: dict[str, Any]) -> dict[str, Any]:
     """A cell without its id: identical cells are one node, their ids live in the commit."""
     return {key: value for key, value in cell.items() if key != "id"}
-
-
-def _check_user(descriptor: dict[str, Any], user: str, merging: str | None = None) -> None:
-    check_workspace_write(descriptor["name"], descriptor.get("user") or "", user, merging)
 
 
 def _check_name(name: str) -> None:

@@ -139,24 +139,41 @@ def _follow(
     topic = _Topic(name, signal, mode, kind)
     topic.others = others
     with _lock:
-        old = _topics.pop(name, None)
-    if old is not None:
-        _stop(old, peer)
-    if mode == "mirror":
-        signal._read_only = f"topic {name!r} is a read-only mirror here; use sync_signal to write to it"
-    else:
-        signal._add_writer(topic.write)
+        old = _topics.get(name)
+    if old is not None:  # the hub takes the new way of following in place of the old one
+        _unbind(old)
+    _bind(topic)
     with _lock:
         _topics[name] = topic
     header, body = _subscribe(peer, topic)
-    if header.get("error"):
+    if header.get("error"):  # the hub changed nothing: the topic is followed as it was, if it was
+        _unbind(topic)
         with _lock:
-            _topics.pop(name, None)
-        signal._remove_writer(topic.write)
+            if old is None:
+                _topics.pop(name, None)
+            else:
+                _topics[name] = old
+        if old is not None:
+            _bind(old)
         raise from_wire(header["error"])
     topic.others = None  # said once: a handshake after a reconnection does not say it again
     topic.receive(header, body, full_state=True)
     return signal
+
+
+def _bind(topic: _Topic, read_only: str = "") -> None:
+    """Have ``topic``'s signal publish its writes, or, followed as a mirror, refuse them."""
+    if topic.mode == "mirror":
+        topic.signal._read_only = read_only or (
+            f"topic {topic.name!r} is a read-only mirror here; use sync_signal to write to it"
+        )
+    else:
+        topic.signal._add_writer(topic.write)
+
+
+def _unbind(topic: _Topic) -> None:
+    topic.signal._remove_writer(topic.write)
+    topic.signal._read_only = None
 
 
 def _subscribe(peer: client.Peer, topic: _Topic) -> Change:
@@ -178,8 +195,7 @@ def _subscribe(peer: client.Peer, topic: _Topic) -> Change:
 
 
 def _stop(topic: _Topic, peer: client.Peer) -> None:
-    topic.signal._remove_writer(topic.write)
-    topic.signal._read_only = None
+    _unbind(topic)
     if peer.connected:
         peer.send_frame({"t": UNSUB, "topic": topic.name})
 
@@ -254,10 +270,9 @@ def _read_only(name: str, message: str) -> None:
     if old is None or old.mode == "mirror":
         return
     peer = client.current_peer()
-    signal = old.signal
-    signal._remove_writer(old.write)
-    signal._read_only = message
-    mirror = _Topic(name, signal, "mirror", old.kind)
+    _unbind(old)
+    mirror = _Topic(name, old.signal, "mirror", old.kind)
+    _bind(mirror, message)
     with _lock:
         _topics[name] = mirror
     header, body = _subscribe(peer, mirror)
