@@ -262,6 +262,7 @@ class MergeConflict(SpindelError):
 
 
 class NotWritable(SpindelError):
-    """Another peer holds the workspace's writer lease."""
+    """Not writable by whoever asked: another peer holds the workspace's writer lease, or the
+    workspace or topic belongs to another user, who shares it read-only."""
 
     code = codes.NOT_WRITABLE

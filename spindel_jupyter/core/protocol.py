@@ -8,7 +8,8 @@ its type, optionally followed by an encoded body. Peers send:
 ``rep``    ``{re, to, error?}``      - the reply to request ``re`` of peer ``to``.
 ``msg``    ``{op, to}``              - one-way, e.g. output streamed during a call.
 ``cancel`` ``{id, to}``              - the caller gave up on request ``id`` (timeout, interrupt).
-``sub``    ``{id, topic, mode, kind?, stamp?}`` - follow a topic, shipping this peer's state (body) if any.
+``sub``    ``{id, topic, mode, kind?, stamp?, others?}`` - follow a topic, shipping this peer's state
+           (body) if any; ``others`` (``read`` or ``write``): who else may write it, said by its owner.
 ``unsub``  ``{topic}``               - stop following it.
 ``pub``    ``{topic, kind, seq, stamp?}`` - a local change: a CRDT delta or a stamped value (body).
 
@@ -17,10 +18,11 @@ The hub sends ``welcome`` ``{name, scope, max_frame_bytes}``, relays
 real sender, answers a request it cannot route with a ``rep`` carrying an
 ``error``, reports a bad frame with ``error`` ``{code, message, re?}``, and
 broadcasts ``event`` frames (``{event: "peers"}`` with the peer list as body).
-For topics it answers ``sub`` with ``snap`` ``{re, topic, kind, stamp?, error?}`` (its
+For topics it answers ``sub`` with ``snap`` ``{re, topic, kind, owner, others, stamp?, error?}`` (its
 state before the joiner's, as body, when the joiner lacks something), relays
 ``pub`` to the other followers, and sends ``ack`` ``{topic, seq}`` once a change
-is stored durably.
+is stored durably; a change it refuses (a topic another user shares read-only)
+gets an ``error`` frame naming the ``topic``.
 
 An error, in a ``rep`` or an ``error`` frame, is a map ``{code, message, ...}``
 (the codes are in :mod:`~spindel_jupyter.core.codes`): :func:`to_wire` makes it
@@ -48,6 +50,10 @@ ACK = "ack"
 
 #: How a peer follows a topic: both ways, publish only, or as a read-only mirror.
 MODES = ("sync", "export", "mirror")
+#: Who else may write a topic, as its owner shares it: other users read it, or write it too.
+READ = "read"
+WRITE = "write"
+OTHERS = (READ, WRITE)
 #: The kind of a topic holding plain last-writer-wins values (others are CRDT type names).
 LWW = "lww"
 MAX_TOPIC = 256
@@ -90,7 +96,7 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 _OPTIONAL: dict[str, dict[str, type | tuple[type, ...]]] = {
     REQ: {"to": str},
     REP: {"error": dict},
-    SUB: {"kind": str, "stamp": list, "seq": int},
+    SUB: {"kind": str, "stamp": list, "seq": int, "others": str},
     PUB: {"stamp": list},
 }
 
@@ -147,6 +153,8 @@ def check_inbound(header: dict[str, Any]) -> str:
         raise errors.BadFrame(f"hello kind must be one of {', '.join(KINDS)}")
     if kind == SUB and header["mode"] not in MODES:
         raise errors.BadFrame(f"sub mode must be one of {', '.join(MODES)}")
+    if kind == SUB and header.get("others", READ) not in OTHERS:
+        raise errors.BadFrame(f"sub others must be one of {', '.join(OTHERS)}")
     topic = header.get("topic")
     if isinstance(topic, str) and not 0 < len(topic) <= MAX_TOPIC:
         raise errors.BadFrame(f"topic names are 1-{MAX_TOPIC} characters")

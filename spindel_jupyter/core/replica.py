@@ -122,6 +122,8 @@ class Replica:
         #: and the bytes of those deltas encoded one by one.
         self.held: Any = None
         self.held_bytes = 0
+        #: Who else may write the topic, as its owner says in the next handshake (None: nothing said).
+        self.others: str | None = None
 
     @property
     def pending(self) -> bool:
@@ -233,6 +235,8 @@ class Replica:
         }
         if self.kind is not None:
             header["kind"] = self.kind
+        if self.others is not None:
+            header["others"] = self.others
         if self.mode == "mirror" or current is None:
             return header, None
         if self.kind == LWW:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from .errors import SpindelError
+from .errors import NotWritable
 from .home import home
 
 T = TypeVar("T")
@@ -44,7 +44,7 @@ class Signal(Generic[T]):
         self._lock = threading.RLock()
         self._observations: list[Observation] = []
         self._writers: list[Callable[[Any, Any], Any]] = []
-        #: Set on read-only mirrors: the message a write raises.
+        #: Set on read-only mirrors: the message a write raises (NotWritable).
         self._read_only: str | None = None
         home()  # found now, from the thread that makes the first signal (a kernel's main thread)
 
@@ -96,7 +96,7 @@ class Signal(Generic[T]):
 
     def _write(self, new: Any) -> None:
         if self._read_only is not None:
-            raise SpindelError(self._read_only)
+            raise NotWritable(self._read_only)
         old = self._value
         if not changed(old, new):
             return

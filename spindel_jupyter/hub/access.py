@@ -7,6 +7,12 @@ Invited peers (joined with a ``%spin_invite`` token) act only as themselves: the
 never make the hub read or write the server's files, manage invites, or act for
 another peer. A REST request acts as the signed-in user, one of the server's own.
 SECURITY.md keeps the table of these rules; each rule is checked here, once.
+
+Data belongs to a user too: a topic to the user of the peer that created it, a
+workspace to the user who published (or forked) it. Another user reads them,
+and writes a topic only if its owner shares it with ``others="write"``; a
+workspace of another user is written through a fork (:func:`check_topic_write`,
+:func:`check_workspace_write`).
 """
 
 from __future__ import annotations
@@ -15,10 +21,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import Forbidden
-from ..core.protocol import INVITED, OWN
+from ..core.errors import Forbidden, NotWritable
+from ..core.protocol import INVITED, OWN, WRITE
 
-__all__ = ["INVITED", "OWN", "Actor", "Forbidden", "acting", "require"]
+__all__ = [
+    "INVITED",
+    "OWN",
+    "Actor",
+    "Forbidden",
+    "NotWritable",
+    "acting",
+    "check_topic_write",
+    "check_workspace_write",
+    "require",
+]
 
 
 @dataclass(frozen=True)
@@ -76,3 +92,39 @@ def acting(actor: Actor, name: Any, members: Mapping[str, Any]) -> Actor:
             f"cannot act as {name!r}: it is not one of {actor.user!r}'s own peers; act as yourself"
         )
     return Actor(member.name, member.scope, member.user)
+
+
+def check_topic_write(topic: str, owner: str, others: str, user: str) -> None:
+    """Pass if ``user`` may write ``topic``: its owner's user always, anyone if the owner shares it
+    with ``others="write"`` (a topic with no owner, from before owners, is everyone's)."""
+    if not owner or user == owner or others == WRITE:
+        return
+    raise NotWritable(
+        f"topic {topic!r} is read-only to user {user or '(none)'}: it belongs to user {owner}; "
+        f"read it with subscribe_signal, or ask {owner} to share it with others='write'"
+    )
+
+
+def check_topic_mode(topic: str, owner: str, user: str) -> None:
+    """Pass if ``user`` may change who else writes ``topic``: only its owner's user may."""
+    if owner and user != owner:
+        raise NotWritable(
+            f"topic {topic!r} belongs to user {owner}: only {owner} can change who else writes it "
+            f"(leave out others=, or ask {owner})"
+        )
+
+
+def check_workspace_write(workspace: str, owner: str, user: str, merging: str | None = None) -> None:
+    """Pass if ``user`` may write ``workspace`` (publish onto it, claim its lease, merge into it): only
+    its owner's user may (a workspace with no owner, from before owners, is everyone's)."""
+    if not owner or user == owner:
+        return
+    instead = (
+        f"ask {owner} to merge it (%spin_merge {merging})"
+        if merging
+        else f"fork it (%spin_fork {workspace} NEW) and write the fork"
+    )
+    raise NotWritable(
+        f"workspace {workspace!r} belongs to user {owner} and is read-only to user {user or '(none)'}: "
+        f"{instead}"
+    )

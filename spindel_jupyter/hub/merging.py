@@ -50,9 +50,9 @@ def fork_topics(topics: TopicStore, parent: dict[str, Any], new: str) -> dict[st
 
 
 def copy_topics(topics: TopicStore, fork: dict[str, Any]) -> None:
-    """Start each of the fork's topics as its parent topic is now."""
+    """Start each of the fork's topics as its parent topic is now, the fork's user's."""
     for original, forked in (fork.get("forked_topics") or {}).items():
-        topics.copy(original, forked)
+        topics.copy(original, forked, fork.get("user") or "")
 
 
 def topics_back(topics: TopicStore, fork: dict[str, Any], strategy: str | None, force: bool) -> list[Fold]:

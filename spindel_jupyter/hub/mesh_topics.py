@@ -16,6 +16,14 @@ or cut off replays the stream when it joins again, then publishes a snapshot of
 every topic its peers changed meanwhile: both sides end equal, nothing
 acknowledged is lost. The live fan-out is the same consumer, so there is one
 path, not a lossy one beside a repair.
+
+Every message carries the topic's scope as the hub holds it (whose it is, and
+whether other users may write it: :class:`~.topics.Scope`) and the user whose
+change it carries, as that hub admitted it. A topic's scope goes out as soon
+as it is created, before it holds a value, so the other hubs know whose it is
+before their peers write it. A hub applies a change only if that user may write
+the topic by the scope it holds: it does not take another hub's word that the
+topic's owner allowed it.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import errors, wire
 from ..core.protocol import HUB, LWW
 from .mesh import PREFIX, TOPICS_STREAM, Chunks, Mesh, reason, token, untoken
+from .topics import Scope
 
 if TYPE_CHECKING:
     from .topics import Topic, TopicStore
@@ -106,11 +115,14 @@ class MeshTopics:
     def _snapshot(self, topic: Topic) -> None:
         self._unsnapshotted.pop(topic.name, None)
         self.counts["snapshots"] += 1
-        body = topic.state if topic.kind == LWW else wire.encode(topic.state.state())
+        if topic.state is None:
+            body = b""  # its scope alone: nobody wrote it yet
+        else:
+            body = topic.state if topic.kind == LWW else wire.encode(topic.state.state())
         self._publish(topic, body, full=True)
 
     def _publish(self, topic: Topic, body: wire.Buffer, full: bool) -> None:
-        header: dict[str, Any] = {"kind": topic.kind}
+        header: dict[str, Any] = {"kind": topic.kind, "scope": topic.scope.to_wire(), "user": topic.writer}
         if topic.stamp is not None:
             header["stamp"] = list(topic.stamp)
         if full:
@@ -165,7 +177,7 @@ class MeshTopics:
         self.live = True
         for name in sorted(self._unsnapshotted):
             topic = self.store.topics.get(name)
-            if topic is not None and topic.state is not None:
+            if topic is not None:
                 self._snapshot(topic)
         log.info("spindel: topics follow the mesh (%d messages replayed)", self._until)
 
@@ -195,7 +207,9 @@ class MeshTopics:
             if not isinstance(kind, str):
                 raise errors.BadFrame("no kind")
             full = bool(header.get("full"))
-            if self.store.merge_remote(name, kind, header.get("stamp"), body, HUB, full):
+            scope = Scope.from_wire(header.get("scope"))
+            user = str(header.get("user") or "")
+            if self.store.merge_remote(name, kind, header.get("stamp"), body, HUB, full, scope, user):
                 self.counts["changes_applied"] += 1
         except (errors.SpindelError, ValueError) as exc:
             log.warning("spindel: ignored a change to topic %r from hub %r: %s", name, hub, exc)

@@ -118,7 +118,7 @@ class NotebookService:
 
     async def claim(self, actor: Actor, name: str, force: bool = False) -> dict[str, Any]:
         who = self.who(actor)
-        return await self.change(lambda: self.registry.claim(name, who, bool(force)))
+        return await self.change(lambda: self.registry.claim(name, who, bool(force), actor.user))
 
     # -- the registry, alone or shared ----------------------------------------------------
 
@@ -184,7 +184,7 @@ class NotebookService:
         who = self.who(actor)
         return await self.change(
             lambda: self.registry.publish(
-                name, content, who, str(message), path=path, topics=states, roles=roles
+                name, content, who, str(message), path=path, topics=states, roles=roles, user=actor.user
             )
         )
 
@@ -232,7 +232,7 @@ class NotebookService:
             await self._check_writable(path, new)
         who = self.who(actor)
         descriptor = await self.change(
-            lambda: self.registry.fork(name, new, who, path=None if deliver else path)
+            lambda: self.registry.fork(name, new, who, path=None if deliver else path, user=actor.user)
         )
         await self.topics.stored()  # the fork's own topics are durable before it is answered
         descriptor = self.with_kinds(descriptor)
@@ -260,6 +260,8 @@ class NotebookService:
         source = self.registry.get(name)
         parent_name = into or (source.get("fork_of") or {}).get("workspace")
         parent = self.registry.get(parent_name) if parent_name else None
+        if parent:  # whose it is, before where its file is
+            self.registry.check_user(parent, actor.user, merging=name)
         if parent and parent.get("path"):
             require(actor, "merge_into_file")
             if not self.registry.file_here(parent):
@@ -272,7 +274,9 @@ class NotebookService:
             for descriptor, head in ((source, source["fork_of"]["head"]), (source, None), (parent, None)):
                 await self.fetched(descriptor, head)
         who = self.who(actor)
-        result = await self.change(lambda: self.registry.merge(name, who, strategy, bool(force), into))
+        result = await self.change(
+            lambda: self.registry.merge(name, who, strategy, bool(force), into, actor.user)
+        )
         await self.topics.stored()  # the topics merged back are durable before it is answered
         merged = result.get("workspace")
         moved = parent is None or result.get("head") != parent.get("head")  # topics alone leave the file be

@@ -190,6 +190,7 @@ class Relay:
             "frames_in": dict(self.frames_in),
             "changes_received": self.topics.received,
             "changes_relayed": self.topics.relayed,
+            "changes_refused": self.topics.refused,
             **({"store": self.store_stats()} if self.store_stats else {}),
             **({"sync": self.sync_stats()} if self.sync_stats else {}),
             "mesh": self.mesh.stats() if self.mesh is not None else {"state": ALONE},

@@ -20,8 +20,16 @@ superseded values. Changes are written in groups and acknowledged once their
 group is durable; on the server the group is written off the event loop (the
 large states encoded there too), so the disk never holds up the relay.
 
-Topic files of earlier versions (a state in its former form, no log) load as
-they are; the topic's next compaction writes the current form.
+Every topic belongs to a user, as its :class:`Scope` says: the user of the peer
+that created it (stamped by the hub, never taken from the peer), who says
+whether other users may write it too (``others``). The hub refuses a write of
+another user to a topic shared read-only (:func:`~.access.check_topic_write`),
+whether the writer is a peer of this hub or the change comes from another hub
+of the mesh; the scope travels with the topic's state, here and in the mesh.
+
+Topic files of earlier versions (a state in its former form, no log, no scope)
+load as they are (with no owner: everyone's); the topic's next compaction
+writes the current form.
 """
 
 from __future__ import annotations
@@ -33,15 +41,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core import crdt, errors, wire
-from ..core.clock import Stamp, as_stamp
-from ..core.protocol import ACK, HUB, LWW, PUB, SNAP, to_wire
+from ..core.clock import HybridClock, Stamp, as_stamp
+from ..core.protocol import ACK, ERROR, HUB, LWW, OTHERS, PUB, READ, SNAP, WRITE, to_wire
 from ..core.replica import decode_state, join, join_all, lacks, wins
 from . import durable
+from .access import check_topic_mode, check_topic_write
 
 if TYPE_CHECKING:
     from .relay import Member
@@ -62,6 +71,49 @@ SUMMARY_CHARS = 80
 COMPACT_BYTES = 64 * 1024
 #: ... or more records than this (each is replayed at start).
 COMPACT_RECORDS = 10_000
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whose a topic is: its owner's user, whether other users read it or write it too, when it was
+    created and when its owner last said so (hub stamps)."""
+
+    owner: str = ""
+    others: str = WRITE
+    created: Stamp | None = None
+    moded: Stamp | None = None
+
+    def merged(self, other: Scope) -> Scope:
+        """The scope every hub ends with, whatever the order it hears of both: the earliest creation
+        owns the topic (two hubs may create it at once); its owner's latest word on others holds."""
+        if other.created is not None and (self.created is None or other.created < self.created):
+            return other
+        same = (other.created, other.owner) == (self.created, self.owner)
+        if not same or other.moded is None or not _later(other.moded, self.moded):
+            return self
+        return replace(self, others=other.others, moded=other.moded)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "others": self.others,
+            "created": list(self.created) if self.created else None,
+            "moded": list(self.moded) if self.moded else None,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Scope:
+        """A scope sent by another hub or stored; raises BadFrame if it is not one."""
+        if data is None:
+            return cls()
+        try:
+            owner, others = data["owner"], data["others"]
+            if not isinstance(owner, str) or others not in OTHERS:
+                raise ValueError("owner must be a user name, others read or write")
+            created, moded = (as_stamp(data[key]) if data.get(key) else None for key in ("created", "moded"))
+        except (TypeError, KeyError, ValueError) as exc:
+            raise errors.BadFrame(f"bad topic scope: {exc}") from None
+        return cls(owner, others, created, moded)
 
 
 @dataclass(eq=False)
@@ -85,12 +137,21 @@ class Topic:
     records: list[wire.Buffer] = field(default_factory=list)
     #: Changes received in this turn of the event loop, to join and relay as one: (sender, seq, delta, body).
     incoming: list[tuple[Member, int, Any, wire.Buffer]] = field(default_factory=list)
+    scope: Scope = field(default_factory=Scope)
+    #: The user whose change the state took last (the mesh carries it with the state).
+    writer: str = ""
     _summary: tuple[Any, str] = (None, "")
+
+    def check_write(self, user: str) -> None:
+        """Pass if ``user`` may write this topic; raise NotWritable saying whose it is otherwise."""
+        check_topic_write(self.name, self.scope.owner, self.scope.others, user)
 
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "kind": self.kind,
+            "owner": self.scope.owner,
+            "others": self.scope.others,
             "subscribers": len(self.followers),
             "size": self.size,
             "summary": self.summary(),
@@ -101,6 +162,8 @@ class Topic:
         state, text = self._summary
         if state is self.state:
             return text
+        if self.state is None:
+            return ""
         try:
             value = wire.decode(self.state) if self.kind == LWW else self.state
             text = repr(value)
@@ -142,6 +205,10 @@ class TopicStore:
         self.relayed = 0
         #: Mirrors of topics nobody has written yet: they follow once the topic exists.
         self._pending_mirrors: dict[str, dict[Member, str]] = {}
+        #: Stamps the creation of topics and their owners' changes to who else writes them.
+        self.clock = HybridClock(node=HUB)
+        #: Writes refused because the topic is another user's, shared read-only (here and from the mesh).
+        self.refused = 0
         if directory is not None:
             durable.make_directory(directory)
             self._load()
@@ -150,10 +217,16 @@ class TopicStore:
 
     def subscribe(self, member: Member, header: dict[str, Any], body: memoryview) -> None:
         """Follow a topic; integrate the joiner's state and answer with what it lacks."""
-        name, request_id = header["topic"], header["id"]
+        name, request_id, mode = header["topic"], header["id"], header["mode"]
         try:
-            topic = self._topic(name, header.get("kind"), create=header["mode"] != "mirror")
+            others = header.get("others")
+            scope = self._new_scope(member.user, others or (READ if mode == "export" else WRITE))
+            topic = self._topic(name, header.get("kind"), create=mode != "mirror", scope=scope)
             snapshot: dict[str, Any] = {"t": SNAP, "re": request_id, "topic": name, "from": HUB}
+            if topic is not None and others is not None and others != topic.scope.others:
+                self._share(topic, others, member.user)
+            if topic is not None and mode != "mirror":
+                topic.check_write(member.user)  # a follower that writes: refused before it follows
             if topic is None:
                 member.subscriptions.add(name)
                 self._pending_mirrors.setdefault(name, {})[member] = header["mode"]
@@ -166,16 +239,30 @@ class TopicStore:
             reply = self._join(topic, member, header, body)
             if body and isinstance(header.get("seq"), int):
                 self._ack_later(member, name, header["seq"])
-            snapshot["kind"] = topic.kind
+            snapshot.update(kind=topic.kind, owner=topic.scope.owner, others=topic.scope.others)
             if reply is not None:
                 if topic.stamp is not None:
                     snapshot["stamp"] = list(topic.stamp)
                 member.link.send(wire.pack_frame(snapshot, reply))
             else:
                 member.link.send(wire.pack_frame(snapshot))
-        except errors.HubError as exc:
+        except (errors.HubError, errors.NotWritable) as exc:
             error = {**to_wire(exc), "topic": name}
             member.link.send(wire.pack_frame({"t": SNAP, "re": request_id, "topic": name, "error": error}))
+
+    def _new_scope(self, user: str, others: str) -> Scope:
+        """The scope of a topic ``user`` creates now."""
+        now = self.clock.now()
+        return Scope(user, others, now, now)
+
+    def _share(self, topic: Topic, others: str, user: str) -> None:
+        """The owner says who else may write ``topic`` now (only its owner's user may)."""
+        check_topic_mode(topic.name, topic.scope.owner, user)
+        topic.scope = replace(topic.scope, others=others, moded=self.clock.now())
+        topic.snapshot_due = True  # the scope is in the file written whole
+        topic.writer = user
+        self._changed(topic, None)
+        self._listing_changed = True
 
     def _followers_changed(self) -> None:
         self._listing_changed = True
@@ -211,8 +298,16 @@ class TopicStore:
         """
         name = header["topic"]
         self.received += 1
-        topic = self._topic(name, header["kind"], create=True)
+        topic = self._topic(name, header["kind"], create=True, scope=self._new_scope(member.user, WRITE))
         assert topic is not None
+        try:
+            topic.check_write(member.user)
+        except errors.NotWritable as exc:
+            self.refused += 1
+            log.info("spindel: refused a change of %r to topic %r: %s", member.name, name, exc)
+            member.link.send(wire.pack_frame({"t": ERROR, "from": HUB, "topic": name, **to_wire(exc)}))
+            return
+        topic.writer = member.user
         if topic.kind != LWW:
             topic.incoming.append((member, header["seq"], _crdt_value(topic.kind, body), body))
             if self.schedule is None:
@@ -228,35 +323,63 @@ class TopicStore:
         self._ack_later(member, name, header["seq"])
 
     def merge_remote(
-        self, name: str, kind: str, stamp: Any, body: wire.Buffer, sender: str, full_state: bool = False
+        self,
+        name: str,
+        kind: str,
+        stamp: Any,
+        body: wire.Buffer,
+        sender: str,
+        full_state: bool = False,
+        scope: Scope | None = None,
+        user: str = "",
     ) -> bool:
-        """A change made on another hub of the mesh (``full_state``: its whole state): apply it, and
-        relay it to every follower here only if it adds something. Whether it did.
+        """A change made on another hub of the mesh (``full_state``: its whole state) by ``user``, with
+        that hub's ``scope`` of the topic: take the scope, then apply the change if ``user`` may
+        write the topic, and relay it to every follower here only if it adds something. Whether it
+        did (no body: only the scope came).
 
         Applying the same change twice does nothing the second time: no follower
-        hears of it again, no observer fires twice.
+        hears of it again, no observer fires twice. A change the topic's owner
+        did not let ``user`` make is refused here as at the hub that took it
+        (which should not have): logged and counted, never applied.
         """
-        topic = self._topic(name, kind, create=True)
+        topic = self._topic(name, kind, create=True, scope=scope, local=False)
         assert topic is not None
+        merged = topic.scope.merged(scope or Scope())
+        if merged != topic.scope:
+            topic.scope, topic.snapshot_due = merged, True
+            self._listing_changed = True
+            self._changed(topic, None, local=False)
+        if not body:
+            return False
+        try:
+            topic.check_write(user)
+        except errors.NotWritable as exc:
+            self.refused += 1
+            log.warning("spindel: refused a change to topic %r from the mesh: %s", name, exc)
+            return False
         if topic.kind == LWW:
-            return self._write(topic, stamp, body, None, sender)
+            return self._write(topic, stamp, body, None, sender, user)
         self._settle(topic)  # after the changes of this hub's peers already received
         joined = join(topic.state, _crdt_value(topic.kind, body), full_state)
         if joined is topic.state:
             return False
-        topic.state = joined
+        topic.state, topic.writer = joined, user
         frame = {"t": PUB, "topic": name, "kind": topic.kind, "from": sender}
         self._relay(topic, None, wire.pack_frame(frame, body))
         self._changed(topic, body, local=False)
         return True
 
-    def _write(self, topic: Topic, stamp: Any, body: wire.Buffer, member: Member | None, sender: str) -> bool:
-        """A plain topic's write, by ``member`` here or (None) on another hub: taken and relayed
-        to the other followers if its stamp wins. Whether it did."""
+    def _write(
+        self, topic: Topic, stamp: Any, body: wire.Buffer, member: Member | None, sender: str, user: str = ""
+    ) -> bool:
+        """A plain topic's write, by ``member`` here or (None) by ``user`` on another hub: taken and
+        relayed to the other followers if its stamp wins. Whether it did."""
         stamped = _stamp(stamp)
         if not wins(stamped, topic.stamp):
             return False
         topic.state, topic.stamp = bytes(body), stamped
+        topic.writer = member.user if member is not None else user
         frame = {"t": PUB, "topic": topic.name, "kind": topic.kind, "from": sender, "stamp": list(stamped)}
         self._relay(topic, member, wire.pack_frame(frame, body))
         self._changed(topic, None, local=member is not None)
@@ -290,6 +413,7 @@ class TopicStore:
         if joined is topic.state:
             return
         topic.state = joined
+        topic.writer = incoming[-1][0].user  # each was checked on arrival: any of them may write it
         senders = {member for member, _, _, _ in incoming}
         sender = senders.pop() if len(senders) == 1 else None
         body = incoming[0][3] if len(incoming) == 1 else wire.encode(change.state())
@@ -325,26 +449,34 @@ class TopicStore:
             return None
         return topic.summary()
 
-    def copy(self, source: str, target: str) -> None:
-        """Start topic ``target`` as ``source`` is now (a fork's own copy of a workspace topic)."""
+    def copy(self, source: str, target: str, user: str = "") -> None:
+        """Start topic ``target`` as ``source`` is now (a fork's own copy of a workspace topic), as
+        ``user``'s, shared with other users as ``source`` is."""
         self._settle_all()
         original = self.topics.get(source)
         if original is None or original.state is None or target in self.topics:
             return
-        self._topic(target, original.kind, create=True)
+        self._topic(target, original.kind, create=True, scope=self._new_scope(user, original.scope.others))
         copy = self.topics[target]
-        copy.state, copy.stamp = original.state, original.stamp
+        copy.state, copy.stamp, copy.writer = original.state, original.stamp, user
         self._changed(copy, None)
 
-    def fold(self, source: str, target: str, take_source: bool) -> bool:
-        """Bring a fork's topic back: a CRDT joins; a plain value is taken if ``take_source``. Whether
-        that changed it."""
+    def check_write(self, name: str, user: str) -> None:
+        """Pass if ``user`` may write topic ``name`` (one nobody holds yet included)."""
+        topic = self.topics.get(name)
+        if topic is not None:
+            topic.check_write(user)
+
+    def fold(self, source: str, target: str, take_source: bool, user: str = "") -> bool:
+        """Bring a fork's topic back, for ``user`` (see :meth:`check_write`): a CRDT joins; a plain
+        value is taken if ``take_source``. Whether that changed it."""
         self._settle_all()
         theirs = self.topics.get(source)
         if theirs is None or theirs.state is None:
             return False
-        ours = self._topic(target, theirs.kind, create=True)
+        ours = self._topic(target, theirs.kind, create=True, scope=self._new_scope(user, WRITE))
         assert ours is not None
+        ours.writer = user
         if ours.kind == LWW:
             if not take_source or ours.state == theirs.state:
                 return False
@@ -371,7 +503,11 @@ class TopicStore:
 
     # -- state -------------------------------------------------------------------------
 
-    def _topic(self, name: str, kind: str | None, create: bool) -> Topic | None:
+    def _topic(
+        self, name: str, kind: str | None, create: bool, scope: Scope | None = None, local: bool = True
+    ) -> Topic | None:
+        """Topic ``name``, made with ``scope`` if it is new and ``create`` (``local``: by a peer of this
+        hub; the mesh hears of it at once, whose it is included, even before it holds a value)."""
         topic = self.topics.get(name)
         if topic is not None:
             if kind is not None and kind != topic.kind:
@@ -392,12 +528,15 @@ class TopicStore:
                 crdt.type_for(kind)
             except KeyError as exc:
                 raise errors.BadTopicKind(str(exc).strip("'\"")) from None
-        topic = self.topics[name] = Topic(name, kind, snapshot_due=True)
+        topic = self.topics[name] = Topic(name, kind, snapshot_due=True, scope=scope or Scope())
+        topic.writer = topic.scope.owner
         if kind != LWW and self.directory is not None:
             topic.log = durable.Log(self._path(topic).with_suffix(".log"))
         # Mirrors that subscribed before anyone wrote now follow it.
         for member, mode in self._pending_mirrors.pop(name, {}).items():
             topic.followers[member] = mode
+        if local and self.on_local_change is not None:
+            self.on_local_change(topic, None)  # stored with its first value; the mesh hears of it now
         return topic
 
     def _join(self, topic: Topic, member: Member, header: dict[str, Any], body: memoryview) -> bytes | None:
@@ -407,7 +546,7 @@ class TopicStore:
             if body and header.get("stamp") is not None:
                 stamp = _stamp(header["stamp"])
                 if wins(stamp, before_stamp):
-                    topic.state, topic.stamp = bytes(body), stamp
+                    topic.state, topic.stamp, topic.writer = bytes(body), stamp, member.user
                     self._relay_state(topic, member)
                     return None
             return before if before is not None else None
@@ -416,7 +555,7 @@ class TopicStore:
             theirs = _crdt_value(topic.kind, body)
             joined = join(before, theirs, full_state=True)
             if joined is not before:
-                topic.state = joined
+                topic.state, topic.writer = joined, member.user
                 self._relay_state(topic, member, body)
             if before is None or not lacks(theirs, before):
                 return None
@@ -563,6 +702,7 @@ class TopicStore:
         immutable): the writer encodes and writes them while the loop goes on.
         """
         path, name, kind, stamp, state = self._path(topic), topic.name, topic.kind, topic.stamp, topic.state
+        scope, writer = topic.scope, topic.writer
         records, topic.records = topic.records, []
         topic_log = topic.log
         if topic_log is not None and not topic.snapshot_due:
@@ -581,7 +721,7 @@ class TopicStore:
         topic.snapshot_due = False
 
         def whole(batch: durable.Batch) -> tuple[int, int]:
-            data = _file_content(name, kind, stamp, state)
+            data = _file_content(name, kind, stamp, state, scope, writer)
             batch.write(path, data)
             if topic_log is not None:
                 batch.reset_after_sync(topic_log)
@@ -601,10 +741,14 @@ class TopicStore:
             try:
                 record = wire.decode(path.read_bytes())
                 kind = record["kind"]
-                state = record["state"] if kind == LWW else crdt.type_for(kind).from_state(record["state"])
+                state = record["state"]
+                if kind != LWW and state is not None:
+                    state = crdt.type_for(kind).from_state(state)
                 stamp = as_stamp(record["stamp"]) if record.get("stamp") is not None else None
                 snapshot = path.stat().st_size
                 topic = Topic(record["name"], kind, state, stamp, snapshot_size=snapshot, size=snapshot)
+                topic.scope = Scope.from_wire(record.get("scope"))
+                topic.writer = str(record.get("writer", ""))
                 if kind != LWW:
                     deltas = [decode_state(kind, payload) for payload in changes.read()]
                     if deltas:
@@ -626,11 +770,23 @@ def _write_group(jobs: list[Job]) -> list[tuple[int, int]]:
     return sizes
 
 
-def _file_content(name: str, kind: str, stamp: Stamp | None, state: Any) -> bytes:
-    """A topic's file: its name, kind, stamp and whole state (a plain topic's is its encoded value)."""
+def _file_content(name: str, kind: str, stamp: Stamp | None, state: Any, scope: Scope, writer: str) -> bytes:
+    """A topic's file: its name, kind, stamp, whole state (a plain topic's is its encoded value; None
+    before anyone wrote), scope and last writer's user."""
     return wire.encode(
-        {"name": name, "kind": kind, "stamp": stamp, "state": state if kind == LWW else state.state()}
+        {
+            "name": name,
+            "kind": kind,
+            "stamp": stamp,
+            "state": state if kind == LWW or state is None else state.state(),
+            "scope": scope.to_wire(),
+            "writer": writer,
+        }
     )
+
+
+def _later(stamp: Stamp, than: Stamp | None) -> bool:
+    return than is None or stamp > than
 
 
 def _stamp(value: Any) -> Stamp:

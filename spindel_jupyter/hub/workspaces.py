@@ -1,7 +1,7 @@
 """The registry of workspaces: published notebooks, their forks, merges and writer leases.
 
-A workspace is a descriptor ``{name, owner, head, fork_of, topics, created,
-updated, path, followers}`` kept as a JSON file; its content is nodes in the
+A workspace is a descriptor ``{name, user, owner, head, fork_of, topics,
+created, updated, path, followers}`` kept as a JSON file; its content is nodes in the
 :class:`~.store.NodeStore`: one node per cell (so identical cells are stored
 once) and one commit node per version (parents, cell keys and ids, notebook
 metadata, synced-topic states, author, time, message). A fork is only a new
@@ -9,7 +9,10 @@ descriptor pointing at the parent's head: it copies no cell, and starts its
 own copies of the workspace's topics. A merge is three-way against the fork's
 base and changes nothing when it finds a conflict, unless a strategy or force
 is given (the rules of both are in :mod:`.merging`). One peer at a time holds a
-workspace's writer lease; others get :class:`NotWritable`.
+workspace's writer lease; others get :class:`NotWritable`. A workspace belongs
+to the user who published it (a fork to the user who forked it): the peers of
+other users read, follow and fork it, and never write it - publish onto it,
+claim its lease, merge into it (:func:`~.access.check_workspace_write`).
 
 Plain Python: the handlers and the hub's ops call it, and it reports new heads
 to ``on_head`` so the server can write followers' copies.
@@ -39,6 +42,7 @@ import nbformat
 
 from ..core.errors import NotWritable, SpindelError, WorkspaceExists, WorkspaceNotFound
 from . import durable, merging
+from .access import check_workspace_write
 from .store import NodeStore
 from .topics import TopicStore
 
@@ -120,8 +124,10 @@ class Registry:
         path: str | None = None,
         topics: dict[str, Any] | None = None,
         roles: dict[str, str] | None = None,
+        user: str = "",
     ) -> dict[str, Any]:
-        """Store ``notebook`` as the new head of ``name`` (creating it); only the lease holder may.
+        """Store ``notebook`` as the new head of ``name`` (creating it, as ``user``'s); only the lease
+        holder, a peer of that user, may.
 
         ``topics`` are the states of the notebook's synced topics, kept in the
         commit; ``roles`` says how followers wire each (subscriber or bidirectional).
@@ -129,7 +135,7 @@ class Registry:
         _check_name(name)
         descriptor = self.workspaces.get(name)
         if descriptor is not None:
-            self._check_writer(descriptor, peer)
+            self._check_writer(descriptor, peer, user)
         parents = [descriptor["head"]] if descriptor and descriptor.get("head") else []
         same_as = parents[0] if parents else None
         head = self._commit(normalized(notebook), parents, peer, message, topics or {}, same_as)
@@ -140,6 +146,7 @@ class Registry:
         if descriptor is None:
             descriptor = {
                 "name": name,
+                "user": user,
                 "owner": None,
                 "head": head,
                 "fork_of": None,
@@ -166,9 +173,10 @@ class Registry:
         self._saved(descriptor, new_head=True)
         return self._public(descriptor)
 
-    def fork(self, name: str, new: str, peer: str, path: str | None = None) -> dict[str, Any]:
-        """A new workspace ``new`` at ``name``'s head, owned by ``peer``: a pointer, no cell copied;
-        the workspace's topics are copied, the fork's own from now on (see :mod:`.merging`)."""
+    def fork(self, name: str, new: str, peer: str, path: str | None = None, user: str = "") -> dict[str, Any]:
+        """A new workspace ``new`` at ``name``'s head, ``user``'s, its lease held by ``peer``: a pointer,
+        no cell copied; the workspace's topics are copied, the fork's own from now on (see
+        :mod:`.merging`)."""
         _check_name(new)
         parent = self._descriptor(name)
         if new in self.workspaces:
@@ -176,6 +184,7 @@ class Registry:
         now = self.clock()
         descriptor = {
             "name": new,
+            "user": user,
             "owner": {"peer": peer, "expires": now + self.lease_seconds},
             "head": parent["head"],
             "hub": parent.get("hub", ""),
@@ -201,13 +210,15 @@ class Registry:
             self.store.put(_content(cell), batch)
         batch.sync()
 
-    def claim(self, name: str, peer: str, force: bool = False) -> dict[str, Any]:
-        """Take (or renew) the lease of ``name``; refused while another peer holds it, unless forced."""
+    def claim(self, name: str, peer: str, force: bool = False, user: str = "") -> dict[str, Any]:
+        """Take (or renew) the lease of ``name`` for ``peer`` of ``user``; refused to the peers of other
+        users, and while another peer holds it, unless forced."""
         descriptor = self._descriptor(name)
+        self.check_user(descriptor, user)
         holder = self._holder(descriptor)
         if holder not in (None, peer):
             if not force:
-                self._check_writer(descriptor, peer)
+                self._check_writer(descriptor, peer, user)
             log.warning("spindel: %r took the lease of workspace %r from %r by force", peer, name, holder)
         descriptor["owner"] = {"peer": peer, "expires": self.clock() + self.lease_seconds}
         self._saved(descriptor, new_head=False)
@@ -257,24 +268,33 @@ class Registry:
         )
 
     def merge(
-        self, fork: str, peer: str, strategy: str | None = None, force: bool = False, into: str | None = None
+        self,
+        fork: str,
+        peer: str,
+        strategy: str | None = None,
+        force: bool = False,
+        into: str | None = None,
+        user: str = "",
     ) -> dict[str, Any]:
         """Merge ``fork`` back into the workspace it was forked from: cells three-way against the
         fork base, topics by their kind (see :mod:`.merging`).
 
         Any conflict aborts the whole merge with :class:`MergeConflict` listing
         the conflicting cells or topics, unless ``strategy`` (ours, theirs, union)
-        or ``force`` (theirs wins) is given. Needs the parent's lease.
+        or ``force`` (theirs wins) is given. Needs the parent's lease, held by a peer of the user
+        whose the parent is, and the topics it brings back to be that user's to write.
         """
         merging.check_strategy(strategy)
         source = self._descriptor(fork)
         if not source.get("fork_of"):
             raise SpindelError(f"{fork!r} is not a fork: merge a fork into the workspace it came from")
         parent = self._descriptor(into or source["fork_of"]["workspace"])
-        self._check_writer(parent, peer, merging=fork)
+        self._check_writer(parent, peer, user, merging=fork)
         folds = merging.topics_back(self.topics, source, strategy, force)
+        for _, original, _ in folds:
+            self.topics.check_write(original, user)
         result = self._merge_cells(source, parent, peer, strategy, force)
-        folded = [self.topics.fold(forked, original, take_theirs) for forked, original, take_theirs in folds]
+        folded = [self.topics.fold(forked, original, theirs, user) for forked, original, theirs in folds]
         if any(folded) and not result["merged"]:
             reason = f"only the topics of {fork!r} had changes: they were merged back; its cells had none"
             result = {**result, "merged": True, "reason": reason, "workspace": self._public(parent)}
@@ -323,8 +343,12 @@ class Registry:
             return str(peer)
         return None
 
-    def _check_writer(self, descriptor: dict[str, Any], peer: str, merging: str | None = None) -> None:
-        """Pass if ``peer`` holds the lease; else say who does, and what to do (merging: not to fork)."""
+    def _check_writer(
+        self, descriptor: dict[str, Any], peer: str, user: str, merging: str | None = None
+    ) -> None:
+        """Pass if ``peer`` (of ``user``) may write the workspace and holds its lease; else say why, and
+        what to do (merging: not to fork)."""
+        self.check_user(descriptor, user, merging)
         holder = self._holder(descriptor)
         name = descriptor["name"]
         if holder == peer:
@@ -344,6 +368,11 @@ class Registry:
             f"workspace {name!r} is held by {holder!r}; fork it to edit your own copy, "
             f"or claim it once {holder!r} has left and the lease has ended"
         )
+
+    @staticmethod
+    def check_user(descriptor: dict[str, Any], user: str, merging: str | None = None) -> None:
+        """Pass if the peers of ``user`` may write the workspace (``merging``: that fork into it)."""
+        check_workspace_write(descriptor["name"], descriptor.get("user") or "", user, merging)
 
     def peer_renamed(self, old: str, new: str) -> None:
         """A peer was renamed: its leases, published notebooks and followed copies go with it."""

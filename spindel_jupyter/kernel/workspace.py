@@ -12,6 +12,7 @@ runs; its followed copies are rewritten here at every new head.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import crdt
-from ..core.errors import SpindelError
+from ..core.errors import NotWritable, SpindelError
 from ..core.protocol import LWW, OWN
 from ..core.signals import Signal
 from ..peer import client, sync
@@ -137,10 +138,12 @@ def _wire(name: str, descriptor: dict[str, Any], prefix: str, writable: bool) ->
     wired: dict[str, Signal[Any]] = {}
     for topic in descriptor.get("topics") or []:
         kind = kinds.get(topic)
+        signal = None
         if writable or roles.get(topic) == "bidirectional":
             start = crdt.type_for(kind)() if kind and kind != LWW else None
-            signal = sync.sync_signal(topic, start)
-        else:
+            with contextlib.suppress(NotWritable):  # another user's topic, shared read-only: mirrored
+                signal = sync.sync_signal(topic, start)
+        if signal is None:
             signal = sync.subscribe_signal(topic)
         wired[topic.removeprefix(prefix)] = signal
     signals[name] = wired

@@ -7,6 +7,13 @@ topic's replica is bound to this process: its value lives in a :class:`Signal`
 (whose lock serializes the topic's writes, applies and handshakes), its frames
 go through the process's peer, and what arrives is applied on the home thread.
 
+A topic belongs to the user of the peer that created it; other users read it,
+and write it only if its owner shares it with ``others="write"``. The hub
+refuses what they may not write: following to write raises :class:`NotWritable`
+at once, and a write refused later (the owner made the topic read-only since)
+is reported, the topic becomes a read-only mirror here and takes the hub's
+value again, so it never silently diverges.
+
 A write goes out at once, unless the topic sent a frame less than
 :data:`BURST_SECONDS` ago: then it is held back, joined with the writes that
 follow (a plain value: replaced by the next), and sent as one frame from the
@@ -27,9 +34,9 @@ from typing import Any
 
 from ..core import crdt, wire
 from ..core.clock import HybridClock
-from ..core.errors import NotConnected
+from ..core.errors import NotConnected, NotWritable, SpindelError
 from ..core.home import home
-from ..core.protocol import ACK, LWW, PUB, SNAP, UNSUB, from_wire
+from ..core.protocol import ACK, ERROR, LWW, OTHERS, PUB, SNAP, UNSUB, from_wire
 from ..core.replica import Change, Frame, Replica, kind_of
 from ..core.signals import Signal
 from . import client
@@ -115,29 +122,58 @@ class _Topic(Replica):
         with self.signal._lock, self._sending:
             return self.handshake(request_id, self.signal.value)
 
+    def take(self, header: dict[str, Any], body: bytes) -> None:
+        """Take the hub's state as the value, whatever this side holds (it wrote what it may not)."""
+        with self.signal._lock:
+            self.stamp = None
+            self.signal._apply_remote(self.apply(None, [(header, body)], full_state=True))
 
-def _follow(name: str, signal: Signal[Any], mode: str, kind: str | None) -> Signal[Any]:
+
+def _follow(
+    name: str, signal: Signal[Any], mode: str, kind: str | None, others: str | None = None
+) -> Signal[Any]:
+    if others is not None and others not in OTHERS:
+        raise SpindelError(f"others={others!r}: other users either 'read' the topic or 'write' it too")
     peer = client.current_peer()
     _attach(peer)
     topic = _Topic(name, signal, mode, kind)
+    topic.others = others
     with _lock:
-        old = _topics.pop(name, None)
-    if old is not None:
-        _stop(old, peer)
-    if mode == "mirror":
-        signal._read_only = f"topic {name!r} is a read-only mirror here; use sync_signal to write to it"
-    else:
-        signal._add_writer(topic.write)
+        old = _topics.get(name)
+    if old is not None:  # the hub takes the new way of following in place of the old one
+        _unbind(old)
+    _bind(topic)
     with _lock:
         _topics[name] = topic
     header, body = _subscribe(peer, topic)
-    if header.get("error"):
+    if header.get("error"):  # the hub changed nothing: the topic is followed as it was, if it was
+        _unbind(topic)
         with _lock:
-            _topics.pop(name, None)
-        signal._remove_writer(topic.write)
+            if old is None:
+                _topics.pop(name, None)
+            else:
+                _topics[name] = old
+        if old is not None:
+            _bind(old)
         raise from_wire(header["error"])
+    topic.others = None  # said once: a handshake after a reconnection does not say it again
     topic.receive(header, body, full_state=True)
     return signal
+
+
+def _bind(topic: _Topic, read_only: str = "") -> None:
+    """Have ``topic``'s signal publish its writes, or, followed as a mirror, refuse them."""
+    if topic.mode == "mirror":
+        topic.signal._read_only = read_only or (
+            f"topic {topic.name!r} is a read-only mirror here; use sync_signal to write to it"
+        )
+    else:
+        topic.signal._add_writer(topic.write)
+
+
+def _unbind(topic: _Topic) -> None:
+    topic.signal._remove_writer(topic.write)
+    topic.signal._read_only = None
 
 
 def _subscribe(peer: client.Peer, topic: _Topic) -> Change:
@@ -159,8 +195,7 @@ def _subscribe(peer: client.Peer, topic: _Topic) -> Change:
 
 
 def _stop(topic: _Topic, peer: client.Peer) -> None:
-    topic.signal._remove_writer(topic.write)
-    topic.signal._read_only = None
+    _unbind(topic)
     if peer.connected:
         peer.send_frame({"t": UNSUB, "topic": topic.name})
 
@@ -207,9 +242,42 @@ def _on_snap(header: dict[str, Any], body: memoryview) -> None:
         return
     topic = _topics.get(str(header.get("topic")))
     if header.get("error"):
-        log.warning("spindel: topic %r: %s", header.get("topic"), header["error"].get("message"))
+        _report(str(header.get("topic")), header["error"])
     elif topic is not None and topic.mode != "export":
         home().call(_guarded, topic.receive, header, body.tobytes(), True)
+
+
+def _on_error(header: dict[str, Any], body: memoryview) -> None:
+    """An error frame: about a topic followed here (a write refused), or anything else (logged)."""
+    name = header.get("topic")
+    if isinstance(name, str) and name in _topics:
+        _report(name, header)
+    else:
+        log.info("spindel: the hub reported: %s", header.get("message"))
+
+
+def _report(name: str, error: dict[str, Any]) -> None:
+    """The hub refused this peer's writes of topic ``name``: say so, and follow it read-only from now."""
+    exc = from_wire(error)
+    log.warning("spindel: %s", exc)
+    if isinstance(exc, NotWritable):
+        home().call(_guarded, _read_only, name, str(exc))
+
+
+def _read_only(name: str, message: str) -> None:
+    """Follow ``name`` as a mirror from now, its value the hub's (a write here was refused)."""
+    old = _topics.get(name)
+    if old is None or old.mode == "mirror":
+        return
+    peer = client.current_peer()
+    _unbind(old)
+    mirror = _Topic(name, old.signal, "mirror", old.kind)
+    _bind(mirror, message)
+    with _lock:
+        _topics[name] = mirror
+    header, body = _subscribe(peer, mirror)
+    if not header.get("error"):
+        mirror.take(header, body)
 
 
 def _on_ack(header: dict[str, Any], body: memoryview) -> None:
@@ -249,6 +317,7 @@ def _attach(peer: client.Peer) -> None:
     peer.on_frame(PUB, _on_pub)
     peer.on_frame(SNAP, _on_snap)
     peer.on_frame(ACK, _on_ack)
+    peer.on_frame(ERROR, _on_error)
     peer.on_connect(lambda: _resubscribe(peer))
 
 
@@ -269,25 +338,35 @@ def followed(topic: str) -> Signal[Any] | None:
     return entry.signal if entry is not None else None
 
 
-def sync_signal(topic: str, signal_or_value: Any = None) -> Signal[Any]:
+def sync_signal(topic: str, signal_or_value: Any = None, *, others: str | None = None) -> Signal[Any]:
     """Keep a signal equal on every peer that syncs ``topic``; returns the Signal.
 
     Pass a :class:`Signal`, or a value to start one with (a CRDT from
     :mod:`spindel_jupyter.crdt` makes a convergent topic). The signal holds the
     union of everyone's state when this returns. A plain starting value stays
     local until the first write: a value the topic already has wins over it.
+
+    ``others``: whether other users may ``"write"`` the topic too (the default
+    for a topic this creates) or only ``"read"`` it; only the topic's owner (the
+    user who created it) may say. Raises :class:`NotWritable` for a topic of
+    another user who shares it read-only.
     """
     signal = signal_or_value if isinstance(signal_or_value, Signal) else Signal(signal_or_value)
     value = signal.value
     if value is not None and not crdt.is_convergent(value):
         wire.encode(value, where=f"the value of topic {topic!r}")
-    return _follow(topic, signal, "sync", kind_of(value) if value is not None else None)
+    return _follow(topic, signal, "sync", kind_of(value) if value is not None else None, others)
 
 
-def export_signal(topic: str, signal: Signal[Any]) -> Signal[Any]:
-    """Publish ``signal``'s changes to ``topic`` without taking anyone else's."""
+def export_signal(topic: str, signal: Signal[Any], *, others: str | None = None) -> Signal[Any]:
+    """Publish ``signal``'s changes to ``topic`` without taking anyone else's.
+
+    ``others``: whether other users only ``"read"`` the topic (the default for a
+    topic this creates) or may ``"write"`` it too; only the topic's owner (the
+    user who created it) may say.
+    """
     value = signal.value
-    return _follow(topic, signal, "export", kind_of(value) if value is not None else LWW)
+    return _follow(topic, signal, "export", kind_of(value) if value is not None else LWW, others)
 
 
 def subscribe_signal(topic: str) -> Signal[Any]:

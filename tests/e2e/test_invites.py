@@ -139,11 +139,12 @@ def test_an_invited_kernel_follows_forks_and_publishes_where_it_runs(
         fork = tmp_path / "forks" / "inv-lesson-visiting.ipynb"
         assert sources(fork) == ["a = 1", "b = 20"]
         assert hub.get("spindel/api/workspaces/inv-lesson-visiting")["path"] is None
-        # what the hub refuses an invited peer reaches its kernel as Forbidden, naming the rule
+        # what the hub refuses an invited peer reaches its kernel naming the rule
         head = hub.get("spindel/api/workspaces/inv-lesson")["head"]
         out = kernel.run("%spin_merge inv-lesson-visiting")
-        assert out.error is not None and out.error["ename"] == "Forbidden"
-        assert "cannot merge into a workspace whose notebook is a file on the server" in out.error["evalue"]
+        # An invited peer is a user of its own: the server user's workspace is read-only to it.
+        assert out.error is not None and out.error["ename"] == "NotWritable"
+        assert "read-only to user invite:visiting: ask" in out.error["evalue"]
         assert hub.get("spindel/api/workspaces/inv-lesson")["head"] == head
         out = kernel.run("%spin_invite --as more")
         assert out.error is not None and out.error["ename"] == "Forbidden"

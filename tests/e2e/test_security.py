@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from spindel_jupyter.core import wire
-from spindel_jupyter.core.errors import BadName, Forbidden, HubError, NotServed
+from spindel_jupyter.core.errors import BadName, Forbidden, HubError, NotServed, NotWritable
 from spindel_jupyter.core.protocol import from_wire
 from spindel_jupyter.peer.client import Peer
 from tests.support import REPO, HubServer, Kernel, NatsServer, wait_until
@@ -126,7 +126,7 @@ class World:
         peer = {OWN: self.own, INVITED: self.guest, MESH: self.remote}[who]
         try:
             return peer.request(None, f"workspace.{op}", arguments, timeout=30)
-        except Forbidden as exc:
+        except (Forbidden, NotWritable) as exc:  # NotWritable: a workspace of another user
             raise Refused(str(exc)) from None
 
     def on_b(self, name: str) -> dict[str, Any] | None:
@@ -565,7 +565,10 @@ ROWS: dict[str, tuple[Callable[[World, str], None], tuple[str, str, str, str]]] 
         merge_into_no_file,
         (ALLOWED, ALLOWED, ALLOWED, ALLOWED),
     ),
-    "claim a workspace's writer lease": (claim_a_lease, (ALLOWED, ALLOWED, ALLOWED, ALLOWED)),
+    "claim the writer lease of a workspace of the server's user": (
+        claim_a_lease,
+        (ALLOWED, REFUSED, ALLOWED, ALLOWED),
+    ),
     "overwrite a file the hub does not keep for that workspace": (
         overwrite_a_foreign_file,
         (REFUSED, REFUSED, REFUSED, REFUSED),

@@ -1,5 +1,7 @@
 """Peers of several users: each carries the user its server admitted it for, and a kernel serves a
-user's peers by the user's name (``--allow user:NAME``), across servers."""
+user's peers by the user's name (``--allow user:NAME``), across servers. A user's topics and
+workspaces are that user's: other users read them, and write them only as the owner lets them (a
+topic shared with ``others='write'``) or through a fork."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ from typing import Any
 
 import pytest
 
+from spindel_jupyter.core import codes, wire
 from spindel_jupyter.core.errors import NotServed
+from spindel_jupyter.core.protocol import ERROR, SNAP
 from spindel_jupyter.peer.client import Peer
-from tests.support import HubServer, NatsServer, value_of, wait_until
+from tests.e2e.test_workspaces import post, save, sources
+from tests.support import HubServer, Kernel, NatsServer, converges, value_of, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +166,186 @@ def test_a_served_function_knows_who_calls_it_as_the_hubs_stamped_it(classroom: 
         "student",
         "student",
     ]
+
+
+# -- scoped data: topics and workspaces of a user, read-only to the others --------------------------
+
+
+@pytest.fixture(scope="module")
+def learner(classroom: dict[str, Any]) -> Iterator[Kernel]:
+    """A kernel of the student's server."""
+    kernel = classroom["student"].start_notebook_kernel("learner.ipynb")
+    kernel.ok("%load_ext spindel_jupyter\nfrom spindel_jupyter import Signal, subscribe_signal, sync_signal")
+    yield kernel
+    kernel.shutdown()
+
+
+def topic(server: HubServer, name: str) -> dict[str, Any] | None:
+    return next((t for t in server.get("spindel/api/topics") if t["name"] == name), None)
+
+
+READ_ONLY = (
+    "topic 'progress' is read-only to user student: it belongs to user teacher; "
+    "read it with subscribe_signal, or ask teacher to share it with others='write'"
+)
+
+
+def test_a_topic_the_teacher_exports_is_read_by_the_student_and_never_written(
+    classroom: dict[str, Any], learner: Kernel
+) -> None:
+    grader, student = classroom["grader"], classroom["student"]
+    grader.ok(
+        "from spindel_jupyter import Signal, export_signal\nprogress = export_signal('progress', Signal(1))"
+    )
+    learner.ok("progress = subscribe_signal('progress')")
+    grader.ok("progress.set(2)")
+    converges([learner], "progress.value", 2)
+    wait_until(lambda: (topic(student, "progress") or {}).get("owner") == "teacher", what="the owner on B")
+    assert {k: topic(student, "progress")[k] for k in ("owner", "others")} == {
+        "owner": "teacher",
+        "others": "read",
+    }
+
+    out = learner.run("sync_signal('progress', 5)")  # a student's kernel that would write it
+    assert out.error is not None and out.error["ename"] == "NotWritable", out.error
+    assert out.error["evalue"] == READ_ONLY
+    out = learner.run("progress.set(5)")  # the mirror, as before
+    assert out.error is not None and out.error["ename"] == "NotWritable"
+
+    # A hostile peer of the student's server sends the frames itself: its hub refuses them.
+    hostile = Peer(student.ws_url, "hostile", student.token, kind="script", session="hostile")
+    refusals: list[dict[str, Any]] = []
+    hostile.on_frame(ERROR, lambda header, body: refusals.append(header))
+    hostile.on_frame(SNAP, lambda header, body: refusals.append(header))
+    hostile.start()
+    try:
+        forged = wire.encode(666)
+        hostile.send_frame(
+            {"t": "pub", "topic": "progress", "kind": "lww", "seq": 1, "stamp": [2**40, 0, "x"]}, forged
+        )
+        sub = {
+            "t": "sub",
+            "id": 7,
+            "topic": "progress",
+            "mode": "sync",
+            "kind": "lww",
+            "stamp": [2**40, 0, "x"],
+        }
+        hostile.send_frame(sub, forged)
+        hostile.send_frame({**sub, "id": 8, "mode": "mirror", "others": "write"}, None)
+        wait_until(lambda: len(refusals) == 3, what="the hub's three answers")
+    finally:
+        hostile.close()
+    pub_refused, sub_refused, mode_refused = refusals
+    assert pub_refused["code"] == codes.NOT_WRITABLE and pub_refused["topic"] == "progress"
+    assert pub_refused["message"] == READ_ONLY
+    assert sub_refused["error"]["message"] == READ_ONLY
+    assert "only teacher can change who else writes it" in mode_refused["error"]["message"]
+    assert student.get("spindel/api/stats")["changes_refused"] >= 1
+
+    # The teacher's value is unchanged, for everyone; the teacher goes on writing.
+    assert value_of(grader, "progress.value") == 2
+    assert topic(classroom["teacher"], "progress")["summary"] == "2"
+    assert value_of(learner, "progress.value") == 2
+    grader.ok("progress.set(3)")
+    converges([learner], "progress.value", 3)
+
+
+def test_a_topic_the_teacher_shares_with_others_write_is_the_students_to_write_until_made_read_only(
+    classroom: dict[str, Any], learner: Kernel
+) -> None:
+    grader, student = classroom["grader"], classroom["student"]
+    grader.ok("from spindel_jupyter import sync_signal\nboard = sync_signal('board', 0)\nboard.set(1)")
+    wait_until(lambda: topic(student, "board") is not None, what="the board on B")
+    learner.ok("board = sync_signal('board')")
+    converges([learner], "board.value", 1)
+    learner.ok("board.set(5)")
+    converges([grader], "board.value", 5)
+
+    # The teacher makes it read-only to others: the student's next write is refused by the hubs,
+    # the student's kernel says so and takes the teacher's value back, and writes no more.
+    grader.ok("board = sync_signal('board', board, others='read')")
+    wait_until(lambda: topic(student, "board")["others"] == "read", what="the new scope on B")
+    learner.ok("board.set(6)")
+    converges([learner], "board.value", 5)
+    out = learner.run("board.set(7)")
+    assert out.error is not None and out.error["ename"] == "NotWritable"
+    assert "it belongs to user teacher" in out.error["evalue"]
+    assert value_of(grader, "board.value") == 5
+    grader.ok("board.set(8)")
+    converges([learner], "board.value", 8)
+
+
+def workspace_refusal(name: str, user: str = "student") -> str:
+    return (
+        f"workspace {name!r} belongs to user teacher and is read-only to user {user}: "
+        f"fork it (%spin_fork {name} NEW) and write the fork"
+    )
+
+
+def test_the_teachers_workspace_is_read_only_to_the_student_who_forks_to_write(
+    classroom: dict[str, Any], learner: Kernel
+) -> None:
+    teacher, student, grader = classroom["teacher"], classroom["student"], classroom["grader"]
+    save(teacher, "lecture.ipynb", "a = 1", "b = 2")
+    status, published = post(teacher, "spindel/api/workspaces", {"name": "lecture", "path": "lecture.ipynb"})
+    assert status == 200 and published["user"] == "teacher", published
+    wait_until(
+        lambda: any(w["name"] == "lecture" for w in student.get("spindel/api/workspaces")),
+        what="lecture on B",
+    )
+    head = published["head"]
+
+    # REST requests of the student's server.
+    notebook = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    for path, body in (
+        ("spindel/api/workspaces", {"name": "lecture", "notebook": notebook}),
+        ("spindel/api/workspaces/lecture/claim", {"force": True}),
+    ):
+        status, answer = post(student, path, body)
+        assert (status, answer["code"], answer["message"]) == (
+            409,
+            codes.NOT_WRITABLE,
+            workspace_refusal("lecture"),
+        )
+
+    # The magics and the Python API of a student's kernel.
+    for line in ("%spin_publish lecture", "%spin_claim lecture --force"):
+        out = learner.run(line)
+        assert out.error is not None and out.error["ename"] == "NotWritable", (line, out.error)
+        assert out.error["evalue"] == workspace_refusal("lecture")
+    out = learner.run("from spindel_jupyter import workspace\nworkspace.claim('lecture', force=True)")
+    assert out.error is not None and out.error["evalue"] == workspace_refusal("lecture")
+
+    # Reading, following and forking stay open; the fork is the student's to write.
+    assert post(student, "spindel/api/workspaces/lecture/follow", {})[0] == 200
+    learner.ok("%spin_fork lecture lecture-student")
+    fork = student.get("spindel/api/workspaces/lecture-student")
+    assert fork["user"] == "student"
+    save(student, "forks/lecture-student.ipynb", "a = 1", "b = 20")
+    status, answer = post(
+        student,
+        "spindel/api/workspaces",
+        {"name": "lecture-student", "path": "forks/lecture-student.ipynb", "as": "learner"},
+    )
+    assert status == 200, answer
+
+    # Merging into the teacher's workspace is the teacher's: refused to the student, done by the teacher.
+    status, answer = post(student, "spindel/api/workspaces/lecture-student/merge", {})
+    assert status == 409 and "ask teacher to merge it (%spin_merge lecture-student)" in answer["message"]
+    out = learner.run("%spin_merge lecture-student")
+    assert out.error is not None and "belongs to user teacher" in out.error["evalue"]
+    assert teacher.get("spindel/api/workspaces/lecture")["head"] == head  # unchanged by the student
+    wait_until(
+        lambda: teacher.get("spindel/api/workspaces/lecture-student")["head"] != head, what="the fork on A"
+    )
+    status, answer = post(teacher, "spindel/api/workspaces/lecture-student/merge", {})
+    assert status == 200 and answer["merged"], answer
+    assert sources(teacher, "lecture.ipynb") == ["a = 1", "b = 20"]
+    # The teacher's own peers write it as before (the grader kernel's user is the teacher).
+    assert (
+        grader.ok("from spindel_jupyter import workspace\nworkspace.claim('lecture', force=True)['user']")
+        .text()
+        .strip()
+        == "'teacher'"
+    )

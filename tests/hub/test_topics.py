@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spindel_jupyter.core import codes, wire
 from spindel_jupyter.core.crdt import GSet, ORSet, replica
 from spindel_jupyter.core.protocol import HUB
 from spindel_jupyter.hub import durable, topics
 from spindel_jupyter.hub.relay import Relay
-from spindel_jupyter.hub.topics import FLUSH_DELAY, TopicStore
+from spindel_jupyter.hub.topics import FLUSH_DELAY, Scope, TopicStore
 from tests.hub.conftest import Events
 from tests.hub.test_relay import RecordingLink, join
 
@@ -551,3 +553,166 @@ def test_on_a_loop_changes_arriving_together_are_relayed_as_one(tmp_path: Path) 
 
     asyncio.run(scenario())
     assert reloaded(tmp_path) == {"a1", "a2", "b1", "c1"}
+
+
+# -- topics of users: whose a topic is, and who else writes it ---------------------------------------
+
+
+def user_of(member: Any, user: str) -> Any:
+    """``member`` as the hub admits a peer of ``user`` (the WebSocket handler stamps it so)."""
+    member.user = user
+    return member
+
+
+def classroom(relay: Relay) -> tuple[Any, RecordingLink, Any, RecordingLink]:
+    """A peer of user teacher and one of user student, on one hub."""
+    (teacher, t_link), (student, s_link) = join(relay, "grader"), join(relay, "work")
+    return user_of(teacher, "teacher"), t_link, user_of(student, "student"), s_link
+
+
+def test_an_exported_topic_is_its_creators_and_read_only_to_other_users(relay: Relay) -> None:
+    teacher, _, student, s_link = classroom(relay)
+    sub(relay, teacher, "progress", mode="export", kind="lww", body=wire.encode(1), stamp=[5, 0, "grader"])
+    sub(relay, student, "progress", mode="mirror")
+    snap = s_link.of("snap")[-1]
+    assert (snap[0]["owner"], snap[0]["others"], snap[1]) == ("teacher", "read", 1)
+    listed = relay.topics.list()[0]
+    assert (listed["owner"], listed["others"]) == ("teacher", "read")
+
+    pub(relay, student, "progress", "lww", wire.encode(99), stamp=[9, 0, "work"])
+    error = s_link.last("error")
+    assert error["code"] == codes.NOT_WRITABLE and error["topic"] == "progress"
+    assert error["message"] == (
+        "topic 'progress' is read-only to user student: it belongs to user teacher; "
+        "read it with subscribe_signal, or ask teacher to share it with others='write'"
+    )
+    assert wire.decode(relay.topics.topics["progress"].state) == 1  # unchanged for everyone
+    assert s_link.of("ack") == [] and relay.topics.refused == 1
+    pub(relay, teacher, "progress", "lww", wire.encode(2), stamp=[10, 0, "grader"])
+    assert pubs(s_link)[-1][1] == 2  # the hub goes on serving everyone
+
+
+def test_another_user_cannot_follow_a_read_only_topic_to_write_it_and_ships_nothing(relay: Relay) -> None:
+    teacher, _, student, s_link = classroom(relay)
+    with replica("rt"):
+        sub(
+            relay, teacher, "answers", mode="export", kind="orset", body=wire.encode(ORSet().add("a").state())
+        )
+    with replica("rs"):
+        forged = wire.encode(ORSet().add("forged").state())
+    for mode in ("sync", "export"):
+        sub(relay, student, "answers", mode=mode, kind="orset", body=forged)
+        error = s_link.of("snap")[-1][0]["error"]
+        assert error["code"] == codes.NOT_WRITABLE and "belongs to user teacher" in error["message"]
+    assert relay.topics.topics["answers"].state == {"a"}
+    assert student not in relay.topics.topics["answers"].followers
+
+
+def test_a_synced_topic_is_writable_by_other_users_unless_its_owner_says_read(relay: Relay) -> None:
+    teacher, t_link, student, s_link = classroom(relay)
+    sub(relay, teacher, "board", kind="lww")
+    sub(relay, student, "board", kind="lww")
+    assert s_link.of("snap")[-1][0]["others"] == "write"
+    pub(relay, student, "board", "lww", wire.encode("hi"), stamp=[1, 0, "work"])
+    assert pubs(t_link)[-1][1] == "hi"
+
+    sub(relay, student, "board", kind="lww", others="read")  # only the owner's user says who writes
+    error = s_link.of("snap")[-1][0]["error"]
+    assert error["code"] == codes.NOT_WRITABLE
+    assert "only teacher can change who else writes it" in error["message"]
+    assert relay.topics.topics["board"].scope.others == "write"
+
+    sub(relay, teacher, "board", kind="lww", others="read")
+    assert relay.topics.topics["board"].scope.others == "read"
+    pub(relay, student, "board", "lww", wire.encode("late"), seq=2, stamp=[2, 0, "work"])
+    assert s_link.last("error")["code"] == codes.NOT_WRITABLE
+    assert wire.decode(relay.topics.topics["board"].state) == "hi"
+
+
+def test_the_owner_is_stamped_by_the_hub_and_peers_of_one_user_write_alike(relay: Relay) -> None:
+    teacher, _, _, _ = classroom(relay)
+    other, _ = join(relay, "grader2")
+    user_of(other, "teacher")
+    sub(relay, teacher, "t", mode="export", kind="lww", owner="student", user="student")
+    assert relay.topics.topics["t"].scope.owner == "teacher"  # never taken from the frame
+    pub(relay, other, "t", "lww", wire.encode(3), stamp=[1, 0, "grader2"])
+    assert wire.decode(relay.topics.topics["t"].state) == 3
+
+
+def test_whose_a_topic_is_survives_a_restart(tmp_path: Path) -> None:
+    first = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    teacher, _, _, _ = classroom(first)
+    with replica("rt"):
+        sub(first, teacher, "set", mode="export", kind="gset", body=wire.encode(GSet().add(1).state()))
+    pub(first, teacher, "plain", "lww", wire.encode(1), stamp=[5, 0, "grader"])
+    sub(first, teacher, "plain", kind="lww", others="read")
+    second = Relay(1 << 20, TopicStore(tmp_path / "topics"))
+    for name in ("set", "plain"):
+        topic = second.topics.topics[name]
+        assert (topic.scope.owner, topic.scope.others, topic.writer) == ("teacher", "read", "teacher")
+    _, _, student, s_link = classroom(second)
+    pub(second, student, "set", "gset", delta(GSet().add(2)))
+    assert s_link.last("error")["code"] == codes.NOT_WRITABLE
+
+
+def test_a_change_from_another_hub_is_refused_for_a_user_the_owner_did_not_let_write(relay: Relay) -> None:
+    store = relay.topics
+    teacher, _, _, _ = classroom(relay)
+    sub(relay, teacher, "progress", mode="export", kind="lww", body=wire.encode(1), stamp=[5, 0, "grader"])
+    scope = store.topics["progress"].scope
+    # Another hub sends a write of its student, whatever scope it claims: refused here too.
+    assert scope.created is not None
+    later = (scope.created[0] + 1, 0, "B")
+    for claimed in (scope, Scope("student", "write", later, later)):
+        applied = store.merge_remote(
+            "progress", "lww", [9, 0, "work"], wire.encode(99), HUB, False, claimed, "student"
+        )
+        assert not applied
+    assert wire.decode(store.topics["progress"].state) == 1 and store.refused == 2
+    assert store.topics["progress"].scope == scope  # a later creation elsewhere does not take it
+    assert store.merge_remote(
+        "progress", "lww", [9, 0, "grader"], wire.encode(2), HUB, False, scope, "teacher"
+    )
+    assert wire.decode(store.topics["progress"].state) == 2
+
+
+def test_a_topic_first_heard_of_from_another_hub_is_whose_that_hub_says() -> None:
+    store = TopicStore()
+    scope = Scope("teacher", "read", (1, 0, "A"), (1, 0, "A"))
+    store.merge_remote("progress", "lww", None, b"", HUB, True, scope, "teacher")  # its scope alone
+    assert store.topics["progress"].scope == scope and store.topics["progress"].state is None
+    assert not store.merge_remote(
+        "progress", "lww", [2, 0, "w"], wire.encode(1), HUB, False, scope, "student"
+    )
+    shared = Scope("teacher", "write", (1, 0, "A"), (3, 0, "A"))  # the owner shared it since
+    assert store.merge_remote("progress", "lww", [4, 0, "w"], wire.encode(5), HUB, False, shared, "student")
+    assert store.topics["progress"].scope.others == "write"
+
+
+stamps = st.tuples(st.integers(0, 5), st.integers(0, 2), st.sampled_from("AB"))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["teacher", "student"]), stamps, st.sampled_from(["read", "write"]), stamps
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.randoms(),
+)
+def test_every_hub_ends_with_the_same_scope_whatever_order_it_hears_them(
+    heard: list[tuple[str, Any, str, Any]], random: Any
+) -> None:
+    # A creation is one stamp and one owner; each mode change of it is stamped later.
+    owners = {created: owner for owner, created, _, _ in heard}
+    scopes = [Scope(owners[c], others, c, max(c, m)) for _, c, others, m in heard]
+    shuffled = random.sample(scopes, len(scopes))
+    one, other = Scope(), Scope()
+    for scope in scopes:
+        one = one.merged(scope)
+    for scope in shuffled + shuffled:  # heard again, too
+        other = other.merged(scope)
+    assert one == other
+    assert one.created == min(s.created for s in scopes)

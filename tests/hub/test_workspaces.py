@@ -13,7 +13,7 @@ from spindel_jupyter.core.errors import MergeConflict, NotWritable, WorkspaceExi
 from spindel_jupyter.core.protocol import LWW
 from spindel_jupyter.demo import code_notebook as notebook
 from spindel_jupyter.hub.store import NodeStore
-from spindel_jupyter.hub.topics import Topic
+from spindel_jupyter.hub.topics import Scope, Topic, TopicStore
 from spindel_jupyter.hub.workspaces import Registry, normalized, plain
 from tests.hub.conftest import Events
 
@@ -298,3 +298,84 @@ def test_cells_stored_ahead_of_a_publish_leave_it_only_its_commit_to_write(
     registry.publish("lec", content, "teacher")
     nodes = [e for e in disk if e[0] == "rename" and e[1].parent.parent == registry.store.directory]
     assert len(nodes) == 1  # the commit
+
+
+# -- workspaces of users: the publisher's user writes, other users fork ----------------------------
+
+
+def test_a_workspace_is_its_publishers_users_and_read_only_to_other_users(
+    registry: Registry, clock: Clock
+) -> None:
+    published = registry.publish("lecture", notebook("a = 1"), "grader", user="teacher")
+    assert published["user"] == "teacher"
+    refusal = (
+        "workspace 'lecture' belongs to user teacher and is read-only to user student: "
+        "fork it (%spin_fork lecture NEW) and write the fork"
+    )
+    clock.now += 3600  # the teacher's lease has ended: still not the student's to take
+    with pytest.raises(NotWritable) as publishing:
+        registry.publish("lecture", notebook("mine"), "work", user="student")
+    assert str(publishing.value) == refusal
+    for force in (False, True):
+        with pytest.raises(NotWritable, match="belongs to user teacher"):
+            registry.claim("lecture", "work", force=force, user="student")
+    assert sources(registry, "lecture") == ["a = 1"] and registry.get("lecture")["owner"] is None
+
+    # Reading, following and forking stay open; the fork is the student's, and theirs to write.
+    registry.follow("lecture", "work", None)
+    fork = registry.fork("lecture", "lecture-s", "work", user="student")
+    assert fork["user"] == "student"
+    registry.publish("lecture-s", notebook("a = 2"), "work", user="student")
+    with pytest.raises(NotWritable, match="belongs to user student and is read-only to user teacher"):
+        registry.publish("lecture-s", notebook("a = 3"), "grader", user="teacher")
+
+    # Merging into the teacher's workspace is the teacher's to do.
+    with pytest.raises(NotWritable) as merging:
+        registry.merge("lecture-s", "work", user="student")
+    assert str(merging.value) == (
+        "workspace 'lecture' belongs to user teacher and is read-only to user student: "
+        "ask teacher to merge it (%spin_merge lecture-s)"
+    )
+    registry.claim("lecture", "grader", user="teacher")
+    assert registry.merge("lecture-s", "grader", user="teacher")["merged"]
+    assert sources(registry, "lecture") == ["a = 2"]
+
+
+def test_peers_of_one_user_share_a_workspace_as_before(registry: Registry) -> None:
+    registry.publish("lecture", notebook("a"), "grader", user="teacher")
+    registry.claim("lecture", "helper", force=True, user="teacher")
+    registry.publish("lecture", notebook("b"), "helper", user="teacher")
+    assert sources(registry, "lecture") == ["b"]
+
+
+def test_a_forks_topics_are_the_forkers_and_a_merge_brings_back_only_what_they_may_write(
+    tmp_path: Path, clock: Clock
+) -> None:
+    topics = TopicStore()
+    registry = Registry(tmp_path / "ws", NodeStore(tmp_path / "nodes"), 60, clock, topics)
+    topics.merge_remote(
+        "score",
+        LWW,
+        [1, 0, "t"],
+        wire.encode(1),
+        "@hub",
+        False,
+        Scope("teacher", "read", (1, 0, "A"), (1, 0, "A")),
+        "teacher",
+    )
+    states = topics.states(["score"])
+    registry.publish("lecture", notebook("a"), "grader", topics=states, user="teacher")
+    registry.fork("lecture", "lecture-s", "work", user="student")
+    copy = topics.topics["lecture-s/score"]
+    assert (copy.scope.owner, copy.scope.others) == ("student", "read")
+    registry.claim("lecture", "grader", user="teacher")
+    topics.merge_remote("lecture-s/score", LWW, [9, 0, "w"], wire.encode(7), "@hub", False, None, "student")
+    assert registry.merge("lecture-s", "grader", strategy="theirs", user="teacher")["merged"]
+    assert wire.decode(topics.topics["score"].state) == 7
+    # A workspace of no one in particular whose topic is another user's: that topic is not folded in.
+    registry.publish("open", notebook("a"), "work", topics=states, user="")
+    registry.fork("open", "open-s", "work", user="student")
+    topics.merge_remote("open-s/score", LWW, [20, 0, "w"], wire.encode(8), "@hub", False, None, "student")
+    with pytest.raises(NotWritable, match="topic 'score' is read-only to user student"):
+        registry.merge("open-s", "work", strategy="theirs", user="student")
+    assert wire.decode(topics.topics["score"].state) == 7
