@@ -138,6 +138,8 @@ def _follow(
     _attach(peer)
     topic = _Topic(name, signal, mode, kind)
     topic.others = others
+    if mode == "export" and kind == LWW and signal.value is not None:
+        topic.stamp = topic.clock.now(topic.peer())  # what it exports is the topic's value from now
     with _lock:
         old = _topics.get(name)
     if old is not None:  # the hub takes the new way of following in place of the old one
@@ -359,7 +361,7 @@ def sync_signal(topic: str, signal_or_value: Any = None, *, others: str | None =
 
 
 def export_signal(topic: str, signal: Signal[Any], *, others: str | None = None) -> Signal[Any]:
-    """Publish ``signal``'s changes to ``topic`` without taking anyone else's.
+    """Publish ``signal`` to ``topic``: its value now, then its changes, taking no one else's.
 
     ``others``: whether other users only ``"read"`` the topic (the default for a
     topic this creates) or may ``"write"`` it too; only the topic's owner (the

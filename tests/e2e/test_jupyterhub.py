@@ -224,3 +224,43 @@ def test_the_lesson_and_the_homework_of_make_demo_hub_run_by_hand(
         except BaseException:
             _failed(browser, hub, request)
             raise
+
+
+def opens(page: Page, url: str) -> bool:
+    """Whether ``page``'s user gets ``url`` (an HTTP route), or opens it (a WebSocket)."""
+    if url.startswith("ws"):
+        script = """url => new Promise(done => {
+            const socket = new WebSocket(url);
+            socket.onopen = () => { socket.close(); done(true); };
+            socket.onerror = () => done(false);
+        })"""
+        return bool(page.evaluate(script, url))
+    status = page.request.get(url, max_redirects=0).status
+    assert status in (200, 302, 403), f"{url}: {status}"
+    return status == 200
+
+
+def test_a_user_opens_their_own_server_and_not_another_users(
+    jupyterhub: DemoHub, browser: Browser, request: pytest.FixtureRequest
+) -> None:
+    """The teacher's lab, files, kernels, terminals and hub (REST and WebSocket): hers, not the student's."""
+    hub = jupyterhub
+    server = f"{hub.url}user/teacher/"
+    routes = [
+        f"{server}lab",
+        f"{server}api/contents",
+        f"{server}api/kernels",
+        f"{server}api/terminals",
+        f"{server}spindel/api/peers",
+        f"{server}spindel/api/workspaces",
+        f"ws{server.removeprefix('http')}spindel/ws",
+    ]
+    with ExitStack() as cleanup:
+        try:
+            for user, expected in (("teacher", True), ("student", False)):
+                page = sign_in(browser, hub, user, cleanup)
+                got = {route: opens(page, route) for route in routes}
+                assert got == dict.fromkeys(routes, expected), user
+        except BaseException:
+            _failed(browser, hub, request)
+            raise

@@ -105,6 +105,15 @@ def test_mirror_is_read_only_and_export_takes_nothing(kernels: list[Kernel]) -> 
     assert value_of(k1, "src.value") == 2  # exported, not subscribed
 
 
+def test_an_exported_value_reaches_subscribers_before_any_change(kernels: list[Kernel]) -> None:
+    k1, k2 = kernels[:2]
+    k1.ok("level = export_signal('t6/level', Signal(7))")
+    k2.ok("seen = subscribe_signal('t6/level')")
+    converges([k2], "seen.value", 7)
+    k1.ok("level.set(8)")
+    converges([k2], "seen.value", 8)
+
+
 def test_no_op_changes_no_observer_call_and_frames_stay_bounded(
     kernels: list[Kernel], hub: HubServer
 ) -> None:
