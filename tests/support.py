@@ -463,3 +463,16 @@ def in_mesh(hubs: dict[str, Any], ready: Any, scenario: Any) -> None:
                 await hub.mesh.close()
 
     asyncio.run(main())
+
+
+def security_table(columns: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The rows of SECURITY.md's table headed ``| operation | COLUMNS... |``: each operation's outcomes."""
+    lines = (REPO / "SECURITY.md").read_text().splitlines()
+    start = lines.index(f"| operation | {' | '.join(columns)} |")
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0]] = tuple(cells[1:])
+    return rows

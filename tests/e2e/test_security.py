@@ -18,7 +18,6 @@ import asyncio
 import itertools
 import json
 import queue
-import re
 import secrets
 import threading
 import urllib.error
@@ -34,7 +33,7 @@ from spindel_jupyter.core import wire
 from spindel_jupyter.core.errors import BadName, Forbidden, HubError, NotServed, NotWritable
 from spindel_jupyter.core.protocol import from_wire
 from spindel_jupyter.peer.client import Peer
-from tests.support import REPO, HubServer, Kernel, NatsServer, wait_until
+from tests.support import HubServer, Kernel, NatsServer, security_table, wait_until
 
 OWN, INVITED, MESH, REST = "own peer", "invited peer", "peer of another hub", "REST request"
 COLUMNS = (OWN, INVITED, MESH, REST)
@@ -629,18 +628,7 @@ def test_no_rest_route_for_what_the_table_says_has_none() -> None:
 
 def test_security_md_shows_this_table() -> None:
     """SECURITY.md's table and the cells tested here are the same, word for word."""
-    text = (REPO / "SECURITY.md").read_text()
-    lines = [line for line in text.splitlines() if line.startswith("| ")]
-    start = lines.index(f"| operation | {' | '.join(COLUMNS)} |")
-    rows = {}
-    for line in lines[start + 1 :]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if re.fullmatch(r"-+", cells[0]):
-            continue
-        if len(cells) != 1 + len(COLUMNS):  # the next table
-            break
-        rows[cells[0]] = tuple(cells[1:])
-    assert rows == {row: outcomes for row, (_, outcomes) in ROWS.items()}
+    assert security_table(COLUMNS) == {row: outcomes for row, (_, outcomes) in ROWS.items()}
 
 
 def test_an_invited_peer_cannot_do_what_it_once_could(world: World) -> None:

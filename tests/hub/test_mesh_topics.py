@@ -48,6 +48,12 @@ def live(h: dict[str, Hub]) -> bool:
     return all(hub.topics.live for hub in h.values())
 
 
+def export_progress(teacher: Hub) -> None:
+    """The teacher's peer exports topic ``progress`` at 1 (read-only to other users)."""
+    one = wire.encode(1)
+    sub(teacher.relay, teacher.peer, "progress", mode="export", kind=LWW, body=one, stamp=[5, 0, "t"])
+
+
 def test_whose_a_topic_is_reaches_every_hub_before_it_holds_a_value(nats: NatsServer, tmp_path: Path) -> None:
     async def scenario(h: dict[str, Hub]) -> None:
         teacher, student = h["teacher"], h["student"]
@@ -68,15 +74,7 @@ def test_a_hub_refuses_a_write_another_hub_sends_for_a_user_the_owner_did_not_le
         watcher, watching = join(teacher.relay, "watcher")
         watcher.user = "teacher"
         sub(teacher.relay, watcher, "progress", mode="mirror")
-        sub(
-            teacher.relay,
-            teacher.peer,
-            "progress",
-            mode="export",
-            kind=LWW,
-            body=wire.encode(1),
-            stamp=[5, 0, "t"],
-        )
+        export_progress(teacher)
         await until(lambda: student.value("progress") == 1, "the value on the student's hub")
         scope = student.store.topics["progress"].scope.to_wire()
 
@@ -109,15 +107,7 @@ def test_a_hub_that_joins_later_knows_whose_each_topic_is_from_the_stream(
 ) -> None:
     async def scenario(h: dict[str, Hub]) -> None:
         teacher = h["teacher"]
-        sub(
-            teacher.relay,
-            teacher.peer,
-            "progress",
-            mode="export",
-            kind=LWW,
-            body=wire.encode(1),
-            stamp=[5, 0, "t"],
-        )
+        export_progress(teacher)
         sub(
             teacher.relay,
             teacher.peer,
