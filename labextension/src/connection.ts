@@ -40,6 +40,10 @@ export interface ITopic {
   subscribers: number;
   size: number;
   summary: string;
+  /** The user whose topic it is (who created it), if the hub recorded one. */
+  owner?: string;
+  /** Whether users other than its owner only "read" it or "write" it too. */
+  others?: 'read' | 'write';
 }
 
 /** A workspace, as `{base_url}spindel/api/workspaces` lists it and the hub pushes it. */

@@ -443,17 +443,24 @@ export class SpindelPanel extends Widget {
   private _topicItem(topic: ITopic): HTMLElement {
     const kind = kindLabel(topic.kind);
     const subscribers = `${topic.subscribers} subscriber${topic.subscribers === 1 ? '' : 's'}`;
+    const readOnly = topic.others === 'read';
+    const scope = topic.owner
+      ? `\nuser ${topic.owner}'s: other users ${readOnly ? 'only read it' : 'write it too'}`
+      : '';
     return h(
       'li',
       {
         class: 'jp-SpindelPanel-item jp-SpindelPanel-topic',
         'data-topic': topic.name,
-        title: `${topic.name} (${kind})\n${topic.summary}\n${subscribers}, ${topic.size} bytes stored`
+        title: `${topic.name} (${kind})\n${topic.summary}\n${subscribers}, ${topic.size} bytes stored${scope}`
       },
       h(
         'div',
         { class: 'jp-SpindelPanel-line' },
         h('span', { class: 'jp-SpindelPanel-name' }, topic.name),
+        ...(readOnly
+          ? [h('span', { class: 'jp-SpindelPanel-scope' }, `${topic.owner ?? ''}'s, read-only to others`)]
+          : []),
         h('span', { class: 'jp-SpindelPanel-badge', 'data-kind': topic.kind }, kind)
       ),
       h(

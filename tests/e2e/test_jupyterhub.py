@@ -214,6 +214,11 @@ def test_the_lesson_and_the_homework_of_make_demo_hub_run_by_hand(
             expect(errors.first).to_contain_text("NotServed")
             expect(errors.last).to_contain_text("NotServed")
 
+            # His panel lists her progress topic as hers, read-only to him.
+            topic = show_panel(student).locator('[data-topic="progress"]')
+            expect(topic).to_contain_text("teacher's, read-only to others", timeout=30_000)
+            expect(topic).to_have_attribute("title", re.compile("user teacher's: other users only read it"))
+
             # The teacher runs the progress cell again: the student's two tries, solved.
             teacher.locator(f"{ACTIVE} .jp-CodeCell").last.locator(".cm-content").click()
             teacher.keyboard.press("Shift+Enter")
