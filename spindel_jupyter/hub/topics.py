@@ -89,7 +89,11 @@ class Scope:
         if other.created is not None and (self.created is None or other.created < self.created):
             return other
         same = (other.created, other.owner) == (self.created, self.owner)
-        if not same or other.moded is None or not _later(other.moded, self.moded):
+        if not same or other.moded is None:
+            return self
+        # Two words stamped alike (one hub never stamps two) end alike everywhere: read-only wins.
+        tie = other.moded == self.moded and other.others == READ
+        if not (_later(other.moded, self.moded) or tie):
             return self
         return replace(self, others=other.others, moded=other.moded)
 
