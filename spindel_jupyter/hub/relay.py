@@ -280,6 +280,10 @@ class Relay:
             if to_hub and to_hub != self.hub_name:
                 raise errors.BadFrame(f"frame for {header['to']!r} reached hub {self.hub_name!r}")
             header["to"] = name
+            user = header.get("user")
+            if isinstance(user, str) and user:
+                # Its hub stamped it, as it announces it; a peer that calls at once is not announced yet.
+                member.user = user
             self.frames_in[f"mesh_{kind}"] += 1
             self._route(member, kind, header, body)
         except errors.HubError as exc:

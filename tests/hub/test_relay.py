@@ -332,6 +332,17 @@ def test_a_call_to_a_peer_of_another_hub_goes_to_its_hub_and_its_reply_comes_bac
     assert (reply["from"], reply["scope"], value) == ("bob@B", "mesh", 42)
 
 
+def test_a_call_from_a_peer_another_hub_has_not_announced_yet_carries_the_user_its_hub_stamped(
+    meshed: Any,
+) -> None:
+    relay, _ = meshed
+    _, alice = join(relay, "alice")
+    call = {"t": "req", "op": "call", "to": "alice", "from": "dave", "scope": "own", "user": "student"}
+    from_hub(relay, "B", {**call, "id": 1})
+    header, _ = alice.of("req")[-1]
+    assert (header["from"], header["scope"], header["user"]) == ("dave@B", "mesh", "student")
+
+
 def test_an_unasked_reply_from_another_hub_is_dropped(meshed: Any) -> None:
     relay, _ = meshed
     _, alice = join(relay, "alice")
