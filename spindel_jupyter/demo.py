@@ -1002,11 +1002,12 @@ def start_server(hub_name: str, nats_url: str, timeout: float = 60.0, user: str 
         mesh = (f"--SpindelHub.hub_name={hub_name}", f"--SpindelHub.nats_url={nats_url}")
         return _server_command(port, token, directory / "notebooks", directory / "store", *mesh)
 
+    def ready(port: int) -> bool:
+        return _answers(f"http://127.0.0.1:{port}/api/status", token)
+
     what = f"the Jupyter server of hub {hub_name!r}"
     try:
-        proc, port = _launch(
-            command, functools.partial(_answers, token), what, directory / "server.log", timeout, env
-        )
+        proc, port = _launch(command, ready, what, directory / "server.log", timeout, env)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
@@ -1023,10 +1024,11 @@ def start_server(hub_name: str, nats_url: str, timeout: float = 60.0, user: str 
     return server
 
 
-def _answers(token: str, port: int) -> bool:
-    """Whether the Jupyter server on ``port`` answers its REST API."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/status")
-    request.add_header("Authorization", f"token {token}")
+def _answers(url: str, token: str = "") -> bool:
+    """Whether ``url`` answers (a success), asked with ``token`` if one is given."""
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"token {token}")
     try:
         with urllib.request.urlopen(request, timeout=2):
             return True

@@ -14,6 +14,7 @@ run as the same system user (JupyterHub's ``SimpleLocalProcessSpawner``).
 from __future__ import annotations
 
 import argparse
+import functools
 import hmac
 import json
 import os
@@ -22,10 +23,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,15 @@ from traitlets import Dict, Unicode, default
 from traitlets.config import Config
 
 from .core.errors import SpindelError
-from .demo import _free_port, _listening, _start_process, _stop_process, nats_server_program
+from .demo import (
+    _answers,
+    _free_port,
+    _listening,
+    _start_process,
+    _started,
+    _stop_process,
+    nats_server_program,
+)
 from .hub.mesh import permissions
 
 #: The users of ``make demo-hub``.
@@ -76,7 +83,6 @@ class Settings:
     hub_api_port: int = 0
     proxy_api_port: int = 0
     nats_port: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load_or_make(cls, directory: Path, users: Iterable[str]) -> Settings:
@@ -133,9 +139,6 @@ def configure(c: Config, directory: str | Path) -> None:
     c.Spawner.start_timeout = c.Spawner.http_timeout = 120
     c.Spawner.environment = {"SPINDEL_NATS_URL": lambda spawner: settings.nats_url(spawner.user.name)}
     c.Spawner.env_keep = ["PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL", "JUPYTERHUB_SINGLEUSER_APP"]
-    for key, value in settings.extra.items():
-        section, name = key.split(".", 1)
-        setattr(c[section], name, value)
 
 
 def configurable_http_proxy() -> str:
@@ -155,9 +158,9 @@ def configurable_http_proxy() -> str:
 class DemoHub:
     """A JupyterHub of ``users`` on ``port``, their hubs in one mesh, its state kept in ``directory``.
 
-    ``extra`` sets more JupyterHub config (``{"Spawner.cmd": [...]}``). Each user's home gets a
-    copy of the notebooks it does not have yet of each folder of ``notebooks``: those at its top
-    for everyone, those in its subfolder named after the user for that user.
+    Each user's home gets a copy of the notebooks it does not have yet of each folder of
+    ``notebooks``: those at its top for everyone, those in its subfolder named after the user for
+    that user.
     """
 
     def __init__(
@@ -165,13 +168,11 @@ class DemoHub:
         directory: Path,
         port: int = 8000,
         users: Sequence[str] = USERS,
-        extra: dict[str, Any] | None = None,
         notebooks: Sequence[Path] = (),
     ) -> None:
         self.directory = directory.resolve()
         self.port = port
         self.users = tuple(users)
-        self.extra = extra or {}
         self.notebooks = tuple(notebooks)
         self._nats: subprocess.Popen[bytes] | None = None
         self._hub: subprocess.Popen[bytes] | None = None
@@ -200,7 +201,6 @@ class DemoHub:
         settings = Settings.load_or_make(self.directory, self.users)
         settings.port = self.port
         settings.hub_api_port, settings.proxy_api_port, settings.nats_port = (_free_port() for _ in range(3))
-        settings.extra = self.extra
         settings.save(self.directory)
         self.settings = settings
         for user in self.users:
@@ -215,38 +215,29 @@ class DemoHub:
         nats_conf.write_text(json.dumps(nats_config(settings)))
         store = self.directory / "jetstream"
         nats = [nats_server_program(), "-js", "-sd", str(store), "-c", str(nats_conf)]
-        self._nats = _start_process(
-            [*nats, "-a", "127.0.0.1", "-p", str(settings.nats_port)], self.directory / "nats.log"
-        )
-        self._wait(lambda: _listening(settings.nats_port), self._nats, "nats-server", timeout)
+        nats_log = self.directory / "nats.log"
         (self.directory / CONFIG).write_text(
             "from spindel_jupyter.demo_hub import configure\n\n"
             f"configure(c, {str(self.directory)!r})  # noqa: F821\n"
         )
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        self._hub = _start_process(
-            [sys.executable, "-m", "jupyterhub", "-f", str(self.directory / CONFIG)],
-            self.hub_log,
-            env={**os.environ, "PATH": path},
-        )
-        # Its own port first: asked before it has a route, the proxy logs errors.
-        self._wait(
-            lambda: _answers(f"http://127.0.0.1:{settings.hub_api_port}/hub/api/"),
-            self._hub,
-            "JupyterHub",
-            timeout,
-        )
-        self._wait(lambda: _answers(f"{self.url}hub/api/"), self._hub, "JupyterHub", timeout)
+        try:
+            self._nats = _start_process([*nats, "-a", "127.0.0.1", "-p", str(settings.nats_port)], nats_log)
+            nats_ready = functools.partial(_listening, settings.nats_port)
+            _started(self._nats, nats_ready, "nats-server", nats_log, timeout, retry=False)
+            self._hub = _start_process(
+                [sys.executable, "-m", "jupyterhub", "-f", str(self.directory / CONFIG)],
+                self.hub_log,
+                env={**os.environ, "PATH": path},
+            )
+            # Its own port first: asked before it has a route, the proxy logs errors.
+            for url in (f"http://127.0.0.1:{settings.hub_api_port}/", self.url):
+                hub_ready = functools.partial(_answers, f"{url}hub/api/")
+                _started(self._hub, hub_ready, "JupyterHub", self.hub_log, timeout, retry=False)
+        except BaseException:
+            self.stop()
+            raise
         return self
-
-    def _wait(self, ready: Any, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = self.hub_log if what == "JupyterHub" else self.directory / "nats.log"
-                self.stop()
-                raise SpindelError(f"{what} did not start: {log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
 
     def stop(self) -> None:
         """Stop JupyterHub (which stops the users' servers and its proxy), then the nats-server."""
@@ -265,14 +256,6 @@ class DemoHub:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:  # not listening yet, or its proxy has no route to it yet
-        return False
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -93,7 +93,7 @@ class Scope:
             return self
         # Two words stamped alike (one hub never stamps two) end alike everywhere: read-only wins.
         tie = other.moded == self.moded and other.others == READ
-        if not (_later(other.moded, self.moded) or tie):
+        if not (wins(other.moded, self.moded) or tie):
             return self
         return replace(self, others=other.others, moded=other.moded)
 
@@ -233,11 +233,11 @@ class TopicStore:
                 topic.check_write(member.user)  # a follower that writes: refused before it follows
             if topic is None:
                 member.subscriptions.add(name)
-                self._pending_mirrors.setdefault(name, {})[member] = header["mode"]
+                self._pending_mirrors.setdefault(name, {})[member] = mode
                 member.link.send(wire.pack_frame({**snapshot, "kind": None}))
                 return
             self._settle(topic)
-            topic.followers[member] = header["mode"]
+            topic.followers[member] = mode
             member.subscriptions.add(name)
             self._followers_changed()
             reply = self._join(topic, member, header, body)
@@ -787,10 +787,6 @@ def _file_content(name: str, kind: str, stamp: Stamp | None, state: Any, scope: 
             "writer": writer,
         }
     )
-
-
-def _later(stamp: Stamp, than: Stamp | None) -> bool:
-    return than is None or stamp > than
 
 
 def _stamp(value: Any) -> Stamp:

@@ -111,7 +111,7 @@ class _Server:
         ):
             return
         if call.scope == MESH:
-            let_in = ",".join(sorted({*(self.allow or ()), call.sender}))
+            let_in = ",".join(sorted({*entries, call.sender}))
             of_user = f" (or every peer of its user: --allow {USER}{call.user})" if call.user else ""
             raise NotServed(
                 f"peer {me!r} does not serve calls from {call.sender!r}, a peer of another hub: peers of "
