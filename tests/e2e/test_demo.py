@@ -49,7 +49,9 @@ def test_start_peer_replaces_its_own_and_refuses_a_name_that_another_notebook_ho
         assert "'demo-helper' was stopped: start it again with demo.start_peer" in out.error["evalue"]
 
         # A notebook's kernel that dies takes its demo kernel along: the name is free again.
-        os.kill(first.pid(), signal.SIGKILL)
+        pid = first.pid()
+        os.kill(pid, signal.SIGKILL)  # delivered, not yet done: the process ends a moment later
+        wait_until(lambda: not running(pid), timeout=10, what="the killed kernel to end")
         second.ok("helper = demo.start_peer('demo-helper')\nhelper.run('print(1 + 1)')")
         second.ok("helper.stop()")
         assert "demo-helper" not in hub.peer_names()  # gone once stop() returns
