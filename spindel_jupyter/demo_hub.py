@@ -197,6 +197,12 @@ class DemoHub:
 
     def start(self, timeout: float = 120.0) -> DemoHub:
         """Start the nats-server, then JupyterHub; return once JupyterHub answers."""
+        if _listening(self.port):
+            # Else whatever listens there would pass for JupyterHub answering.
+            raise SpindelError(
+                f"port {self.port} is in use: stop what listens there, or pick another port "
+                f"(HUB_PORT={self.port + 1} make demo-hub, or --port {self.port + 1})"
+            )
         self.directory.mkdir(parents=True, exist_ok=True)
         settings = Settings.load_or_make(self.directory, self.users)
         settings.port = self.port
@@ -277,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     hub = DemoHub(args.dir, args.port, [u for u in args.users.split(",") if u], notebooks=args.notebooks)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    hub.start()
+    try:
+        hub.start()
+    except SpindelError as e:
+        parser.exit(1, f"demo-hub: {e}\n")
     try:
         print(f"\nJupyterHub with spindel-jupyter: {hub.url}")
         for user, password in hub.passwords.items():

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,3 +58,22 @@ def test_each_users_hub_joins_the_mesh_as_a_nats_user_that_publishes_only_as_its
     assert c.DemoAuthenticator.passwords == settings.passwords
     assert c.SimpleLocalProcessSpawner.home_dir_template == str(tmp_path.resolve() / "users" / "{username}")
     assert json.loads((tmp_path / SETTINGS).read_text())["nats_port"] == 4333
+
+
+def test_a_port_already_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        state = tmp_path / "state"
+        done = subprocess.run(
+            [sys.executable, "-m", "spindel_jupyter.demo_hub", "--dir", str(state), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert f"demo-hub: port {port} is in use" in done.stderr
+    assert f"HUB_PORT={port + 1} make demo-hub" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not state.exists()  # nothing made, nothing started
