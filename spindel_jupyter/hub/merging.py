@@ -4,9 +4,10 @@ A fork gets its own copy of each of its workspace's topics, named under it,
 and notes the stamp of each at fork. A merge brings the fork's cells back
 three-way against the fork's base (with nbdime) and its topics by their kind:
 CRDT topics join, a plain topic comes from the side that changed it since the
-fork. A merge changes nothing when it finds a conflict - a cell edited on
-both sides, or a plain topic set on both sides since the fork - unless a
-strategy (ours, theirs, union) or force (theirs wins) settles it.
+fork, or since the fork's last merge (whose stamps on each side it notes).
+A merge changes nothing when it finds a conflict - a cell edited on both
+sides, or a plain topic set on both sides since then - unless a strategy
+(ours, theirs, union) or force (theirs wins) settles it.
 """
 
 from __future__ import annotations
@@ -65,14 +66,16 @@ def topics_back(topics: TopicStore, fork: dict[str, Any], strategy: str | None, 
     """
     forked = fork.get("forked_topics") or {}
     stamps = fork.get("fork_stamps") or {}
+    merged = fork.get("merge_stamps") or {}
     theirs_win = force or strategy in ("theirs", "union")  # a plain value cannot be both: union takes theirs
     folds: list[Fold] = []
     conflicts = []
     for original, copied in forked.items():
         # Only plain topics have stamps: a CRDT never moves here, and joins whoever wins.
-        at_fork = _stamp(stamps.get(original))
-        ours_moved = _stamp(topics.stamp_of(original)) != at_fork
-        theirs_moved = _stamp(topics.stamp_of(copied)) != at_fork
+        at_fork = stamps.get(original)
+        ours_base, theirs_base = merged.get(original) or (at_fork, at_fork)
+        ours_moved = _stamp(topics.stamp_of(original)) != _stamp(ours_base)
+        theirs_moved = _stamp(topics.stamp_of(copied)) != _stamp(theirs_base)
         if ours_moved and theirs_moved and strategy is None and not force:
             conflicts.append(
                 {
@@ -89,6 +92,15 @@ def topics_back(topics: TopicStore, fork: dict[str, Any], strategy: str | None, 
         names = ", ".join(c["topic"] for c in conflicts)
         raise MergeConflict(f"conflicting values of topic(s) {names}: nothing was merged", conflicts)
     return folds
+
+
+def merge_stamps(topics: TopicStore, folds: list[Fold]) -> dict[str, list[Any]]:
+    """Each of the fork's topics' stamps on both sides (parent's, fork's) once merged: the base
+    the next merge of the fork compares them with."""
+    return {
+        original: [_listed(topics.stamp_of(original)), _listed(topics.stamp_of(copied))]
+        for copied, original, _ in folds
+    }
 
 
 def _listed(stamp: Any) -> list[Any] | None:

@@ -298,6 +298,11 @@ class Registry:
         if any(folded) and not result["merged"]:
             reason = f"only the topics of {fork!r} had changes: they were merged back; its cells had none"
             result = {**result, "merged": True, "reason": reason, "workspace": self._public(parent)}
+        # Settled now, whoever won: the next merge compares the topics with this one.
+        stamps = merging.merge_stamps(self.topics, folds)
+        if result["merged"] or stamps != source.get("merge_stamps"):
+            source["merge_stamps"] = stamps
+            self._saved(source, new_head=False)
         return result
 
     def _merge_cells(
@@ -321,7 +326,6 @@ class Registry:
         # The fork's merged head is now in the parent: it is the base of the next merge.
         source["fork_of"] = {"workspace": parent["name"], "head": theirs_head}
         self._saved(parent, new_head=True)
-        self._saved(source, new_head=False)
         return {"merged": True, "head": head, "workspace": self._public(parent)}
 
     # -- internals -----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,8 @@ def test_a_strategy_or_force_settles_a_plain_topic_conflict(
     hub.set("lec-s/level", 9)
     hub.registry.merge("lec-s", "teacher", strategy, force)
     assert hub.value("level") == level
+    result = hub.registry.merge("lec-s", "teacher")  # settled once: not a conflict again
+    assert result["merged"] is False and hub.value("level") == level
 
 
 @pytest.mark.parametrize(
@@ -141,6 +144,39 @@ def test_a_plain_topic_the_fork_started_comes_back(hub: Hub) -> None:
     hub.set("lec-s/level", 9)
     hub.registry.merge("lec-s", "teacher")
     assert hub.value("level") == 9
+
+
+def test_a_fork_merged_again_compares_its_plain_topics_with_the_last_merge_not_the_fork(hub: Hub) -> None:
+    hub.set("level", 1)
+    hub.publish_and_fork("level")
+    hub.set("lec-s/level", 2)
+    hub.registry.merge("lec-s", "teacher")
+    assert hub.value("level") == 2
+    hub.time = int(time.time() * 1000) + 60_000  # later than the stamp the merge gave the parent's value
+
+    # Nothing changed since: nothing to merge, and no conflict with what the last merge did.
+    result = hub.registry.merge("lec-s", "teacher")
+    assert result["merged"] is False and "no changes to merge" in result["reason"]
+
+    hub.set("lec-s/level", 3)  # only the fork changed it since the last merge: it comes back
+    hub.registry.merge("lec-s", "teacher")
+    assert hub.value("level") == 3
+
+    hub.set("level", 4)  # only the parent: it stays
+    hub.registry.publish("lec-s", notebook("a = 5"), "teacher")
+    hub.registry.merge("lec-s", "teacher")
+    assert hub.value("level") == 4
+
+    hub.set("level", 6)  # both sides since the last merge: a conflict, settled by a strategy ...
+    hub.set("lec-s/level", 7)
+    with pytest.raises(MergeConflict, match="level"):
+        hub.registry.merge("lec-s", "teacher")
+    hub.registry.merge("lec-s", "teacher", strategy="ours")
+    assert hub.value("level") == 6
+
+    hub.registry.publish("lec-s", notebook("a = 8"), "teacher")  # ... once: it is not asked again
+    hub.registry.merge("lec-s", "teacher")
+    assert hub.value("level") == 6
 
 
 def test_an_unknown_strategy_is_refused_before_anything_is_compared() -> None:
