@@ -12,7 +12,6 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
-from IPython.utils.process import arg_split
 from traitlets import Float
 
 from ..core.errors import MergeConflict, SpindelError, SpindelWarning, UnsendableResult
@@ -98,7 +97,11 @@ class SpindelMagics(Magics):
 
     @magic_arguments()
     @argument("target", help="PEER or PEER/CONTEXT to run the cell on")
-    @argument("names", nargs="*", help="arguments: NAME sends this kernel's NAME, NAME=EXPR sends EXPR")
+    @argument(
+        "names",
+        nargs="*",
+        help="arguments: NAME sends this kernel's NAME, NAME=EXPR sends EXPR (spaces and all: x=f(1, 2))",
+    )
     @argument("-o", "--output", metavar="VAR", help="store the result in VAR here instead of showing it")
     @argument("--timeout", type=float, help="seconds before the call is interrupted (RemoteTimeout)")
     @cell_magic
@@ -258,15 +261,15 @@ _parses: dict[tuple[str, str], Any] = {}
 def _parsed(magic: Any, line: str) -> Any:
     """The magic's arguments, remembered per line: a cell run again costs no argparse.
 
-    IPython splits a magic's line keeping the quotes (``--allow '*'`` gives ``'*'``
-    with its quotes): they are taken off here, as a shell would.
+    The line is split as :func:`_words` says, keeping the quotes (``--allow '*'``
+    gives ``'*'`` with its quotes): a word quoted whole loses them, as in a shell.
     """
     key = (magic.__name__, line)
     if key not in _parses:
         if len(_parses) > 256:
             _parses.clear()
         # Options may come anywhere on the line (%%spin_remote bob -o res x), as in ipyparallel.
-        args = magic.parser.parse_intermixed_args(arg_split(line))
+        args = magic.parser.parse_intermixed_args(_words(line))
         for name, value in vars(args).items():
             if isinstance(value, str):
                 setattr(args, name, _unquoted(value))
@@ -274,6 +277,37 @@ def _parsed(magic: Any, line: str) -> Any:
                 setattr(args, name, [_unquoted(v) if isinstance(v, str) else v for v in value])
         _parses[key] = args
     return copy.copy(_parses[key])
+
+
+def _words(line: str) -> list[str]:
+    """The words of a magic's line: split at spaces, but not inside quotes or brackets, so that an
+    argument's Python expression stays whole (``x=f(1, 2)``, ``s='a b'``)."""
+    words: list[str] = []
+    word, depth, quote, escaped = "", 0, "", False
+    for char in line:
+        if quote:
+            word += char
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char.isspace() and depth == 0:
+            if word:
+                words.append(word)
+            word = ""
+        else:
+            word += char
+            if char in "'\"":
+                quote = char
+            elif char in "([{":
+                depth += 1
+            elif char in ")]}" and depth:
+                depth -= 1
+    if word:
+        words.append(word)
+    return words
 
 
 def _unquoted(text: str) -> str:

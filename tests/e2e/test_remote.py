@@ -56,6 +56,9 @@ def test_name_equals_expression_evaluates_in_the_caller(trio: Any) -> None:
     alice.ok("values = [1, 2, 3, 4]")
     out = alice.ok("%%spin_remote bob n=len(values) total=sum(values)\n(n, total, secret)")
     assert out.text().strip() == "(4, 10, 42)"
+    # An expression is one argument, spaces and all, as a user would write it in Python.
+    out = alice.ok("%%spin_remote bob part=values[1: 3] s='a b' d={'k': max(1, 2)}\n(part, s, d)")
+    assert out.text().strip() == "([2, 3], 'a b', {'k': 2})"
 
 
 def test_missing_local_argument_is_a_usage_error_before_sending(trio: Any) -> None:

@@ -24,3 +24,12 @@ def test_options_may_come_anywhere_on_the_line() -> None:
         assert (args.target, args.names, args.output) == ("bob", ["x", "y=2"], "res"), line
     args = _parsed(SpindelMagics.spin_remote, "bob --timeout 5 x")
     assert (args.names, args.timeout) == (["x"], 5.0)
+
+
+def test_an_expression_with_spaces_is_one_argument() -> None:
+    line = "bob x=f(1, 2) s='a b' d={'k': [1, 2]} t=\"it's\" -o res"
+    args = _parsed(SpindelMagics.spin_remote, line)
+    assert args.names == ["x=f(1, 2)", "s='a b'", "d={'k': [1, 2]}", 't="it\'s"']
+    assert args.output == "res"
+    args = _parsed(SpindelMagics.spin_remote, "bob   x  y='a \\' b'  ")  # an escaped quote does not end it
+    assert args.names == ["x", "y='a \\' b'"]
