@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from spindel_jupyter.kernel.magics import SpindelMagics, _parsed
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spindel_jupyter.kernel.magics import SpindelMagics, _parsed, _words
+
+VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 def test_the_cell_magic_usage_names_it_with_two_percent_signs() -> None:
@@ -33,3 +44,13 @@ def test_an_expression_with_spaces_is_one_argument() -> None:
     assert args.output == "res"
     args = _parsed(SpindelMagics.spin_remote, "bob   x  y='a \\' b'  ")  # an escaped quote does not end it
     assert args.names == ["x", "y='a \\' b'"]
+
+
+GAPS = st.lists(st.sampled_from([" ", "  ", "\t"]), min_size=5, max_size=5)
+
+
+@given(st.lists(VALUES, max_size=4), GAPS)
+def test_any_python_literal_is_one_argument_whatever_the_spaces(values: list[Any], gaps: list[str]) -> None:
+    arguments = [f"v{i}={value!r}" for i, value in enumerate(values)]
+    spaced = (gap + argument for gap, argument in zip(gaps[1:], arguments, strict=False))
+    assert _words(gaps[0] + "bob" + "".join(spaced)) == ["bob", *arguments]
