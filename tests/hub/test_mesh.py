@@ -15,6 +15,21 @@ def mesh(hub: HubServer) -> dict[str, Any]:
     return dict(hub.get("spindel/api/stats")["mesh"])
 
 
+def a_call_crosses(served: HubServer, calling: HubServer) -> None:
+    """A peer of ``calling``'s hub calls a peer of ``served``'s by NAME@HUB, and is answered."""
+    host = Peer(served.ws_url, "host", served.token).start()
+    caller = Peer(calling.ws_url, "caller", calling.token).start()
+    try:
+        host.handle("echo", lambda message: message.body)
+        wait_until(
+            lambda: "host" in calling.peer_names(), timeout=20, what="the host listed on the caller's hub"
+        )
+        assert caller.request(f"host@{mesh(served)['hub']}", "echo", "across", timeout=10) == "across"
+    finally:
+        host.close()
+        caller.close()
+
+
 def test_a_hub_without_nats_works_alone(servers: Any) -> None:
     hub = servers("solo")
     assert mesh(hub) == {"state": "alone"}
@@ -131,15 +146,7 @@ def test_hubs_join_with_credentials_files_on_a_nats_in_operator_mode(tmp_path: P
                 timeout=20,
                 what="A and B in the mesh, topics shared",
             )
-        alice = Peer(a.ws_url, "alice", a.token).start()
-        bob = Peer(b.ws_url, "bob", b.token).start()
-        try:
-            alice.handle("echo", lambda message: message.body)
-            wait_until(lambda: "alice" in b.peer_names(), timeout=20, what="alice listed on B")
-            assert bob.request("alice@A", "echo", "across", timeout=10) == "across"
-        finally:
-            alice.close()
-            bob.close()
+        a_call_crosses(a, b)
         seed = nats.credentials("A").read_text().split("SEED-----\n")[1].split("\n")[0]
         assert seed not in str(mesh(a)) and seed not in a.log_path.read_text()
     finally:
@@ -218,14 +225,6 @@ def test_without_jetstream_calls_cross_and_the_hub_says_topics_are_not_shared(
             lambda: "topics are not shared" in mesh(a)["problem"], timeout=20, what="the hub to say so"
         )
         assert "JetStream" in mesh(a)["problem"] and mesh(a)["state"] == "connected"
-        bob = Peer(b.ws_url, "bob", b.token).start()
-        alice = Peer(a.ws_url, "alice", a.token).start()
-        try:
-            bob.handle("echo", lambda message: message.body)
-            wait_until(lambda: "bob" in a.peer_names(), timeout=20, what="bob listed on A")
-            assert alice.request("bob@B", "echo", "still", timeout=10) == "still"
-        finally:
-            alice.close()
-            bob.close()
+        a_call_crosses(b, a)
     finally:
         nats.stop()
