@@ -59,8 +59,9 @@ def copy_topics(topics: TopicStore, fork: dict[str, Any]) -> None:
 def topics_back(topics: TopicStore, fork: dict[str, Any], strategy: str | None, force: bool) -> list[Fold]:
     """How each of the fork's topics comes back, each on its own.
 
-    A CRDT topic joins. A plain topic is three-way by its stamp at fork: it
-    comes from the side that changed it; changed on both sides it is a
+    A CRDT topic joins. A plain topic is three-way by its stamps at the fork's
+    last merge (at fork, before one): it comes from the side that changed it
+    since; changed on both sides it is a
     conflict - :class:`MergeConflict` listing every such topic - unless
     ``strategy`` or ``force`` says who wins, as for cells.
     """
@@ -72,8 +73,7 @@ def topics_back(topics: TopicStore, fork: dict[str, Any], strategy: str | None, 
     conflicts = []
     for original, copied in forked.items():
         # Only plain topics have stamps: a CRDT never moves here, and joins whoever wins.
-        at_fork = stamps.get(original)
-        ours_base, theirs_base = merged.get(original) or (at_fork, at_fork)
+        ours_base, theirs_base = merged.get(original) or (stamps.get(original),) * 2
         ours_moved = _stamp(topics.stamp_of(original)) != _stamp(ours_base)
         theirs_moved = _stamp(topics.stamp_of(copied)) != _stamp(theirs_base)
         if ours_moved and theirs_moved and strategy is None and not force:

@@ -298,7 +298,8 @@ class Registry:
         if any(folded) and not result["merged"]:
             reason = f"only the topics of {fork!r} had changes: they were merged back; its cells had none"
             result = {**result, "merged": True, "reason": reason, "workspace": self._public(parent)}
-        # Settled now, whoever won: the next merge compares the topics with this one.
+        # Settled now, whoever won: the next merge compares the topics with this one. The fork is
+        # saved once, with its new base of cells (_merge_cells) and of topics.
         stamps = merging.merge_stamps(self.topics, folds)
         if result["merged"] or stamps != source.get("merge_stamps"):
             source["merge_stamps"] = stamps
